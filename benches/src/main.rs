@@ -1,0 +1,3 @@
+//! wisp-bench: boot-time benchmarking harness.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Devices of a Wisp microVM.

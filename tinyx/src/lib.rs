@@ -1,0 +1,1 @@
+//! Tinyx: builds minimal guest kernels and initramfs images.
