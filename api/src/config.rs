@@ -1,0 +1,234 @@
+//! `VmConfig`: the one description of a microVM, shared by the CLI, the JSON config file, the
+//! REST API and the noxs control page. Field names follow Firecracker's API so that existing
+//! tooling and habits carry over.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Default guest memory when none is given, in MiB.
+pub const DEFAULT_MEM_SIZE_MIB: u32 = 128;
+/// Default number of vCPUs.
+pub const DEFAULT_VCPU_COUNT: u8 = 1;
+
+/// The whole configuration of one microVM, as one JSON document (`--config-file`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: MachineConfig,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drives: Vec<Drive>,
+    #[serde(
+        rename = "network-interfaces",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+}
+
+/// `PUT /boot-source`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    pub kernel_image_path: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+}
+
+/// `PUT /machine-config`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u32,
+    #[serde(default)]
+    pub smt: bool,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        MachineConfig {
+            vcpu_count: DEFAULT_VCPU_COUNT,
+            mem_size_mib: DEFAULT_MEM_SIZE_MIB,
+            smt: false,
+        }
+    }
+}
+
+/// `PUT /drives/{id}`: a virtio-blk device backed by a host file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+    #[serde(default)]
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+}
+
+/// `PUT /network-interfaces/{id}`: a virtio-net device backed by a tap device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+}
+
+/// `PUT /vsock`: virtio-vsock with Firecracker's hybrid Unix-socket host side.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    pub guest_cid: u32,
+    pub uds_path: PathBuf,
+}
+
+/// `PUT /entropy`: virtio-rng fed from the host's getrandom.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {}
+
+/// `PUT /logger`: where the VMM's log goes and how much of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    /// A file or named pipe; the VMM appends to it.
+    pub log_path: PathBuf,
+    #[serde(default)]
+    pub level: LogLevel,
+    #[serde(default)]
+    pub show_level: bool,
+    #[serde(default)]
+    pub show_log_origin: bool,
+}
+
+/// Firecracker's level names (`PUT /logger` `level`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogLevel {
+    Off,
+    Error,
+    #[default]
+    Warning,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The matching `log` crate filter, for `log::set_max_level`.
+    pub fn level_filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Off => log::LevelFilter::Off,
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warning => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+/// `PUT /metrics`: the file or named pipe that receives one JSON line per flush.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub metrics_path: PathBuf,
+}
+
+/// `PATCH /machine-config`: only the fields given change.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu_count: Option<u8>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem_size_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smt: Option<bool>,
+}
+
+impl MachineConfigUpdate {
+    /// True when the PATCH names no field at all.
+    pub fn is_empty(&self) -> bool {
+        self.vcpu_count.is_none() && self.mem_size_mib.is_none() && self.smt.is_none()
+    }
+
+    /// `base` with the given fields replaced.
+    pub fn applied_to(&self, base: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(base.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
+            smt: self.smt.unwrap_or(base.smt),
+        }
+    }
+}
+
+/// `PATCH /drives/{id}`: swap the backing file of an existing drive (after boot: a media change).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    pub path_on_host: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_config_document_round_trips_with_firecracker_names() {
+        let doc = r#"{
+            "boot-source": {"kernel_image_path": "/k", "boot_args": "console=ttyS0"},
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 256},
+            "drives": [{"drive_id": "root", "path_on_host": "/d", "is_root_device": true}],
+            "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+            "vsock": {"guest_cid": 3, "uds_path": "/v.sock"},
+            "entropy": {},
+            "logger": {"log_path": "/l", "level": "Debug"},
+            "metrics": {"metrics_path": "/m"}
+        }"#;
+        let cfg: VmConfig = serde_json::from_str(doc).unwrap();
+        assert_eq!(cfg.machine_config.vcpu_count, 2);
+        assert_eq!(cfg.logger.as_ref().unwrap().level, LogLevel::Debug);
+        let back: VmConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_by_name() {
+        let err =
+            serde_json::from_str::<MachineConfig>(r#"{"vcpu_count":1,"mem_size_mib":1,"x":1}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("unknown field `x`"), "{err}");
+    }
+
+    #[test]
+    fn machine_config_patch_changes_only_given_fields() {
+        let patch = MachineConfigUpdate {
+            mem_size_mib: Some(512),
+            ..Default::default()
+        };
+        let out = patch.applied_to(&MachineConfig::default());
+        assert_eq!(out.mem_size_mib, 512);
+        assert_eq!(out.vcpu_count, DEFAULT_VCPU_COUNT);
+        assert!(MachineConfigUpdate::default().is_empty());
+    }
+}

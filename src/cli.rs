@@ -1,0 +1,53 @@
+//! Command-line interface of `wisp`.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Kernel command line used when none is given: console on COM1, reset through the i8042
+/// (the only reset a microVM has), reboot at once on panic so the VMM sees it, no PCI probing.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off nomodule";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "wisp",
+    version,
+    about = "Wisp: a lightweight KVM microVM monitor"
+)]
+pub struct Cli {
+    /// Log level for the VMM's own messages (off, error, warn, info, debug, trace).
+    #[arg(long, global = true, default_value = "warn", env = "WISP_LOG")]
+    pub log_level: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a guest now, with its console on this terminal.
+    Run(RunArgs),
+    /// Boot the demo microVM (the Wisp unikernel) and show its console and boot time.
+    Demo,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    #[arg(long)]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[arg(long, default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = wisp_api::config::DEFAULT_MEM_SIZE_MIB)]
+    pub mem: u32,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = wisp_api::config::DEFAULT_VCPU_COUNT)]
+    pub vcpus: u8,
+    /// Print `boot-time-us=N` on stderr when the guest writes the boot timer.
+    #[arg(long)]
+    pub boot_timer: bool,
+}

@@ -1,0 +1,92 @@
+//! `wisp run`: boot a guest now, console on stdio, exit status from the guest's outcome.
+
+use crate::cli::RunArgs;
+use crate::terminal::RawTerminal;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+use wisp_api::{BootSource, MachineConfig, VmConfig};
+use wisp_vmm::{MicroVm, MicroVmOptions, VmExit};
+
+/// Exit status when the VMM could not build or run the VM.
+pub const EXIT_VMM_ERROR: i32 = 1;
+/// Exit status when the guest ended badly (triple fault, panic, KVM error).
+pub const EXIT_GUEST_FAILURE: i32 = 3;
+
+/// An unbuffered handle on one of our standard streams, for the vCPU threads.
+fn dup_stream(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {
+    let owned: OwnedFd = fd.try_clone_to_owned()?;
+    Ok(File::from(owned))
+}
+
+pub fn config_from_args(args: &RunArgs) -> VmConfig {
+    VmConfig {
+        boot_source: Some(BootSource {
+            kernel_image_path: args.kernel.clone(),
+            initrd_path: args.initrd.clone(),
+            boot_args: Some(args.cmdline.clone()),
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: args.vcpus,
+            mem_size_mib: args.mem,
+            smt: false,
+        },
+        ..Default::default()
+    }
+}
+
+/// Builds and runs `config`; returns the process exit status.
+pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
+    let (stdout, stdin) = match (
+        dup_stream(std::io::stdout().as_fd()),
+        dup_stream(std::io::stdin().as_fd()),
+    ) {
+        (Ok(out), Ok(input)) => (out, input),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("wisp: error: cannot set up the console: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let on_boot: Option<Box<dyn FnOnce(u64) + Send>> = if print_boot_time {
+        Some(Box::new(|us| {
+            let _ = writeln!(std::io::stderr(), "boot-time-us={us}");
+        }))
+    } else {
+        None
+    };
+    let opts = MicroVmOptions {
+        start,
+        console_out: Box::new(stdout),
+        console_in: Some(stdin),
+        on_boot,
+    };
+    let vm = match MicroVm::build(config, opts) {
+        Ok(vm) => vm,
+        Err(e) => {
+            eprintln!("wisp: error: {e}");
+            return EXIT_VMM_ERROR;
+        }
+    };
+    let terminal = RawTerminal::enable(libc::STDIN_FILENO);
+    let outcome = vm.run();
+    drop(terminal);
+    match outcome {
+        Ok(exit) if exit.is_clean() => {
+            log::info!("{exit}");
+            0
+        }
+        Ok(exit @ (VmExit::GuestPanic | VmExit::TripleFault { .. } | VmExit::Error(_))) => {
+            eprintln!("wisp: guest failed: {exit}");
+            EXIT_GUEST_FAILURE
+        }
+        Ok(exit) => {
+            eprintln!("wisp: guest stopped: {exit}");
+            EXIT_GUEST_FAILURE
+        }
+        Err(e) => {
+            eprintln!("wisp: error: {e}");
+            EXIT_VMM_ERROR
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Guest RAM: anonymous, `MAP_NORESERVE` mappings from vm-memory (pages cost host memory only
+//! once the guest touches them), split around the 32-bit MMIO gap.
+
+use crate::layout::{MMIO_GAP_END, MMIO_GAP_START};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+
+/// Smallest guest we accept: room for the boot structures below 1 MiB plus a kernel.
+pub const MIN_MEM_MIB: u32 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("guest memory of {0} MiB is too small (at least {MIN_MEM_MIB} MiB)")]
+    TooSmall(u32),
+    #[error("cannot map {mib} MiB of guest memory: {source}")]
+    MapRegion {
+        mib: u32,
+        #[source]
+        source: vm_memory::mmap::FromRangesError,
+    },
+}
+
+/// Guest-physical ranges for `mem_mib` MiB of RAM.
+pub fn ram_ranges(mem_mib: u32) -> Vec<(GuestAddress, usize)> {
+    let size = u64::from(mem_mib) << 20;
+    if size <= MMIO_GAP_START {
+        vec![(GuestAddress(0), size as usize)]
+    } else {
+        vec![
+            (GuestAddress(0), MMIO_GAP_START as usize),
+            (GuestAddress(MMIO_GAP_END), (size - MMIO_GAP_START) as usize),
+        ]
+    }
+}
+
+/// Maps the guest's RAM (not yet registered with KVM).
+pub fn create_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, MemoryError> {
+    if mem_mib < MIN_MEM_MIB {
+        return Err(MemoryError::TooSmall(mem_mib));
+    }
+    GuestMemoryMmap::from_ranges(&ram_ranges(mem_mib)).map_err(|source| MemoryError::MapRegion {
+        mib: mem_mib,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+    #[test]
+    fn small_guest_is_one_region_below_the_gap() {
+        let mem = create_guest_memory(128).unwrap();
+        assert_eq!(mem.num_regions(), 1);
+        assert_eq!(mem.last_addr(), GuestAddress((128 << 20) - 1));
+    }
+
+    #[test]
+    fn large_guest_is_split_around_the_mmio_gap() {
+        let r = ram_ranges(4096);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].1 as u64, MMIO_GAP_START);
+        assert_eq!(r[1].0, GuestAddress(MMIO_GAP_END));
+        assert_eq!(r[0].1 + r[1].1, 4096 << 20);
+        let total: u64 = create_guest_memory(64)
+            .unwrap()
+            .iter()
+            .map(|reg| reg.len())
+            .sum();
+        assert_eq!(total, 64 << 20);
+    }
+
+    #[test]
+    fn tiny_guest_is_refused() {
+        assert!(matches!(
+            create_guest_memory(1),
+            Err(MemoryError::TooSmall(1))
+        ));
+    }
+}

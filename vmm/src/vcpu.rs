@@ -1,0 +1,210 @@
+//! vCPUs: boot configuration (CPUID, MSRs, registers, FPU, LAPIC) and the KVM_RUN loop, one
+//! thread each. Port and MMIO exits go to the device buses; exits that end the VM are reported
+//! to the VMM thread through `VmExitSignal`.
+
+use crate::exit::{VmExit, VmExitSignal};
+use crate::x86_64::cpuid::filter_cpuid;
+use crate::x86_64::msr::{boot_msrs, MsrError};
+use crate::x86_64::regs::{boot_fpu, boot_regs, set_lint, setup_sregs, EntryMode, RegsError};
+use kvm_bindings::CpuId;
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use vm_device::bus::{MmioAddress, PioAddress};
+use vm_device::device_manager::{IoManager, MmioManager, PioManager};
+use vm_memory::GuestMemoryMmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("cannot create vCPU {id}: {source}")]
+    Create {
+        id: u8,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot configure vCPU {id}: {what} failed: {source}")]
+    Configure {
+        id: u8,
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot configure vCPU {id}: {source}")]
+    Msrs {
+        id: u8,
+        #[source]
+        source: MsrError,
+    },
+    #[error("cannot configure vCPU {id}: {source}")]
+    Regs {
+        id: u8,
+        #[source]
+        source: RegsError,
+    },
+    #[error("cannot start the thread of vCPU {id}: {source}")]
+    Spawn {
+        id: u8,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where and how the boot vCPU enters the guest.
+#[derive(Clone, Copy, Debug)]
+pub struct BootEntry {
+    pub mode: EntryMode,
+    pub entry: u64,
+    /// Zero page (64-bit Linux protocol) or `hvm_start_info` (PVH).
+    pub boot_info: u64,
+}
+
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+}
+
+impl Vcpu {
+    pub fn new(vm: &VmFd, id: u8) -> Result<Self, VcpuError> {
+        let fd = vm
+            .create_vcpu(u64::from(id))
+            .map_err(|source| VcpuError::Create { id, source })?;
+        Ok(Vcpu { id, fd })
+    }
+
+    /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets registers for `boot`.
+    /// Application processors stay in wait-for-SIPI: the guest starts them (INIT/SIPI).
+    pub fn configure(
+        &self,
+        supported_cpuid: &CpuId,
+        count: u8,
+        mem: &GuestMemoryMmap,
+        boot: Option<BootEntry>,
+    ) -> Result<(), VcpuError> {
+        let id = self.id;
+        let kvm_err = |what| move |source| VcpuError::Configure { id, what, source };
+        let mut cpuid = supported_cpuid.clone();
+        filter_cpuid(&mut cpuid, id, count);
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+        let msrs = boot_msrs().map_err(|source| VcpuError::Msrs { id, source })?;
+        let written = self.fd.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        if written != msrs.as_slice().len() {
+            log::debug!(
+                "vCPU {id}: KVM accepted {written} of {} boot MSRs",
+                msrs.as_slice().len()
+            );
+        }
+        self.fd
+            .set_fpu(&boot_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
+        let mut lapic = self.fd.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?;
+        set_lint(&mut lapic);
+        self.fd
+            .set_lapic(&lapic)
+            .map_err(kvm_err("KVM_SET_LAPIC"))?;
+        if let Some(boot) = boot {
+            let mut sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+            setup_sregs(mem, boot.mode, &mut sregs)
+                .map_err(|source| VcpuError::Regs { id, source })?;
+            self.fd
+                .set_sregs(&sregs)
+                .map_err(kvm_err("KVM_SET_SREGS"))?;
+            self.fd
+                .set_regs(&boot_regs(boot.mode, boot.entry, boot.boot_info))
+                .map_err(kvm_err("KVM_SET_REGS"))?;
+        }
+        Ok(())
+    }
+
+    /// Runs the vCPU on its own thread until an exit ends the VM.
+    pub fn start(
+        self,
+        io: Arc<IoManager>,
+        exit: VmExitSignal,
+    ) -> Result<JoinHandle<()>, VcpuError> {
+        let id = self.id;
+        std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                let reason = self.run_loop(&io);
+                exit.send(reason);
+            })
+            .map_err(|source| VcpuError::Spawn { id, source })
+    }
+
+    fn rip(&self) -> String {
+        self.fd
+            .get_regs()
+            .map(|r| format!("{:#x}", r.rip))
+            .unwrap_or_else(|_| "unknown".into())
+    }
+
+    fn run_loop(mut self, io: &IoManager) -> VmExit {
+        loop {
+            match self.fd.run() {
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    if io.pio_read(PioAddress(port), data).is_err() {
+                        // Nothing decodes this port: the bus floats high, as on a PC.
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let _ = io.pio_write(PioAddress(port), data);
+                }
+                Ok(VcpuExit::MmioRead(addr, data)) => {
+                    if io.mmio_read(MmioAddress(addr), data).is_err() {
+                        data.fill(0xff);
+                    }
+                }
+                Ok(VcpuExit::MmioWrite(addr, data)) => {
+                    let _ = io.mmio_write(MmioAddress(addr), data);
+                }
+                Ok(VcpuExit::Hlt) => return VmExit::Halted,
+                Ok(VcpuExit::Shutdown) => {
+                    return VmExit::TripleFault {
+                        vcpu: self.id,
+                        rip: self.rip(),
+                    }
+                }
+                Ok(VcpuExit::SystemEvent(kind, _)) => {
+                    return match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
+                        | kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
+                        other => VmExit::Error(format!(
+                            "vCPU {}: KVM system event {other} at RIP {}",
+                            self.id,
+                            self.rip()
+                        )),
+                    }
+                }
+                Ok(VcpuExit::InternalError) => {
+                    return VmExit::Error(format!(
+                        "vCPU {}: KVM internal error (KVM_EXIT_INTERNAL_ERROR) at RIP {}",
+                        self.id,
+                        self.rip()
+                    ))
+                }
+                Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                    return VmExit::Error(format!(
+                        "vCPU {}: KVM entry failed (hardware reason {reason:#x} on host CPU {cpu}) at RIP {}",
+                        self.id,
+                        self.rip()
+                    ))
+                }
+                Ok(other) => {
+                    let what = format!("{other:?}");
+                    return VmExit::Error(format!(
+                        "vCPU {}: unexpected KVM exit {what} at RIP {}",
+                        self.id,
+                        self.rip()
+                    ));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) => {
+                    return VmExit::Error(format!("vCPU {}: KVM_RUN failed: {e}", self.id))
+                }
+            }
+        }
+    }
+}

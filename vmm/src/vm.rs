@@ -1,0 +1,84 @@
+//! The KVM VM: its fd, the in-kernel irqchip (PIC + IOAPIC + LAPICs) and PIT, and guest RAM
+//! registered as KVM memory slots (KVM maps it with EPT/NPT).
+
+use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Kvm, VmFd};
+use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm: {0}")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM API version {0} is not supported (need 12)")]
+    KvmApiVersion(i32),
+    #[error("cannot create the KVM VM: {0}")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("cannot set up the KVM VM ({what}): {source}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("cannot register guest memory with KVM: {0}")]
+    SetMemory(#[source] kvm_ioctls::Error),
+}
+
+/// A KVM VM with its interrupt controllers and memory.
+pub struct Vm {
+    kvm: Kvm,
+    fd: VmFd,
+}
+
+impl Vm {
+    /// Opens /dev/kvm and creates the VM with its in-kernel irqchip and PIT.
+    pub fn new() -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let version = kvm.get_api_version();
+        if version != kvm_bindings::KVM_API_VERSION as i32 {
+            return Err(VmError::KvmApiVersion(version));
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let setup = |what| move |source| VmError::Setup { what, source };
+        fd.set_tss_address(KVM_TSS_ADDRESS)
+            .map_err(setup("KVM_SET_TSS_ADDR"))?;
+        fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
+            .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
+        fd.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+        let pit = kvm_pit_config {
+            // The speaker port (0x61) is emulated as a dummy by KVM.
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    /// Registers every region of `mem` as a KVM memory slot.
+    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .map_err(|_| VmError::SetMemory(kvm_ioctls::Error::new(libc::EFAULT)))?;
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: the region is a live mapping owned by `mem`, which the VMM keeps alive
+            // for as long as the VM exists; KVM only accesses it while the VM runs.
+            unsafe { self.fd.set_user_memory_region(desc) }.map_err(VmError::SetMemory)?;
+        }
+        Ok(())
+    }
+
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+}
