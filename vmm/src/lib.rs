@@ -5,6 +5,7 @@
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
+pub mod host_kvm;
 pub mod layout;
 pub mod loader;
 pub mod memory;
