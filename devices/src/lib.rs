@@ -6,6 +6,7 @@
 
 pub mod boot_timer;
 pub mod i8042;
+pub mod noxs_page;
 pub mod serial;
 pub mod trigger;
 pub mod virtio;

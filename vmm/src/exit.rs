@@ -14,6 +14,8 @@ pub enum VmExit {
     GuestPanic,
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault { vcpu: u8, rip: String },
+    /// The host stopped the VM (API or control plane).
+    Stopped,
     /// Anything else that stopped a vCPU.
     Error(String),
 }
@@ -21,7 +23,7 @@ pub enum VmExit {
 impl VmExit {
     /// Whether the guest ended as it meant to.
     pub fn is_clean(&self) -> bool {
-        matches!(self, VmExit::Reset | VmExit::Halted)
+        matches!(self, VmExit::Reset | VmExit::Halted | VmExit::Stopped)
     }
 }
 
@@ -31,6 +33,7 @@ impl std::fmt::Display for VmExit {
             VmExit::Reset => write!(f, "guest reset"),
             VmExit::Halted => write!(f, "guest halted"),
             VmExit::GuestPanic => write!(f, "guest kernel panicked"),
+            VmExit::Stopped => write!(f, "stopped by the host"),
             VmExit::TripleFault { vcpu, rip } => {
                 write!(
                     f,

@@ -10,9 +10,12 @@ pub mod layout;
 pub mod loader;
 pub mod memory;
 pub mod microvm;
+pub mod prepared;
 pub mod vcpu;
+pub mod vcpu_control;
 pub mod vm;
 pub mod x86_64;
 
 pub use exit::VmExit;
-pub use microvm::{MicroVm, MicroVmError, MicroVmOptions};
+pub use microvm::{MicroVm, MicroVmError, MicroVmOptions, Subscriber, VmController};
+pub use prepared::{PrepareError, PreparedVm};

@@ -11,7 +11,7 @@ use linux_loader::loader::{BzImage, KernelLoader};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 /// The 64-bit entry point of a bzImage is 0x200 past its protected-mode code (boot.rst,
 /// "64-bit BOOT PROTOCOL").
@@ -65,8 +65,10 @@ pub struct LoadedKernel {
     pub end: u64,
 }
 
-fn mem_end(mem: &GuestMemoryMmap) -> u64 {
-    mem.last_addr().raw_value() + 1
+/// The end of the RAM the guest is told about below the MMIO gap: where kernels and initrds
+/// must fit (a prepared shell may have more memory mapped than this guest is given).
+fn low_ram_end(ram_size: u64) -> u64 {
+    ram_size.min(MMIO_GAP_START)
 }
 
 fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
@@ -123,7 +125,11 @@ fn bzimage_end(file: &mut File) -> std::io::Result<u64> {
 }
 
 /// Loads the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, LoaderError> {
+pub fn load_kernel(
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+    path: &Path,
+) -> Result<LoadedKernel, LoaderError> {
     let file_err = |source| LoaderError::KernelFile {
         path: path.to_path_buf(),
         source,
@@ -142,10 +148,10 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
         bzimage_end(&mut file)
     }
     .map_err(|_| LoaderError::NotAKernel(path.to_path_buf()))?;
-    if need > mem_end(mem).min(MMIO_GAP_START) {
+    if need > low_ram_end(ram_size) {
         return Err(LoaderError::KernelDoesNotFit {
             path: path.to_path_buf(),
-            mem_mib: mem_end(mem) >> 20,
+            mem_mib: ram_size >> 20,
             need_mib: need.div_ceil(1 << 20),
         });
     }
@@ -181,6 +187,7 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, L
 /// Loads the initrd at the highest page-aligned address of low RAM that the kernel accepts.
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
+    ram_size: u64,
     path: &Path,
     kernel: &LoadedKernel,
 ) -> Result<InitrdRegion, LoaderError> {
@@ -190,7 +197,7 @@ pub fn load_initrd(
     };
     let mut file = File::open(path).map_err(file_err)?;
     let size = file.metadata().map_err(file_err)?.len();
-    let mut top = mem_end(mem).min(MMIO_GAP_START);
+    let mut top = low_ram_end(ram_size);
     if let Some(hdr) = kernel.setup_header {
         let max = u64::from(hdr.initrd_addr_max);
         if max != 0 {
@@ -248,7 +255,7 @@ mod tests {
     #[test]
     fn missing_kernel_names_the_file() {
         let mem = create_guest_memory(16).unwrap();
-        let err = load_kernel(&mem, Path::new("/nonexistent/vmlinux")).unwrap_err();
+        let err = load_kernel(&mem, 16 << 20, Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
     }
 
@@ -256,7 +263,7 @@ mod tests {
     fn text_file_is_not_a_kernel() {
         let mem = create_guest_memory(16).unwrap();
         let path = temp_file("text", b"#!/bin/sh\necho not a kernel\n");
-        let err = load_kernel(&mem, &path).unwrap_err();
+        let err = load_kernel(&mem, 16 << 20, &path).unwrap_err();
         assert!(matches!(err, LoaderError::NotAKernel(_)), "{err}");
         std::fs::remove_file(path).unwrap();
     }
@@ -271,7 +278,7 @@ mod tests {
             setup_header: None,
             end: 2 << 20,
         };
-        let rd = load_initrd(&mem, &path, &kernel).unwrap();
+        let rd = load_initrd(&mem, 16 << 20, &path, &kernel).unwrap();
         assert_eq!(rd.address.raw_value() % PAGE_SIZE, 0);
         assert!(rd.address.raw_value() + 5000 <= 16 << 20);
         let small = LoadedKernel {
@@ -279,7 +286,7 @@ mod tests {
             ..kernel
         };
         assert!(matches!(
-            load_initrd(&mem, &path, &small),
+            load_initrd(&mem, 16 << 20, &path, &small),
             Err(LoaderError::InitrdDoesNotFit { .. })
         ));
         std::fs::remove_file(path).unwrap();

@@ -1,44 +1,44 @@
-//! `MicroVm`: builds a VM from a `VmConfig` and runs it.
+//! `MicroVm`: a prepared VM configured with a guest and its devices, and its run loop.
 
 use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::{ConsoleInput, ExitDoorbells};
 use crate::exit::{VmExit, VmExitSignal};
-use crate::layout::{BOOT_TIMER_START, PVH_INFO_START, ZERO_PAGE_START};
+use crate::layout::{BOOT_TIMER_START, NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE_START};
 use crate::loader::{self, LoaderError};
-use crate::memory::{create_guest_memory, MemoryError};
+use crate::prepared::{PrepareError, PreparedVm};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError};
-use crate::vm::{Vm, VmError};
+use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
+use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
-use crate::x86_64::mptable::{setup_mptable, MptableError, MAX_CPUS};
+use crate::x86_64::mptable::{setup_mptable, MptableError};
 use crate::x86_64::regs::EntryMode;
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
-use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::VmConfig;
 use wisp_devices::boot_timer::{BootTime, BootTimer};
 use wisp_devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
+use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
 use wisp_devices::serial::{ConsoleOutput, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
 use wisp_devices::trigger::EventFdTrigger;
 
-type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+/// What the VMM thread's event loop runs.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MicroVmError {
     #[error("no boot source: a kernel image is required")]
     NoBootSource,
-    #[error("vcpu_count must be between 1 and {max}, not {got}")]
-    VcpuCount { got: u8, max: u8 },
+    #[error("the guest asks for {want} but this VM shell holds only {have}")]
+    DoesNotFitShell { want: String, have: String },
     #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Vm(#[from] VmError),
+    Prepare(#[from] PrepareError),
     #[error(transparent)]
     Loader(#[from] LoaderError),
     #[error(transparent)]
@@ -49,14 +49,14 @@ pub enum MicroVmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
+    #[error(transparent)]
+    Control(#[from] ControlError),
     #[error("cannot create {what}: {source}")]
     EventFd {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot query KVM's supported CPUID: {0}")]
-    Cpuid(#[source] kvm_ioctls::Error),
     #[error("VMM event loop failed: {0}")]
     EventLoop(#[source] event_manager::Error),
 }
@@ -73,13 +73,50 @@ pub struct MicroVmOptions {
     pub on_boot: Option<Box<dyn FnOnce(u64) + Send>>,
 }
 
-/// A built microVM, ready to run.
+/// A handle for pausing, resuming and stopping a running VM from the VMM thread.
+#[derive(Clone)]
+pub struct VmController {
+    control: VcpuControl,
+    exit: VmExitSignal,
+    sysctl: SysctlWord,
+}
+
+impl VmController {
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.control.pause(Duration::from_secs(2))
+    }
+
+    pub fn resume(&self) {
+        self.control.resume()
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.control.is_paused()
+    }
+
+    /// Ends the VM from the host side.
+    pub fn stop(&self) {
+        self.exit.send(VmExit::Stopped)
+    }
+
+    /// When the boot vCPU first entered the guest.
+    pub fn first_entry(&self) -> Option<Instant> {
+        self.control.first_entry()
+    }
+
+    /// The noxs page's sysctl word, for host requests to the guest.
+    pub fn sysctl(&self) -> &SysctlWord {
+        &self.sysctl
+    }
+}
+
+/// A configured microVM, ready to run.
 pub struct MicroVm {
     // Field order is drop order: vCPUs and the VM fd go before the memory they map.
     vcpus: Vec<Vcpu>,
     io: Arc<IoManager>,
     events: EventManager<Subscriber>,
-    exit: VmExitSignal,
+    controller: VmController,
     panicked: Arc<AtomicBool>,
     boot_time: BootTime,
     vm: Vm,
@@ -91,26 +128,46 @@ fn eventfd(what: &'static str) -> Result<EventFd, MicroVmError> {
 }
 
 impl MicroVm {
-    /// Creates the VM, loads the guest and plugs the devices. Nothing runs yet.
+    /// Prepares a VM of exactly the configured size and configures it.
     pub fn build(config: &VmConfig, opts: MicroVmOptions) -> Result<MicroVm, MicroVmError> {
+        // Validate what needs no KVM first, so bad input fails fast and touches nothing.
+        if config.boot_source.is_none() {
+            return Err(MicroVmError::NoBootSource);
+        }
+        let mc = &config.machine_config;
+        let shell = PreparedVm::prepare(mc.mem_size_mib, mc.vcpu_count)?;
+        MicroVm::configure(shell, config, opts)
+    }
+
+    /// Loads the guest into a prepared VM, plugs the devices and sets up the boot vCPU.
+    pub fn configure(
+        shell: PreparedVm,
+        config: &VmConfig,
+        opts: MicroVmOptions,
+    ) -> Result<MicroVm, MicroVmError> {
         let boot = config
             .boot_source
             .as_ref()
             .ok_or(MicroVmError::NoBootSource)?;
-        let vcpu_count = config.machine_config.vcpu_count;
-        if vcpu_count == 0 || vcpu_count > MAX_CPUS {
-            return Err(MicroVmError::VcpuCount {
-                got: vcpu_count,
-                max: MAX_CPUS,
+        let mc = &config.machine_config;
+        if mc.mem_size_mib > shell.mem_mib() || mc.vcpu_count > shell.vcpu_count() {
+            return Err(MicroVmError::DoesNotFitShell {
+                want: format!("{} MiB and {} vCPUs", mc.mem_size_mib, mc.vcpu_count),
+                have: format!("{} MiB and {} vCPUs", shell.mem_mib(), shell.vcpu_count()),
             });
         }
-        let mem = create_guest_memory(config.machine_config.mem_size_mib)?;
-        let vm = Vm::new()?;
-        vm.register_memory(&mem)?;
+        let ram_size = u64::from(mc.mem_size_mib) << 20;
+        let PreparedVm {
+            vcpus,
+            supported_cpuid,
+            vm,
+            mem,
+            ..
+        } = shell;
 
-        let kernel = loader::load_kernel(&mem, &boot.kernel_image_path)?;
+        let kernel = loader::load_kernel(&mem, ram_size, &boot.kernel_image_path)?;
         let initrd = match &boot.initrd_path {
-            Some(path) => Some(loader::load_initrd(&mem, path, &kernel)?),
+            Some(path) => Some(loader::load_initrd(&mem, ram_size, path, &kernel)?),
             None => None,
         };
         let cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
@@ -150,33 +207,46 @@ impl MicroVm {
             Arc::new(Mutex::new(timer)),
         )?;
 
+        // The noxs page lists every virtio device, so it is built after they are attached.
+        let sysctl = SysctlWord::default();
+        let listed: Vec<NoxsEntry> = devices
+            .attached()
+            .iter()
+            .map(|d| NoxsEntry {
+                device_type: d.device_type,
+                irq: d.slot.irq,
+                base: d.slot.base,
+            })
+            .collect();
+        devices.add_mmio(
+            "noxs page",
+            NOXS_PAGE_START,
+            NOXS_PAGE_SIZE,
+            Arc::new(Mutex::new(NoxsPage::new(&listed, sysctl.clone()))),
+        )?;
+
         let cmdline_size = loader::write_cmdline(&mem, &cmdline)?;
         let boot_info = match kernel.mode {
             EntryMode::Pvh => {
-                write_pvh_start_info(&mem, initrd)?;
+                write_pvh_start_info(&mem, ram_size, initrd)?;
                 PVH_INFO_START
             }
             EntryMode::LongMode => {
-                write_zero_page(&mem, kernel.setup_header, cmdline_size, initrd)?;
+                write_zero_page(&mem, ram_size, kernel.setup_header, cmdline_size, initrd)?;
                 ZERO_PAGE_START
             }
         };
-        setup_mptable(&mem, vcpu_count)?;
+        setup_mptable(&mem, mc.vcpu_count)?;
 
-        let supported = vm
-            .kvm()
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(MicroVmError::Cpuid)?;
-        let mut vcpus = Vec::with_capacity(usize::from(vcpu_count));
-        for id in 0..vcpu_count {
-            let vcpu = Vcpu::new(vm.fd(), id)?;
+        // A shell may hold more vCPUs than this guest gets; the extra ones never run.
+        let vcpus: Vec<Vcpu> = vcpus.into_iter().take(usize::from(mc.vcpu_count)).collect();
+        for (id, vcpu) in vcpus.iter().enumerate() {
             let entry = (id == 0).then_some(BootEntry {
                 mode: kernel.mode,
                 entry: kernel.entry.0,
                 boot_info,
             });
-            vcpu.configure(&supported, vcpu_count, &mem, entry)?;
-            vcpus.push(vcpu);
+            vcpu.configure(&supported_cpuid, mc.vcpu_count, &mem, entry)?;
         }
 
         let exit = VmExitSignal::new().map_err(|source| MicroVmError::EventFd {
@@ -197,7 +267,11 @@ impl MicroVm {
             vcpus,
             io: devices.into_io(),
             events,
-            exit,
+            controller: VmController {
+                control: VcpuControl::default(),
+                exit,
+                sysctl,
+            },
             panicked,
             boot_time,
             vm,
@@ -220,15 +294,30 @@ impl MicroVm {
         self.boot_time.clone()
     }
 
+    /// Pause, resume and stop, for front ends (REST API, control page).
+    pub fn controller(&self) -> VmController {
+        self.controller.clone()
+    }
+
+    /// Adds a front end (or device backend) to the VMM thread's event loop.
+    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
+        self.events.add_subscriber(subscriber);
+    }
+
     /// Starts the vCPUs and serves the VM on this thread until the guest stops.
     pub fn run(mut self) -> Result<VmExit, MicroVmError> {
+        install_kick_handler()?;
         for vcpu in self.vcpus.drain(..) {
             // The threads are detached: the VMM process ends with its VM.
-            vcpu.start(self.io.clone(), self.exit.clone())?;
+            vcpu.start(
+                self.io.clone(),
+                self.controller.exit.clone(),
+                self.controller.control.clone(),
+            )?;
         }
         loop {
             self.events.run().map_err(MicroVmError::EventLoop)?;
-            if let Some(exit) = self.exit.take() {
+            if let Some(exit) = self.controller.exit.take() {
                 if exit == VmExit::Reset && self.panicked.load(Ordering::Acquire) {
                     return Ok(VmExit::GuestPanic);
                 }

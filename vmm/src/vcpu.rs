@@ -3,13 +3,13 @@
 //! to the VMM thread through `VmExitSignal`.
 
 use crate::exit::{VmExit, VmExitSignal};
+use crate::vcpu_control::VcpuControl;
 use crate::x86_64::cpuid::filter_cpuid;
 use crate::x86_64::msr::{boot_msrs, MsrError};
 use crate::x86_64::regs::{boot_fpu, boot_regs, set_lint, setup_sregs, EntryMode, RegsError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
@@ -122,15 +122,19 @@ impl Vcpu {
         self,
         io: Arc<IoManager>,
         exit: VmExitSignal,
-    ) -> Result<JoinHandle<()>, VcpuError> {
+        control: VcpuControl,
+    ) -> Result<(), VcpuError> {
         let id = self.id;
-        std::thread::Builder::new()
+        let thread_control = control.clone();
+        let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
-                let reason = self.run_loop(&io);
+                let reason = self.run_loop(&io, &thread_control);
                 exit.send(reason);
             })
-            .map_err(|source| VcpuError::Spawn { id, source })
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        control.register_thread(&handle);
+        Ok(())
     }
 
     fn rip(&self) -> String {
@@ -140,8 +144,12 @@ impl Vcpu {
             .unwrap_or_else(|_| "unknown".into())
     }
 
-    fn run_loop(mut self, io: &IoManager) -> VmExit {
+    fn run_loop(mut self, io: &IoManager, control: &VcpuControl) -> VmExit {
+        if self.id == 0 {
+            control.mark_first_entry();
+        }
         loop {
+            control.wait_if_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     if io.pio_read(PioAddress(port), data).is_err() {

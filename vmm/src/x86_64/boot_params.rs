@@ -13,7 +13,7 @@ use linux_loader::loader::bootparam::{boot_params, setup_header};
 use linux_loader::loader::elf::start_info::{
     hvm_memmap_table_entry, hvm_modlist_entry, hvm_start_info,
 };
-use vm_memory::{Address, ByteValued, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{Address, ByteValued, GuestAddress, GuestMemoryMmap};
 
 const E820_RAM: u32 = 1;
 const E820_RESERVED: u32 = 2;
@@ -61,10 +61,14 @@ struct ModlistEntry(hvm_modlist_entry);
 // SAFETY: hvm_modlist_entry is a C struct of integers, valid for any bytes.
 unsafe impl ByteValued for ModlistEntry {}
 
-/// The guest's e820 map: low RAM below the EBDA, high RAM from 1 MiB to the end of memory
-/// (split around the MMIO gap). The EBDA, legacy ROM area and the gap are not RAM.
-pub fn e820_map(mem: &GuestMemoryMmap) -> Vec<E820Entry> {
-    let end = mem.last_addr().raw_value() + 1;
+/// The guest's e820 map for `ram_size` bytes of RAM: low RAM below the EBDA, high RAM from
+/// 1 MiB up (split around the MMIO gap). The EBDA, legacy ROM area and the gap are not RAM.
+pub fn e820_map(ram_size: u64) -> Vec<E820Entry> {
+    let end = if ram_size <= MMIO_GAP_START {
+        ram_size
+    } else {
+        MMIO_GAP_END + (ram_size - MMIO_GAP_START)
+    };
     let mut map = vec![
         (0, EBDA_START, E820_RAM),
         (EBDA_START, HIGH_MEMORY_START - EBDA_START, E820_RESERVED),
@@ -93,6 +97,7 @@ pub struct InitrdRegion {
 /// `None` for an ELF vmlinux entered at its 64-bit entry point.
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
+    ram_size: u64,
     header: Option<setup_header>,
     cmdline_size: usize,
     initrd: Option<InitrdRegion>,
@@ -113,7 +118,7 @@ pub fn write_zero_page(
         params.hdr.ramdisk_image = rd.address.raw_value() as u32;
         params.hdr.ramdisk_size = rd.size as u32;
     }
-    let map = e820_map(mem);
+    let map = e820_map(ram_size);
     if map.len() > params.e820_table.len() {
         return Err(BootParamsError::TooManyE820Entries(map.len()));
     }
@@ -130,9 +135,10 @@ pub fn write_zero_page(
 /// Writes `hvm_start_info`, its memory map and module list (the initrd) for a PVH entry.
 pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
+    ram_size: u64,
     initrd: Option<InitrdRegion>,
 ) -> Result<(), BootParamsError> {
-    let map: Vec<MemmapEntry> = e820_map(mem)
+    let map: Vec<MemmapEntry> = e820_map(ram_size)
         .into_iter()
         .map(|(addr, size, type_)| {
             MemmapEntry(hvm_memmap_table_entry {
@@ -176,15 +182,13 @@ mod tests {
 
     #[test]
     fn e820_skips_ebda_and_the_mmio_gap() {
-        let mem = create_guest_memory(128).unwrap();
-        let map = e820_map(&mem);
+        let map = e820_map(128 << 20);
         assert_eq!(map[0], (0, EBDA_START, E820_RAM));
         assert_eq!(
             map[2],
             (HIGH_MEMORY_START, (128 << 20) - HIGH_MEMORY_START, E820_RAM)
         );
-        let big = create_guest_memory(4096).unwrap();
-        let map = e820_map(&big);
+        let map = e820_map(4096 << 20);
         assert_eq!(map.len(), 4);
         let ram: u64 = map.iter().filter(|e| e.2 == E820_RAM).map(|e| e.1).sum();
         assert_eq!(ram, (4096 << 20) - (HIGH_MEMORY_START - EBDA_START));
@@ -197,7 +201,7 @@ mod tests {
             address: GuestAddress(0x300_0000),
             size: 4096,
         };
-        write_pvh_start_info(&mem, Some(rd)).unwrap();
+        write_pvh_start_info(&mem, 64 << 20, Some(rd)).unwrap();
         let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
         assert_eq!((info.0.nr_modules, info.0.memmap_entries), (1, 3));
@@ -212,7 +216,7 @@ mod tests {
             address: GuestAddress(0x200_0000),
             size: 100,
         };
-        write_zero_page(&mem, None, 10, Some(rd)).unwrap();
+        write_zero_page(&mem, 64 << 20, None, 10, Some(rd)).unwrap();
         let zp: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = zp.0.hdr;
         assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);

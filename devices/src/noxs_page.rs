@@ -1,0 +1,144 @@
+//! The noxs device page: a read-only page at a fixed guest-physical address that lists the VM's
+//! devices (type, MMIO base, IRQ) and carries a sysctl word for host requests (power-off,
+//! suspend), so a guest finds its devices without probing (LightVM's noxs, DESIGN.md §5).
+//!
+//! Layout, little endian: u32 magic "NOXS" (0x5358_4f4e), u32 version (1), u32 device count,
+//! u32 sysctl, then one 16-byte entry per device: u32 virtio device type, u32 IRQ, u64 base.
+//! Guest writes are ignored except a write of 0 to the sysctl word, which acknowledges it.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use vm_device::bus::{MmioAddress, MmioAddressOffset};
+use vm_device::MutDeviceMmio;
+
+pub const NOXS_MAGIC: u32 = 0x5358_4f4e;
+pub const NOXS_VERSION: u32 = 1;
+pub const NOXS_PAGE_SIZE: u64 = 4096;
+const SYSCTL_OFFSET: u64 = 12;
+const HEADER_SIZE: usize = 16;
+const ENTRY_SIZE: usize = 16;
+/// Entries that fit in the page.
+pub const NOXS_MAX_DEVICES: usize = (NOXS_PAGE_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
+
+/// A host request the guest should act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Sysctl {
+    None = 0,
+    PowerOff = 1,
+    Suspend = 2,
+}
+
+/// One device as the page lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoxsEntry {
+    pub device_type: u32,
+    pub irq: u32,
+    pub base: u64,
+}
+
+/// The host's handle for posting sysctl requests.
+#[derive(Clone, Debug, Default)]
+pub struct SysctlWord(Arc<AtomicU32>);
+
+impl SysctlWord {
+    pub fn post(&self, request: Sysctl) {
+        self.0.store(request as u32, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+pub struct NoxsPage {
+    bytes: Vec<u8>,
+    sysctl: SysctlWord,
+}
+
+impl NoxsPage {
+    /// The page for `devices` (at most `NOXS_MAX_DEVICES`; more are left off the page).
+    pub fn new(devices: &[NoxsEntry], sysctl: SysctlWord) -> Self {
+        let listed = &devices[..devices.len().min(NOXS_MAX_DEVICES)];
+        let mut bytes = Vec::with_capacity(HEADER_SIZE + listed.len() * ENTRY_SIZE);
+        bytes.extend_from_slice(&NOXS_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&NOXS_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(listed.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&0u32.to_le_bytes());
+        for d in listed {
+            bytes.extend_from_slice(&d.device_type.to_le_bytes());
+            bytes.extend_from_slice(&d.irq.to_le_bytes());
+            bytes.extend_from_slice(&d.base.to_le_bytes());
+        }
+        NoxsPage { bytes, sysctl }
+    }
+}
+
+impl MutDeviceMmio for NoxsPage {
+    fn mmio_read(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
+        let sysctl = self.sysctl.get().to_le_bytes();
+        for (i, b) in data.iter_mut().enumerate() {
+            let at = offset.saturating_add(i as u64);
+            *b = if (SYSCTL_OFFSET..SYSCTL_OFFSET + 4).contains(&at) {
+                sysctl[(at - SYSCTL_OFFSET) as usize]
+            } else {
+                usize::try_from(at)
+                    .ok()
+                    .and_then(|i| self.bytes.get(i).copied())
+                    .unwrap_or(0)
+            };
+        }
+    }
+
+    fn mmio_write(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &[u8]) {
+        if offset == SYSCTL_OFFSET && data.len() == 4 && data.iter().all(|b| *b == 0) {
+            self.sysctl.post(Sysctl::None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_u32(page: &mut NoxsPage, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        page.mmio_read(MmioAddress(0), off, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    #[test]
+    fn page_lists_devices_and_carries_sysctl_requests() {
+        let sysctl = SysctlWord::default();
+        let devs = [
+            NoxsEntry {
+                device_type: 2,
+                irq: 5,
+                base: 0xd000_2000,
+            },
+            NoxsEntry {
+                device_type: 4,
+                irq: 6,
+                base: 0xd000_3000,
+            },
+        ];
+        let mut page = NoxsPage::new(&devs, sysctl.clone());
+        assert_eq!(read_u32(&mut page, 0), NOXS_MAGIC);
+        assert_eq!(read_u32(&mut page, 8), 2);
+        assert_eq!(read_u32(&mut page, 16 + 16), 4);
+        let mut base = [0u8; 8];
+        page.mmio_read(MmioAddress(0), 16 + 16 + 8, &mut base);
+        assert_eq!(u64::from_le_bytes(base), 0xd000_3000);
+        assert_eq!(read_u32(&mut page, 12), 0);
+        sysctl.post(Sysctl::PowerOff);
+        assert_eq!(read_u32(&mut page, 12), 1);
+        // The guest acknowledges; other writes change nothing.
+        page.mmio_write(MmioAddress(0), 0, &[0; 4]);
+        assert_eq!(read_u32(&mut page, 0), NOXS_MAGIC);
+        page.mmio_write(MmioAddress(0), 12, &[0; 4]);
+        assert_eq!(sysctl.get(), 0);
+        // Reads past the listed entries are zero, never out of bounds.
+        assert_eq!(read_u32(&mut page, 4092), 0);
+        assert_eq!(read_u32(&mut page, u64::MAX - 1), 0);
+    }
+}

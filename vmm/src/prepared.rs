@@ -1,0 +1,73 @@
+//! `PreparedVm`: the expensive, configuration-independent half of creating a VM — /dev/kvm, the
+//! VM fd, irqchip and PIT, guest memory mapped and registered, vCPU fds, the supported CPUID.
+//! LightVM's split toolstack does this ahead of time (DESIGN.md §5): a prepared shell then only
+//! has to load the guest and start it.
+
+use crate::memory::{create_guest_memory, MemoryError};
+use crate::vcpu::{Vcpu, VcpuError};
+use crate::vm::{Vm, VmError};
+use crate::x86_64::mptable::MAX_CPUS;
+use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use vm_memory::GuestMemoryMmap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error("vcpu_count must be between 1 and {max}, not {got}")]
+    VcpuCount { got: u8, max: u8 },
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot query KVM's supported CPUID: {0}")]
+    Cpuid(#[source] kvm_ioctls::Error),
+}
+
+/// A VM shell: everything a guest needs except the guest.
+pub struct PreparedVm {
+    pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) supported_cpuid: CpuId,
+    pub(crate) vm: Vm,
+    pub(crate) mem: GuestMemoryMmap,
+    mem_mib: u32,
+}
+
+impl PreparedVm {
+    /// Creates a shell able to host guests of up to `mem_mib` MiB and `vcpus` vCPUs.
+    pub fn prepare(mem_mib: u32, vcpus: u8) -> Result<PreparedVm, PrepareError> {
+        if vcpus == 0 || vcpus > MAX_CPUS {
+            return Err(PrepareError::VcpuCount {
+                got: vcpus,
+                max: MAX_CPUS,
+            });
+        }
+        let mem = create_guest_memory(mem_mib)?;
+        let vm = Vm::new()?;
+        vm.register_memory(&mem)?;
+        let supported_cpuid = vm
+            .kvm()
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(PrepareError::Cpuid)?;
+        let vcpus = (0..vcpus)
+            .map(|id| Vcpu::new(vm.fd(), id))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PreparedVm {
+            vcpus,
+            supported_cpuid,
+            vm,
+            mem,
+            mem_mib,
+        })
+    }
+
+    /// The most memory (MiB) a guest in this shell can have.
+    pub fn mem_mib(&self) -> u32 {
+        self.mem_mib
+    }
+
+    /// The most vCPUs a guest in this shell can have.
+    pub fn vcpu_count(&self) -> u8 {
+        self.vcpus.len() as u8
+    }
+}
