@@ -50,4 +50,16 @@ pub struct RunArgs {
     /// Print `boot-time-us=N` on stderr when the guest writes the boot timer.
     #[arg(long)]
     pub boot_timer: bool,
+    /// A virtio-blk disk: `path=FILE[,ro][,id=NAME][,root]` (repeatable).
+    #[arg(long = "disk", value_name = "SPEC")]
+    pub disks: Vec<String>,
+    /// A virtio-net interface on a tap device: `tap=NAME[,mac=MAC]` (repeatable).
+    #[arg(long = "net", value_name = "SPEC")]
+    pub nets: Vec<String>,
+    /// A virtio-vsock device, host side on a Unix socket: `cid=N,uds=PATH`.
+    #[arg(long, value_name = "SPEC")]
+    pub vsock: Option<String>,
+    /// A virtio-rng device fed from the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
 }

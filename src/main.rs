@@ -2,6 +2,7 @@
 
 mod cli;
 mod demo;
+mod device_args;
 mod run;
 mod terminal;
 
@@ -15,7 +16,13 @@ fn main() {
     let cli = Cli::parse();
     init_logging(&cli.log_level);
     let code = match &cli.command {
-        Command::Run(args) => run::run_vm(start, &run::config_from_args(args), args.boot_timer),
+        Command::Run(args) => match run::config_from_args(args) {
+            Ok(config) => run::run_vm(start, &config, args.boot_timer),
+            Err(e) => {
+                eprintln!("wisp: error: {e}");
+                run::EXIT_VMM_ERROR
+            }
+        },
         Command::Demo => demo::run_demo(start),
     };
     std::process::exit(code);

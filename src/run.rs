@@ -1,12 +1,13 @@
 //! `wisp run`: boot a guest now, console on stdio, exit status from the guest's outcome.
 
 use crate::cli::RunArgs;
+use crate::device_args::{parse_disk, parse_net, parse_vsock, DeviceArgError};
 use crate::terminal::RawTerminal;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
-use wisp_api::{BootSource, MachineConfig, VmConfig};
+use wisp_api::{BootSource, Entropy, MachineConfig, VmConfig};
 use wisp_vmm::{MicroVm, MicroVmOptions, VmExit};
 
 /// Exit status when the VMM could not build or run the VM.
@@ -20,8 +21,22 @@ fn dup_stream(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {
     Ok(File::from(owned))
 }
 
-pub fn config_from_args(args: &RunArgs) -> VmConfig {
-    VmConfig {
+/// The configuration `wisp run`'s options describe.
+pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
+    let drives = args
+        .disks
+        .iter()
+        .enumerate()
+        .map(|(i, d)| parse_disk(d, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let network_interfaces = args
+        .nets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| parse_net(n, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
+    Ok(VmConfig {
         boot_source: Some(BootSource {
             kernel_image_path: args.kernel.clone(),
             initrd_path: args.initrd.clone(),
@@ -32,8 +47,12 @@ pub fn config_from_args(args: &RunArgs) -> VmConfig {
             mem_size_mib: args.mem,
             smt: false,
         },
+        drives,
+        network_interfaces,
+        vsock,
+        entropy: args.rng.then(Entropy::default),
         ..Default::default()
-    }
+    })
 }
 
 /// Builds and runs `config`; returns the process exit status.

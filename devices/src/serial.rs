@@ -161,7 +161,7 @@ mod tests {
             com1.pio_write(PioAddress(COM1_PORT), 0, &[*b]);
         }
         // A wide access is ignored rather than misinterpreted.
-        com1.pio_write(PioAddress(COM1_PORT), 0, &[b'x', b'y']);
+        com1.pio_write(PioAddress(COM1_PORT), 0, b"xy");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
     }
 }

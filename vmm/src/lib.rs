@@ -13,6 +13,7 @@ pub mod microvm;
 pub mod prepared;
 pub mod vcpu;
 pub mod vcpu_control;
+pub mod virtio_devices;
 pub mod vm;
 pub mod x86_64;
 

@@ -8,6 +8,7 @@ use crate::loader::{self, LoaderError};
 use crate::prepared::{PrepareError, PreparedVm};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError};
 use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
+use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
@@ -51,6 +52,8 @@ pub enum MicroVmError {
     Devices(#[from] DeviceManagerError),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Virtio(#[from] VirtioSetupError),
     #[error("cannot create {what}: {source}")]
     EventFd {
         what: &'static str,
@@ -119,6 +122,7 @@ pub struct MicroVm {
     controller: VmController,
     panicked: Arc<AtomicBool>,
     boot_time: BootTime,
+    virtio: Vec<VirtioHandle>,
     vm: Vm,
     mem: GuestMemoryMmap,
 }
@@ -170,7 +174,7 @@ impl MicroVm {
             Some(path) => Some(loader::load_initrd(&mem, ram_size, path, &kernel)?),
             None => None,
         };
-        let cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
+        let mut cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
 
         let mut devices = DeviceManager::new()?;
         let panicked = Arc::new(AtomicBool::new(false));
@@ -206,6 +210,8 @@ impl MicroVm {
             0x1000,
             Arc::new(Mutex::new(timer)),
         )?;
+
+        let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
         // The noxs page lists every virtio device, so it is built after they are attached.
         let sysctl = SysctlWord::default();
@@ -262,6 +268,9 @@ impl MicroVm {
         if let Some(input) = opts.console_in {
             events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(input, serial))));
         }
+        for sub in subscribers(&virtio) {
+            events.add_subscriber(sub);
+        }
 
         Ok(MicroVm {
             vcpus,
@@ -274,6 +283,7 @@ impl MicroVm {
             },
             panicked,
             boot_time,
+            virtio,
             vm,
             mem,
         })
@@ -292,6 +302,11 @@ impl MicroVm {
     /// When the guest wrote the boot timer, in microseconds since the VMM started.
     pub fn boot_time(&self) -> BootTime {
         self.boot_time.clone()
+    }
+
+    /// The virtio devices, in attach order.
+    pub fn virtio_devices(&self) -> &[VirtioHandle] {
+        &self.virtio
     }
 
     /// Pause, resume and stop, for front ends (REST API, control page).

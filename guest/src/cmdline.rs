@@ -1,0 +1,41 @@
+//! The words on the kernel command line that the unikernel acts on. Everything else (e.g.
+//! the `virtio_mmio.device=` entries a VMM adds for Linux guests) is ignored.
+
+/// One action requested on the command line, run in command-line order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// `smp`: start every CPU listed in the MP table and print how many came online.
+    Smp,
+    /// `mem`: print the RAM size from the PVH memory map.
+    Mem,
+    /// `triple-fault`: crash the CPU so the VMM must report a triple fault.
+    TripleFault,
+    /// `panic`: panic, so the panic handler's output and halt can be tested.
+    Panic,
+    /// `echo`: echo serial input back until a `q`.
+    Echo,
+    /// `idle`: stay up without spinning (interrupts off, `hlt`), so a VM keeps running until
+    /// the host stops it; used for density and control-plane tests.
+    Idle,
+}
+
+impl Command {
+    fn from_word(word: &[u8]) -> Option<Self> {
+        match word {
+            b"smp" => Some(Self::Smp),
+            b"mem" => Some(Self::Mem),
+            b"triple-fault" => Some(Self::TripleFault),
+            b"panic" => Some(Self::Panic),
+            b"echo" => Some(Self::Echo),
+            b"idle" => Some(Self::Idle),
+            _ => None,
+        }
+    }
+}
+
+/// The commands in `cmdline`, in order; words are separated by ASCII whitespace.
+pub fn commands(cmdline: &[u8]) -> impl Iterator<Item = Command> + '_ {
+    cmdline
+        .split(|byte| byte.is_ascii_whitespace())
+        .filter_map(Command::from_word)
+}

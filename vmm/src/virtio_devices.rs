@@ -1,0 +1,212 @@
+//! Turns the configuration's drives, network interfaces, vsock and entropy device into virtio
+//! devices on MMIO slots. Each goes through `DeviceManager::attach_virtio`, so its bus entry,
+//! ioeventfds, irqfd and command-line entry are made together.
+
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::microvm::Subscriber;
+use kvm_ioctls::VmFd;
+use linux_loader::cmdline::Cmdline;
+use std::sync::{Arc, Mutex};
+use vm_memory::GuestMemoryMmap;
+use wisp_api::VmConfig;
+use wisp_devices::virtio::block::BlockError;
+use wisp_devices::virtio::net::NetError;
+use wisp_devices::virtio::vsock::VsockError;
+use wisp_devices::virtio::{Block, MmioTransport, Net, Rng, VirtioDevice, Vsock};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VirtioSetupError {
+    #[error("drive {id}: {source}")]
+    Block {
+        id: String,
+        #[source]
+        source: BlockError,
+    },
+    #[error("network interface {id}: {source}")]
+    Net {
+        id: String,
+        #[source]
+        source: NetError,
+    },
+    #[error("network interface {id}: invalid MAC address {mac:?} (want six hex bytes like 02:00:00:00:00:01)")]
+    Mac { id: String, mac: String },
+    #[error("vsock: {0}")]
+    Vsock(#[source] VsockError),
+    #[error("{name}: {source}")]
+    Transport {
+        name: String,
+        #[source]
+        source: wisp_devices::virtio::mmio::Error,
+    },
+    #[error(transparent)]
+    Attach(#[from] DeviceManagerError),
+    #[error("kernel command line: {0}")]
+    Cmdline(#[from] linux_loader::cmdline::Error),
+}
+
+/// A virtio device of the running VM, for the front ends (PATCH /drives, metrics).
+pub struct VirtioHandle {
+    /// "block", "net", "vsock" or "rng".
+    pub kind: &'static str,
+    /// The drive or interface id from the configuration ("vsock" / "rng" for those).
+    pub id: String,
+    pub transport: Arc<Mutex<MmioTransport>>,
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next()?;
+        if part.len() != 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+fn attach(
+    dm: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cmdline: &mut Cmdline,
+    kind: &'static str,
+    id: String,
+    device: Box<dyn VirtioDevice>,
+) -> Result<VirtioHandle, VirtioSetupError> {
+    let transport =
+        MmioTransport::new(mem.clone(), device).map_err(|source| VirtioSetupError::Transport {
+            name: format!("{kind} {id}"),
+            source,
+        })?;
+    let device_type = transport.device_type();
+    let transport = Arc::new(Mutex::new(transport));
+    {
+        let t = transport
+            .lock()
+            .map_err(|_| DeviceManagerError::NoSlot(kind))?;
+        dm.attach_virtio(
+            kind,
+            vm,
+            cmdline,
+            device_type,
+            transport.clone(),
+            t.queue_events(),
+            t.interrupt_event(),
+        )?;
+    }
+    Ok(VirtioHandle {
+        kind,
+        id,
+        transport,
+    })
+}
+
+/// Creates and attaches every virtio device `config` asks for. The root drive goes first, so
+/// Linux names it /dev/vda, and its `root=` argument is added to the command line.
+pub fn attach_virtio_devices(
+    dm: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cmdline: &mut Cmdline,
+    config: &VmConfig,
+) -> Result<Vec<VirtioHandle>, VirtioSetupError> {
+    let mut handles = Vec::new();
+    let mut drives: Vec<_> = config.drives.iter().collect();
+    drives.sort_by_key(|d| !d.is_root_device);
+    for drive in drives {
+        let block = Block::new(
+            &drive.path_on_host,
+            drive.is_read_only,
+            Some(&drive.drive_id),
+        )
+        .map_err(|source| VirtioSetupError::Block {
+            id: drive.drive_id.clone(),
+            source,
+        })?;
+        if drive.is_root_device {
+            let mode = if drive.is_read_only { "ro" } else { "rw" };
+            cmdline.insert_str(format!("root=/dev/vda {mode}"))?;
+        }
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "block",
+            drive.drive_id.clone(),
+            Box::new(block),
+        )?);
+    }
+    for iface in &config.network_interfaces {
+        let mac = match &iface.guest_mac {
+            Some(text) => Some(parse_mac(text).ok_or_else(|| VirtioSetupError::Mac {
+                id: iface.iface_id.clone(),
+                mac: text.clone(),
+            })?),
+            None => None,
+        };
+        let net = Net::new(&iface.host_dev_name, mac).map_err(|source| VirtioSetupError::Net {
+            id: iface.iface_id.clone(),
+            source,
+        })?;
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "net",
+            iface.iface_id.clone(),
+            Box::new(net),
+        )?);
+    }
+    if let Some(vsock) = &config.vsock {
+        let dev = Vsock::new(u64::from(vsock.guest_cid), &vsock.uds_path)
+            .map_err(VirtioSetupError::Vsock)?;
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "vsock",
+            "vsock".into(),
+            Box::new(dev),
+        )?);
+    }
+    if config.entropy.is_some() {
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "rng",
+            "rng".into(),
+            Box::new(Rng::new()),
+        )?);
+    }
+    Ok(handles)
+}
+
+/// The event-loop subscriber of each device.
+pub fn subscribers(handles: &[VirtioHandle]) -> impl Iterator<Item = Subscriber> + '_ {
+    handles.iter().map(|h| h.transport.clone() as Subscriber)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_addresses_parse_strictly() {
+        assert_eq!(
+            parse_mac("02:00:00:0a:ff:01"),
+            Some([2, 0, 0, 0x0a, 0xff, 1])
+        );
+        assert_eq!(parse_mac("02:00:00:0a:ff"), None);
+        assert_eq!(parse_mac("02:00:00:0a:ff:01:07"), None);
+        assert_eq!(parse_mac("02:00:00:0a:ff:1"), None);
+        assert_eq!(parse_mac("zz:00:00:0a:ff:01"), None);
+    }
+}
