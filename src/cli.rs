@@ -28,6 +28,66 @@ pub enum Command {
     Run(RunArgs),
     /// Boot the demo microVM (the Wisp unikernel) and show its console and boot time.
     Demo,
+    /// A prepared VM shell driven by wispd over a control page (internal).
+    #[command(hide = true)]
+    Shell(ShellArgs),
+    /// Talk to wispd: create, list, pause, resume, destroy VMs, show a console.
+    Ctl(CtlArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ShellArgs {
+    /// The control page memfd.
+    #[arg(long)]
+    pub control: i32,
+    /// Eventfd wispd rings.
+    #[arg(long)]
+    pub doorbell: i32,
+    /// Eventfd the shell rings.
+    #[arg(long)]
+    pub ack: i32,
+    /// Guest memory to reserve, MiB.
+    #[arg(long, default_value_t = wisp_api::config::DEFAULT_MEM_SIZE_MIB)]
+    pub mem: u32,
+    /// vCPUs to create.
+    #[arg(long, default_value_t = 1)]
+    pub vcpus: u8,
+    /// Where the guest's console output goes.
+    #[arg(long)]
+    pub console: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CtlArgs {
+    /// wispd's socket.
+    #[arg(long, default_value = "/run/wispd.sock")]
+    pub socket: PathBuf,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CtlCommand {
+    /// Create a VM from a JSON configuration (the REST API's schema); prints its id and timing.
+    Create {
+        #[arg(long)]
+        config: PathBuf,
+        /// Wait until the guest writes the boot timer and report that time too.
+        #[arg(long)]
+        wait_boot: bool,
+    },
+    /// List the VMs.
+    List,
+    /// Destroy a VM.
+    Destroy { id: String },
+    /// Pause a VM's vCPUs.
+    Pause { id: String },
+    /// Resume a paused VM.
+    Resume { id: String },
+    /// Print a VM's console output so far.
+    Console { id: String },
+    /// Prepared shells and running VMs.
+    Status,
 }
 
 #[derive(Args, Debug)]

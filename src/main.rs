@@ -1,9 +1,11 @@
 //! `wisp`: one VMM process per microVM.
 
 mod cli;
+mod ctl;
 mod demo;
 mod device_args;
 mod run;
+mod shell;
 mod terminal;
 
 use clap::Parser;
@@ -24,6 +26,8 @@ fn main() {
             }
         },
         Command::Demo => demo::run_demo(start),
+        Command::Shell(args) => shell::run_shell(start, args),
+        Command::Ctl(args) => ctl::run_ctl(args),
     };
     std::process::exit(code);
 }

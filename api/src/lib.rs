@@ -4,20 +4,23 @@
 
 pub mod action;
 pub mod config;
+pub mod control_page;
 pub mod metrics;
 pub mod resources;
 pub mod response;
 pub mod routes;
+pub mod seqpacket;
 pub mod server;
 pub mod validate;
 pub mod vmm_channel;
+pub mod wispd_protocol;
 
 pub use action::{
     ErrorKind, InstanceInfo, VersionInfo, VmState, VmmAction, VmmActionError, VmmData,
 };
 pub use config::{
-    BootSource, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig, MachineConfigUpdate,
-    Metrics, NetworkInterface, VmConfig, Vsock,
+    BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig,
+    MachineConfigUpdate, Metrics, NetworkInterface, VmConfig, Vsock,
 };
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use resources::{HostLimits, ResourcesError, VmResources};

@@ -319,8 +319,11 @@ impl MicroVm {
         self.events.add_subscriber(subscriber);
     }
 
-    /// Starts the vCPUs and serves the VM on this thread until the guest stops.
-    pub fn run(mut self) -> Result<VmExit, MicroVmError> {
+    /// Starts the vCPU threads (once); the guest begins to run.
+    pub fn start(&mut self) -> Result<(), MicroVmError> {
+        if self.vcpus.is_empty() {
+            return Ok(());
+        }
         install_kick_handler()?;
         for vcpu in self.vcpus.drain(..) {
             // The threads are detached: the VMM process ends with its VM.
@@ -330,6 +333,12 @@ impl MicroVm {
                 self.controller.control.clone(),
             )?;
         }
+        Ok(())
+    }
+
+    /// Starts the vCPUs if needed and serves the VM on this thread until the guest stops.
+    pub fn run(mut self) -> Result<VmExit, MicroVmError> {
+        self.start()?;
         loop {
             self.events.run().map_err(MicroVmError::EventLoop)?;
             if let Some(exit) = self.controller.exit.take() {

@@ -1,0 +1,220 @@
+//! `wisp shell`: a prepared VM shell owned by `wispd` (DESIGN.md §5). It prepares the VM off
+//! the critical path, parks on its doorbell, and on Create reads the configuration from the
+//! control page, loads the guest, starts it and acknowledges — no HTTP, no JSON.
+
+use crate::cli::ShellArgs;
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use std::fs::File;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use vmm_sys_util::eventfd::EventFd;
+use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
+use wisp_vmm::{MicroVm, MicroVmOptions, PreparedVm, VmController};
+
+/// Result codes acknowledged on the page.
+const RESULT_OK: i32 = 0;
+const RESULT_FAILED: i32 = 1;
+const RESULT_BAD_COMMAND: i32 = 2;
+
+fn monotonic_of(t: Instant) -> u64 {
+    monotonic_ns().saturating_sub(t.elapsed().as_nanos() as u64)
+}
+
+struct Shell {
+    page: Arc<ControlPage>,
+    doorbell: EventFd,
+    ack: EventFd,
+}
+
+impl Shell {
+    fn ring(&self) {
+        if let Err(e) = self.ack.write(1) {
+            log::error!("shell: cannot ring wispd: {e}");
+        }
+    }
+
+    fn fail(&self, seq: Option<u32>, message: &str) -> i32 {
+        eprintln!("wisp shell: {message}");
+        self.page.set_error(message);
+        self.page.set_state(ShellState::Failed);
+        if let Some(seq) = seq {
+            self.page.acknowledge(seq, RESULT_FAILED);
+        }
+        self.ring();
+        1
+    }
+}
+
+/// Takes ownership of an inherited fd number.
+fn inherited(fd: i32) -> OwnedFd {
+    // SAFETY: wispd passes these fds to this process for it alone to own; nothing else in
+    // this process refers to them.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
+    let page = match ControlPage::open(inherited(args.control)) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("wisp shell: error: {e}");
+            return 1;
+        }
+    };
+    // SAFETY: as `inherited`: the doorbell and ack eventfds are ours alone.
+    let (doorbell, ack) = unsafe {
+        (
+            EventFd::from_raw_fd(args.doorbell),
+            EventFd::from_raw_fd(args.ack),
+        )
+    };
+    let shell = Shell {
+        page,
+        doorbell,
+        ack,
+    };
+
+    let prepared = match PreparedVm::prepare(args.mem, args.vcpus) {
+        Ok(p) => p,
+        Err(e) => return shell.fail(None, &format!("cannot prepare the VM: {e}")),
+    };
+    shell
+        .page
+        .set_shell_info(std::process::id(), args.mem, u32::from(args.vcpus));
+    shell.page.set_time(Timestamp::Prepared, monotonic_ns());
+    shell.page.set_state(ShellState::Prepared);
+    shell.ring();
+
+    loop {
+        if shell.doorbell.read().is_err() {
+            return shell.fail(None, "doorbell closed before a create");
+        }
+        let Some((seq, command)) = shell.page.pending_command() else {
+            continue;
+        };
+        match command {
+            Some(ControlCommand::Create) => return create(start, shell, seq, prepared, args),
+            Some(ControlCommand::Destroy) => {
+                shell.page.set_state(ShellState::Halted);
+                shell.page.acknowledge(seq, RESULT_OK);
+                shell.ring();
+                return 0;
+            }
+            _ => {
+                shell.page.acknowledge(seq, RESULT_BAD_COMMAND);
+                shell.ring();
+            }
+        }
+    }
+}
+
+fn create(start: Instant, shell: Shell, seq: u32, prepared: PreparedVm, args: &ShellArgs) -> i32 {
+    shell.page.set_state(ShellState::Configuring);
+    let config = match shell.page.read_config() {
+        Ok(c) => c,
+        Err(e) => return shell.fail(Some(seq), &format!("rejected the control page: {e}")),
+    };
+    let console: Box<dyn std::io::Write + Send> = match &args.console {
+        Some(path) => match File::create(path) {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                return shell.fail(Some(seq), &format!("cannot open {}: {e}", path.display()))
+            }
+        },
+        None => Box::new(std::io::sink()),
+    };
+    let boot_page = shell.page.clone();
+    let opts = MicroVmOptions {
+        start,
+        console_out: console,
+        console_in: None,
+        on_boot: Some(Box::new(move |_| {
+            boot_page.set_time(Timestamp::BootTimer, monotonic_ns())
+        })),
+    };
+    let mut vm = match MicroVm::configure(prepared, &config, opts) {
+        Ok(vm) => vm,
+        Err(e) => return shell.fail(Some(seq), &e.to_string()),
+    };
+    shell.page.set_time(Timestamp::Configured, monotonic_ns());
+    let controller = vm.controller();
+    if let Err(e) = vm.start() {
+        return shell.fail(Some(seq), &e.to_string());
+    }
+    // The boot vCPU marks its first entry just before KVM_RUN: microseconds away.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    while controller.first_entry().is_none() && Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    if let Some(t) = controller.first_entry() {
+        shell.page.set_time(Timestamp::FirstEntry, monotonic_of(t));
+    }
+    shell.page.set_state(ShellState::Running);
+    shell.page.acknowledge(seq, RESULT_OK);
+    shell.ring();
+
+    let page = shell.page.clone();
+    let control = Arc::new(Mutex::new(ShellControl { shell, controller }));
+    vm.add_subscriber(control.clone());
+    let outcome = vm.run();
+    let Ok(control) = control.lock() else {
+        return 1;
+    };
+    match outcome {
+        Ok(exit) if exit.is_clean() => {
+            page.set_state(ShellState::Halted);
+            control.shell.ring();
+            0
+        }
+        Ok(exit) => control.shell.fail(None, &format!("guest failed: {exit}")),
+        Err(e) => control.shell.fail(None, &e.to_string()),
+    }
+}
+
+/// Later commands (pause, resume, destroy) arrive on the doorbell while the VM runs.
+struct ShellControl {
+    shell: Shell,
+    controller: VmController,
+}
+
+impl MutEventSubscriber for ShellControl {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.shell.doorbell, EventSet::IN)) {
+            log::error!("shell: cannot watch the doorbell: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.shell.doorbell.read();
+        let Some((seq, command)) = self.shell.page.pending_command() else {
+            return;
+        };
+        let page = &self.shell.page;
+        let result = match command {
+            Some(ControlCommand::Pause) => match self.controller.pause() {
+                Ok(()) => {
+                    page.set_state(ShellState::Paused);
+                    RESULT_OK
+                }
+                Err(e) => {
+                    page.set_error(&e.to_string());
+                    RESULT_FAILED
+                }
+            },
+            Some(ControlCommand::Resume) => {
+                self.controller.resume();
+                page.set_state(ShellState::Running);
+                RESULT_OK
+            }
+            Some(ControlCommand::Destroy) => {
+                self.controller.resume();
+                self.controller.stop();
+                page.set_state(ShellState::Halted);
+                RESULT_OK
+            }
+            _ => RESULT_BAD_COMMAND,
+        };
+        page.acknowledge(seq, result);
+        self.shell.ring();
+    }
+}
