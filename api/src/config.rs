@@ -3,7 +3,7 @@
 //! tooling and habits carry over.
 
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Default guest memory when none is given, in MiB.
 pub const DEFAULT_MEM_SIZE_MIB: u32 = 128;
@@ -38,6 +38,38 @@ pub struct VmConfig {
     pub logger: Option<Logger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+}
+
+/// Errors of reading a `--config-file` document.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl VmConfig {
+    /// Reads and parses a `--config-file` document (syntax and field names only; pass the
+    /// result to `VmResources::from_config` for the semantic checks).
+    pub fn from_file(path: &Path) -> Result<VmConfig, ConfigFileError> {
+        let text = std::fs::read(path).map_err(|source| ConfigFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|source| ConfigFileError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 /// `PUT /boot-source`.
@@ -210,6 +242,26 @@ mod tests {
         assert_eq!(cfg.logger.as_ref().unwrap().level, LogLevel::Debug);
         let back: VmConfig = serde_json::from_str(&serde_json::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn config_file_errors_name_the_file_and_the_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.json");
+        std::fs::write(&path, "{\n  \"machine-config\": {\"vcpu_count\": 1}\n}").unwrap();
+        let err = VmConfig::from_file(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("invalid config file {}", path.display())),
+            "{err}"
+        );
+        assert!(
+            err.contains("missing field `mem_size_mib` at line 2"),
+            "{err}"
+        );
+        let err = VmConfig::from_file(&dir.path().join("none.json")).unwrap_err();
+        assert!(matches!(err, ConfigFileError::Read { .. }));
+        std::fs::write(&path, r#"{"entropy": {}}"#).unwrap();
+        assert!(VmConfig::from_file(&path).unwrap().entropy.is_some());
     }
 
     #[test]

@@ -1,0 +1,411 @@
+//! `VmResources`: the pre-boot configuration store and all of its validation. Every front end
+//! (REST API, `--config-file`, control page) goes through it, so a rule is written once.
+//! Semantics follow Firecracker: resources are configured before `InstanceStart`, a `PUT` with
+//! an existing id replaces that resource, and configuration is frozen once the guest runs.
+
+use crate::action::{
+    InstanceInfo, VersionInfo, VmState, VmmAction, VmmActionError, VmmData, APP_NAME, VMM_VERSION,
+};
+use crate::config::{
+    BootSource, Drive, DriveUpdate, Logger, MachineConfig, Metrics, NetworkInterface, VmConfig,
+    Vsock,
+};
+use crate::validate::{
+    canonical_or_given, check_file_opens, check_parent_dir, validate_boot_args, validate_id,
+    validate_mac, validate_tap_name,
+};
+
+/// Firecracker's ceiling on vCPUs, used when the host reports no lower one.
+pub const DEFAULT_MAX_VCPUS: u8 = 32;
+/// Id reported by `GET /` unless the VMM sets one.
+pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
+
+/// Limits of this host that the configuration must respect; the VMM fills them from KVM
+/// (`KVM_CAP_MAX_VCPUS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLimits {
+    pub max_vcpus: u8,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            max_vcpus: DEFAULT_MAX_VCPUS,
+        }
+    }
+}
+
+/// Errors of building a store from a whole configuration document.
+#[derive(Debug, thiserror::Error)]
+pub enum ResourcesError {
+    #[error("invalid configuration, section `{section}`: {source}")]
+    InvalidSection {
+        section: &'static str,
+        #[source]
+        source: VmmActionError,
+    },
+}
+
+/// The configuration of one microVM as it is being built, plus the id it answers to.
+#[derive(Clone, Debug)]
+pub struct VmResources {
+    config: VmConfig,
+    limits: HostLimits,
+    instance_id: String,
+}
+
+impl VmResources {
+    /// An empty store (default machine config, no boot source yet).
+    pub fn new(limits: HostLimits) -> Self {
+        VmResources {
+            config: VmConfig::default(),
+            limits,
+            instance_id: DEFAULT_INSTANCE_ID.to_string(),
+        }
+    }
+
+    /// Sets the id `GET /` reports.
+    pub fn with_instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = id.into();
+        self
+    }
+
+    /// Builds a store from one `--config-file` document, with the same validation as the API.
+    /// Unlike repeated `PUT`s, a document that names the same drive or interface id twice is
+    /// rejected: there is no "later replaces earlier" in a single document.
+    pub fn from_config(config: VmConfig, limits: HostLimits) -> Result<Self, ResourcesError> {
+        let mut res = VmResources::new(limits);
+        let wrap = |section| move |source| ResourcesError::InvalidSection { section, source };
+        res.set_machine_config(&config.machine_config)
+            .map_err(wrap("machine-config"))?;
+        if let Some(boot) = &config.boot_source {
+            res.set_boot_source(boot).map_err(wrap("boot-source"))?;
+        }
+        for drive in &config.drives {
+            if res
+                .config
+                .drives
+                .iter()
+                .any(|d| d.drive_id == drive.drive_id)
+            {
+                let msg = format!("drive id `{}` appears twice", drive.drive_id);
+                return Err(wrap("drives")(VmmActionError::bad_request(msg)));
+            }
+            res.insert_drive(drive).map_err(wrap("drives"))?;
+        }
+        for iface in &config.network_interfaces {
+            let ifaces = &res.config.network_interfaces;
+            if ifaces.iter().any(|i| i.iface_id == iface.iface_id) {
+                let msg = format!("network interface id `{}` appears twice", iface.iface_id);
+                return Err(wrap("network-interfaces")(VmmActionError::bad_request(msg)));
+            }
+            res.insert_net(iface).map_err(wrap("network-interfaces"))?;
+        }
+        if let Some(vsock) = &config.vsock {
+            res.set_vsock(vsock).map_err(wrap("vsock"))?;
+        }
+        res.config.entropy = config.entropy.clone();
+        if let Some(logger) = &config.logger {
+            res.set_logger(logger).map_err(wrap("logger"))?;
+        }
+        if let Some(metrics) = &config.metrics {
+            res.set_metrics(metrics).map_err(wrap("metrics"))?;
+        }
+        Ok(res)
+    }
+
+    /// The configuration as validated so far; the VMM boots from it on `StartMicroVm`.
+    pub fn vm_config(&self) -> &VmConfig {
+        &self.config
+    }
+
+    /// The limits this store validates against.
+    pub fn limits(&self) -> HostLimits {
+        self.limits
+    }
+
+    /// Handles `action` if the store can: every read and every configuration change. Returns
+    /// `None` for work only the VMM can do (start, pause, resume, Ctrl-Alt-Del, flushing metrics,
+    /// swapping a drive's file after boot) once the store has checked that the state allows it.
+    pub fn apply(
+        &mut self,
+        action: &VmmAction,
+        state: VmState,
+    ) -> Option<Result<VmmData, VmmActionError>> {
+        use VmmAction as A;
+        let configured = |r: Result<(), VmmActionError>| Some(r.map(|()| VmmData::Empty));
+        match action {
+            A::GetVmInfo => Some(Ok(VmmData::InstanceInfo(InstanceInfo {
+                id: self.instance_id.clone(),
+                state,
+                vmm_version: VMM_VERSION.to_string(),
+                app_name: APP_NAME.to_string(),
+            }))),
+            A::GetVmConfig => Some(Ok(VmmData::VmConfig(self.config.clone()))),
+            A::GetVersion => Some(Ok(VmmData::Version(VersionInfo {
+                wisp_version: VMM_VERSION.to_string(),
+            }))),
+            A::GetMachineConfig => Some(Ok(VmmData::MachineConfig(
+                self.config.machine_config.clone(),
+            ))),
+            A::UpdateBlockDevice(update) => self.update_drive(update, state),
+            A::StartMicroVm => match state {
+                VmState::NotStarted if self.config.boot_source.is_none() => {
+                    Some(Err(VmmActionError::bad_request(
+                        "cannot start the microVM: no boot source is configured \
+                         (PUT /boot-source first)",
+                    )))
+                }
+                VmState::NotStarted => None,
+                _ => Some(Err(VmmActionError::not_allowed(
+                    "cannot start the microVM: it has already been started",
+                ))),
+            },
+            A::SendCtrlAltDel => match state {
+                VmState::Running => None,
+                other => Some(Err(VmmActionError::not_allowed(format!(
+                    "SendCtrlAltDel needs a running microVM; its state is {other:?}"
+                )))),
+            },
+            A::FlushMetrics if self.config.metrics.is_none() => Some(Err(
+                VmmActionError::bad_request("cannot flush metrics: PUT /metrics first"),
+            )),
+            A::FlushMetrics => None,
+            A::Pause | A::Resume => match state {
+                VmState::Running | VmState::Paused => None,
+                other => Some(Err(VmmActionError::not_allowed(format!(
+                    "cannot pause or resume the microVM in state {other:?}"
+                )))),
+            },
+            _ if state != VmState::NotStarted => Some(Err(VmmActionError::not_allowed(format!(
+                "{} is not allowed after the microVM started",
+                config_change_name(action)
+            )))),
+            A::ConfigureBootSource(boot) => configured(self.set_boot_source(boot)),
+            A::PutMachineConfig(mc) => configured(self.set_machine_config(mc)),
+            A::PatchMachineConfig(patch) if patch.is_empty() => Some(Err(
+                VmmActionError::bad_request("PATCH /machine-config names no field to change"),
+            )),
+            A::PatchMachineConfig(patch) => {
+                let merged = patch.applied_to(&self.config.machine_config);
+                configured(self.set_machine_config(&merged))
+            }
+            A::InsertBlockDevice(drive) => configured(self.insert_drive(drive)),
+            A::InsertNetworkDevice(iface) => configured(self.insert_net(iface)),
+            A::SetVsock(vsock) => configured(self.set_vsock(vsock)),
+            A::SetEntropy(entropy) => {
+                self.config.entropy = Some(entropy.clone());
+                Some(Ok(VmmData::Empty))
+            }
+            A::ConfigureLogger(logger) => configured(self.set_logger(logger)),
+            A::ConfigureMetrics(metrics) => configured(self.set_metrics(metrics)),
+        }
+    }
+
+    /// Records a drive's new backing file once the VMM has swapped it after boot, so that
+    /// `GET /vm/config` tells the truth.
+    pub fn commit_drive_update(&mut self, update: &DriveUpdate) {
+        if let Some(d) = self
+            .config
+            .drives
+            .iter_mut()
+            .find(|d| d.drive_id == update.drive_id)
+        {
+            d.path_on_host = update.path_on_host.clone();
+        }
+    }
+
+    fn set_boot_source(&mut self, boot: &BootSource) -> Result<(), VmmActionError> {
+        check_file_opens("kernel image", &boot.kernel_image_path, false)?;
+        if let Some(initrd) = &boot.initrd_path {
+            check_file_opens("initrd", initrd, false)?;
+        }
+        if let Some(args) = &boot.boot_args {
+            validate_boot_args(args)?;
+        }
+        self.config.boot_source = Some(boot.clone());
+        Ok(())
+    }
+
+    fn set_machine_config(&mut self, mc: &MachineConfig) -> Result<(), VmmActionError> {
+        let max = self.limits.max_vcpus;
+        if mc.vcpu_count == 0 || mc.vcpu_count > max {
+            return Err(VmmActionError::bad_request(format!(
+                "vcpu_count {} is out of range: it must be between 1 and {max} on this host",
+                mc.vcpu_count
+            )));
+        }
+        // With SMT two hyperthreads share a core, so a guest topology needs pairs (as in
+        // Firecracker): one vCPU, or an even count.
+        if mc.smt && mc.vcpu_count > 1 && mc.vcpu_count % 2 == 1 {
+            return Err(VmmActionError::bad_request(format!(
+                "vcpu_count {} is invalid with smt: it must be 1 or even",
+                mc.vcpu_count
+            )));
+        }
+        if mc.mem_size_mib == 0 {
+            return Err(VmmActionError::bad_request(
+                "mem_size_mib must be greater than 0",
+            ));
+        }
+        self.config.machine_config = mc.clone();
+        Ok(())
+    }
+
+    fn insert_drive(&mut self, drive: &Drive) -> Result<(), VmmActionError> {
+        validate_id("drive_id", &drive.drive_id)?;
+        check_file_opens(
+            &format!("backing file of drive `{}`", drive.drive_id),
+            &drive.path_on_host,
+            !drive.is_read_only,
+        )?;
+        let others = || {
+            self.config
+                .drives
+                .iter()
+                .filter(|d| d.drive_id != drive.drive_id)
+        };
+        if drive.is_root_device {
+            if let Some(root) = others().find(|d| d.is_root_device) {
+                return Err(VmmActionError::bad_request(format!(
+                    "drive `{}` cannot be a root device: drive `{}` already is",
+                    drive.drive_id, root.drive_id
+                )));
+            }
+        }
+        let path = canonical_or_given(&drive.path_on_host);
+        if let Some(twin) = others().find(|d| canonical_or_given(&d.path_on_host) == path) {
+            return Err(VmmActionError::bad_request(format!(
+                "drive `{}` uses {}, which drive `{}` already uses",
+                drive.drive_id,
+                drive.path_on_host.display(),
+                twin.drive_id
+            )));
+        }
+        let drives = &mut self.config.drives;
+        match drives.iter().position(|d| d.drive_id == drive.drive_id) {
+            Some(i) => drives[i] = drive.clone(),
+            None => drives.push(drive.clone()),
+        }
+        // The root device goes first so that the guest sees it as /dev/vda (Firecracker does
+        // the same).
+        if let Some(i) = drives.iter().position(|d| d.is_root_device) {
+            let root = drives.remove(i);
+            drives.insert(0, root);
+        }
+        Ok(())
+    }
+
+    fn update_drive(
+        &mut self,
+        update: &DriveUpdate,
+        state: VmState,
+    ) -> Option<Result<VmmData, VmmActionError>> {
+        if state == VmState::Halted {
+            return Some(Err(VmmActionError::not_allowed(
+                "cannot update a drive: the microVM has ended",
+            )));
+        }
+        let Some(drive) = self
+            .config
+            .drives
+            .iter()
+            .find(|d| d.drive_id == update.drive_id)
+        else {
+            return Some(Err(VmmActionError::bad_request(format!(
+                "no drive with id `{}`",
+                update.drive_id
+            ))));
+        };
+        let mut replaced = drive.clone();
+        replaced.path_on_host = update.path_on_host.clone();
+        if state == VmState::NotStarted {
+            return Some(self.insert_drive(&replaced).map(|()| VmmData::Empty));
+        }
+        let what = format!("new backing file of drive `{}`", update.drive_id);
+        if let Err(e) = check_file_opens(&what, &update.path_on_host, !replaced.is_read_only) {
+            return Some(Err(e));
+        }
+        None
+    }
+
+    fn insert_net(&mut self, iface: &NetworkInterface) -> Result<(), VmmActionError> {
+        validate_id("iface_id", &iface.iface_id)?;
+        validate_tap_name(&iface.host_dev_name)?;
+        if let Some(mac) = &iface.guest_mac {
+            validate_mac(mac)?;
+        }
+        for other in self
+            .config
+            .network_interfaces
+            .iter()
+            .filter(|i| i.iface_id != iface.iface_id)
+        {
+            if other.host_dev_name == iface.host_dev_name {
+                return Err(VmmActionError::bad_request(format!(
+                    "host device {} is already used by interface `{}`",
+                    iface.host_dev_name, other.iface_id
+                )));
+            }
+            let same_mac = match (&other.guest_mac, &iface.guest_mac) {
+                (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+                _ => false,
+            };
+            if same_mac {
+                return Err(VmmActionError::bad_request(format!(
+                    "guest MAC {} is already used by interface `{}`",
+                    iface.guest_mac.as_deref().unwrap_or_default(),
+                    other.iface_id
+                )));
+            }
+        }
+        let ifaces = &mut self.config.network_interfaces;
+        match ifaces.iter().position(|i| i.iface_id == iface.iface_id) {
+            Some(i) => ifaces[i] = iface.clone(),
+            None => ifaces.push(iface.clone()),
+        }
+        Ok(())
+    }
+
+    fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), VmmActionError> {
+        // virtio 1.2 §5.10.4: CIDs 0 and 1 are reserved, 2 is the host, 0xffffffff reserved.
+        if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
+            return Err(VmmActionError::bad_request(format!(
+                "guest_cid {} is reserved: use a value from 3 to 4294967294",
+                vsock.guest_cid
+            )));
+        }
+        check_parent_dir("vsock uds_path", &vsock.uds_path)?;
+        self.config.vsock = Some(vsock.clone());
+        Ok(())
+    }
+
+    fn set_logger(&mut self, logger: &Logger) -> Result<(), VmmActionError> {
+        check_parent_dir("log_path", &logger.log_path)?;
+        self.config.logger = Some(logger.clone());
+        Ok(())
+    }
+
+    fn set_metrics(&mut self, metrics: &Metrics) -> Result<(), VmmActionError> {
+        check_parent_dir("metrics_path", &metrics.metrics_path)?;
+        self.config.metrics = Some(metrics.clone());
+        Ok(())
+    }
+}
+
+/// What a configuration action does, for "… is not allowed after the microVM started".
+fn config_change_name(action: &VmmAction) -> &'static str {
+    match action {
+        VmmAction::ConfigureBootSource(_) => "configuring the boot source",
+        VmmAction::PutMachineConfig(_) | VmmAction::PatchMachineConfig(_) => {
+            "changing the machine configuration"
+        }
+        VmmAction::InsertBlockDevice(_) => "adding a drive",
+        VmmAction::InsertNetworkDevice(_) => "adding a network interface",
+        VmmAction::SetVsock(_) => "configuring vsock",
+        VmmAction::SetEntropy(_) => "configuring the entropy device",
+        VmmAction::ConfigureLogger(_) => "configuring the logger",
+        VmmAction::ConfigureMetrics(_) => "configuring metrics",
+        _ => "this action",
+    }
+}

@@ -1,0 +1,336 @@
+//! The REST server: HTTP/1.1 on a Unix socket, one per microVM, served by hyper on a
+//! current-thread tokio runtime in its own thread ("wisp-api"). Each connection is a task, so a
+//! slow or stalled client only costs its own task; header and body reads are bounded by
+//! `read_timeout`, bodies by `body_limit`. Requests become `VmmAction`s for the VMM thread.
+
+use crate::metrics::{ApiMetrics, Refusal};
+use crate::response::{self, fault, ApiResponse};
+use crate::routes;
+use crate::vmm_channel::ApiSender;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::io;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::oneshot;
+
+/// Largest request body accepted, as in Firecracker (51200 bytes).
+pub const DEFAULT_BODY_LIMIT: usize = 50 * 1024;
+/// How long a client may take to send a request's headers, and then its body.
+pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's per-connection read buffer bound; caps what one client can make us hold.
+const MAX_BUF_SIZE: usize = 64 * 1024;
+
+/// Tunables of the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub body_limit: usize,
+    pub read_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            body_limit: DEFAULT_BODY_LIMIT,
+            read_timeout: DEFAULT_READ_TIMEOUT,
+        }
+    }
+}
+
+/// Errors of starting or stopping the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("API socket {0} is in use: another process answers on it")]
+    InUse(PathBuf),
+    #[error("API socket path {0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot inspect API socket path {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot remove stale API socket {path}: {source}")]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on API socket {path}: {source}")]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the API runtime: {0}")]
+    Runtime(#[source] io::Error),
+    #[error("cannot spawn the API thread: {0}")]
+    Thread(#[source] io::Error),
+    #[error("the API thread panicked")]
+    ThreadPanicked,
+}
+
+/// A running server. Dropping it (or `shutdown`) stops the thread and removes the socket.
+#[derive(Debug)]
+pub struct ApiServerHandle {
+    path: PathBuf,
+    metrics: Arc<ApiMetrics>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ApiServerHandle {
+    /// The socket path served.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The request counters, for the VMM's metrics line.
+    pub fn metrics(&self) -> &Arc<ApiMetrics> {
+        &self.metrics
+    }
+
+    /// Stops accepting, drops open connections, joins the thread and removes the socket.
+    pub fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop_and_join()
+    }
+
+    fn stop_and_join(&mut self) -> Result<(), ServerError> {
+        if let Some(stop) = self.stop.take() {
+            // The receiver is gone only if the thread already ended; joining tells why.
+            let _ = stop.send(());
+        }
+        let joined = match self.thread.take() {
+            Some(t) => t.join().map_err(|_| ServerError::ThreadPanicked),
+            None => Ok(()),
+        };
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot remove API socket {}: {e}", self.path.display());
+            }
+        }
+        joined
+    }
+}
+
+impl Drop for ApiServerHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_and_join() {
+            log::warn!("API server shutdown: {e}");
+        }
+    }
+}
+
+/// Starts the server on `path` with the default limits. When this returns `Ok`, the socket
+/// is bound and listening: a client may connect at once.
+pub fn spawn_api_server(path: &Path, vmm: ApiSender) -> Result<ApiServerHandle, ServerError> {
+    spawn_api_server_with(path, vmm, ServerConfig::default())
+}
+
+/// `spawn_api_server` with explicit limits.
+pub fn spawn_api_server_with(
+    path: &Path,
+    vmm: ApiSender,
+    config: ServerConfig,
+) -> Result<ApiServerHandle, ServerError> {
+    clear_stale_socket(path)?;
+    let std_listener =
+        std::os::unix::net::UnixListener::bind(path).map_err(|source| ServerError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let bind_err = |source| ServerError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    std_listener.set_nonblocking(true).map_err(bind_err)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(ServerError::Runtime)?;
+    let listener = {
+        let _ctx = runtime.enter();
+        UnixListener::from_std(std_listener).map_err(bind_err)?
+    };
+    let metrics = Arc::new(ApiMetrics::new());
+    let ctx = Arc::new(Context {
+        vmm,
+        config,
+        metrics: Arc::clone(&metrics),
+    });
+    let (stop, stopped) = oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name("wisp-api".to_string())
+        .spawn(move || runtime.block_on(accept_loop(listener, ctx, stopped)))
+        .map_err(ServerError::Thread)?;
+    Ok(ApiServerHandle {
+        path: path.to_path_buf(),
+        metrics,
+        stop: Some(stop),
+        thread: Some(thread),
+    })
+}
+
+/// Refuses a path another server answers on, and removes a socket file nobody answers on
+/// (left by a process that died). Anything else at the path is not ours to delete.
+fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ServerError::Inspect {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServerError::NotASocket(path.to_path_buf()));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServerError::InUse(path.to_path_buf()));
+    }
+    log::info!("removing stale API socket {}", path.display());
+    std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+struct Context {
+    vmm: ApiSender,
+    config: ServerConfig,
+    metrics: Arc<ApiMetrics>,
+}
+
+async fn accept_loop(
+    listener: UnixListener,
+    ctx: Arc<Context>,
+    mut stopped: oneshot::Receiver<()>,
+) {
+    loop {
+        tokio::select! {
+            _ = &mut stopped => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    ctx.metrics.record_connection();
+                    tokio::spawn(serve_connection(stream, Arc::clone(&ctx)));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the listener survives.
+                    log::warn!("API accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn serve_connection(stream: tokio::net::UnixStream, ctx: Arc<Context>) {
+    let timeout = ctx.config.read_timeout;
+    let service = service_fn(move |req| handle(req, Arc::clone(&ctx)));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(MAX_BUF_SIZE)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(e) = conn.await {
+        log::debug!("API connection ended: {e}");
+    }
+}
+
+async fn handle(req: Request<Incoming>, ctx: Arc<Context>) -> Result<ApiResponse, Infallible> {
+    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+    let answer = route_and_execute(req, &ctx).await;
+    log::debug!("API {method} {path} -> {}", answer.status());
+    Ok(answer)
+}
+
+async fn route_and_execute(req: Request<Incoming>, ctx: &Context) -> ApiResponse {
+    let (endpoint, param) = match routes::resolve(req.method().as_str(), req.uri().path()) {
+        Ok(found) => found,
+        Err(e) => {
+            let refusal = match e {
+                routes::RouteError::NotFound { .. } => Refusal::NotFound,
+                _ => Refusal::MethodNotAllowed,
+            };
+            ctx.metrics.record_refusal(refusal);
+            return response::route_error(&e);
+        }
+    };
+    let param = param.map(str::to_string);
+    let answer = match read_body(req, ctx).await {
+        Ok(body) => match routes::parse_action(endpoint, param.as_deref(), &body) {
+            Ok(action) => execute(action, ctx).await,
+            Err(e) => response::route_error(&e),
+        },
+        Err(answer) => answer,
+    };
+    ctx.metrics.record(endpoint, answer.status().is_success());
+    answer
+}
+
+/// Reads the whole body within the size and time limits, or returns the error answer.
+async fn read_body(req: Request<Incoming>, ctx: &Context) -> Result<bytes::Bytes, ApiResponse> {
+    let limit = ctx.config.body_limit;
+    let too_large = |declared: Option<u64>| {
+        ctx.metrics.record_refusal(Refusal::BodyTooLarge);
+        let size = declared.map_or(String::new(), |n| format!(" ({n} bytes)"));
+        fault(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body{size} is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&len| len > limit as u64) {
+        return Err(too_large(Some(len)));
+    }
+    let body = Limited::new(req.into_body(), limit).collect();
+    match tokio::time::timeout(ctx.config.read_timeout, body).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large(None)),
+        Ok(Err(e)) => Err(fault(
+            StatusCode::BAD_REQUEST,
+            format!("cannot read the request body: {e}"),
+        )),
+        Err(_) => {
+            ctx.metrics.record_refusal(Refusal::ReadTimeout);
+            Err(fault(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} ms",
+                    ctx.config.read_timeout.as_millis()
+                ),
+            ))
+        }
+    }
+}
+
+/// Hands the action to the VMM thread and waits for its result.
+async fn execute(action: crate::action::VmmAction, ctx: &Context) -> ApiResponse {
+    let reply = match ctx.vmm.submit(action) {
+        Ok(reply) => reply,
+        Err(e) => return fault(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match reply.await {
+        Ok(result) => response::vmm_result(&result),
+        Err(_) => fault(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the VMM thread dropped the request without answering",
+        ),
+    }
+}

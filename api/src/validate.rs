@@ -1,0 +1,158 @@
+//! Field-level checks shared by the configuration store: ids, file paths, kernel command line,
+//! tap names and MAC addresses. Each returns a `VmmActionError` whose message names the field
+//! and the offending value, so a user can fix the request from the message alone.
+
+use crate::action::VmmActionError;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+/// Longest resource id (Firecracker's limit).
+pub const MAX_ID_LEN: usize = 64;
+/// x86 `COMMAND_LINE_SIZE` is 2048 bytes including the terminating NUL
+/// (arch/x86/include/asm/setup.h).
+pub const MAX_BOOT_ARGS_LEN: usize = 2047;
+/// `IFNAMSIZ` is 16 including the NUL (include/uapi/linux/if.h).
+pub const MAX_TAP_NAME_LEN: usize = 15;
+
+/// Ids appear in URLs and in guest-visible serials: ASCII letters, digits, `_` and `-`.
+pub fn validate_id(field: &str, id: &str) -> Result<(), VmmActionError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.chars().all(ok_char) {
+        return Err(VmmActionError::bad_request(format!(
+            "{field} `{id}` is invalid: use 1 to {MAX_ID_LEN} ASCII letters, digits, `_` or `-`"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks that `path` is a regular file this process can open (read-write when `write`), so
+/// that a missing or unreadable file is reported when configured, not at boot.
+pub fn check_file_opens(what: &str, path: &Path, write: bool) -> Result<(), VmmActionError> {
+    let fail = |why: String| {
+        VmmActionError::bad_request(format!("cannot use {what} {}: {why}", path.display()))
+    };
+    if path.as_os_str().is_empty() {
+        return Err(VmmActionError::bad_request(format!(
+            "the path of the {what} is empty"
+        )));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(write)
+        .open(path)
+        .map_err(|e| fail(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(fail("not a regular file".to_string()));
+    }
+    Ok(())
+}
+
+/// Checks that a path the VMM will create or open later (log, metrics, vsock socket) is not
+/// empty and that its directory exists.
+pub fn check_parent_dir(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    if path.as_os_str().is_empty() {
+        return Err(VmmActionError::bad_request(format!("{what} is empty")));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if !parent.is_dir() {
+        return Err(VmmActionError::bad_request(format!(
+            "{what} {}: directory {} does not exist",
+            path.display(),
+            parent.display()
+        )));
+    }
+    Ok(())
+}
+
+/// The kernel command line must fit the boot protocol's buffer and be a C string.
+pub fn validate_boot_args(args: &str) -> Result<(), VmmActionError> {
+    if args.len() > MAX_BOOT_ARGS_LEN {
+        return Err(VmmActionError::bad_request(format!(
+            "boot_args is {} bytes long; the limit is {MAX_BOOT_ARGS_LEN}",
+            args.len()
+        )));
+    }
+    if args.contains('\0') {
+        return Err(VmmActionError::bad_request("boot_args contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// A tap device name the kernel will accept.
+pub fn validate_tap_name(name: &str) -> Result<(), VmmActionError> {
+    let bad = name.is_empty()
+        || name.len() > MAX_TAP_NAME_LEN
+        || name.contains(['/', '\0'])
+        || name.chars().any(char::is_whitespace);
+    if bad {
+        return Err(VmmActionError::bad_request(format!(
+            "host_dev_name `{name}` is not a valid interface name (1 to {MAX_TAP_NAME_LEN} \
+             bytes, no `/` or whitespace)"
+        )));
+    }
+    Ok(())
+}
+
+/// A MAC address written as six colon-separated hex bytes, e.g. `06:00:ac:10:00:02`.
+pub fn validate_mac(mac: &str) -> Result<(), VmmActionError> {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
+    if !ok {
+        return Err(VmmActionError::bad_request(format!(
+            "guest_mac `{mac}` is not a MAC address like 06:00:ac:10:00:02"
+        )));
+    }
+    Ok(())
+}
+
+/// The file a path names, for comparing two paths; the path itself when it cannot be resolved.
+pub fn canonical_or_given(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_allow_firecracker_style_names_only() {
+        assert!(validate_id("drive_id", "rootfs_1-a").is_ok());
+        assert!(validate_id("drive_id", "").is_err());
+        assert!(validate_id("drive_id", "a/b").is_err());
+        assert!(validate_id("drive_id", &"x".repeat(MAX_ID_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn mac_addresses_need_six_hex_pairs() {
+        assert!(validate_mac("06:00:AC:10:00:02").is_ok());
+        assert!(validate_mac("06:00:ac:10:00").is_err());
+        assert!(validate_mac("06:00:ac:10:00:0g").is_err());
+    }
+
+    #[test]
+    fn missing_file_message_names_the_file() {
+        let err =
+            check_file_opens("kernel image", Path::new("/nonexistent/vmlinux"), false).unwrap_err();
+        assert!(err.message.contains("/nonexistent/vmlinux"), "{err}");
+        assert!(err.message.contains("kernel image"), "{err}");
+    }
+
+    #[test]
+    fn a_directory_is_not_a_kernel() {
+        let err = check_file_opens("kernel image", Path::new("/"), false).unwrap_err();
+        assert!(err.message.contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn boot_args_respect_the_x86_limit() {
+        assert!(validate_boot_args(&"a".repeat(MAX_BOOT_ARGS_LEN)).is_ok());
+        assert!(validate_boot_args(&"a".repeat(MAX_BOOT_ARGS_LEN + 1)).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! virtio-rng, the entropy device (virtio 1.2 §5.4), fed by the host's getrandom(2).
+
+use std::any::Any;
+use std::sync::Arc;
+
+use event_manager::EventOps;
+use log::warn;
+
+use super::chain;
+use super::device::{QueueContext, VirtioDevice};
+use super::metrics::DeviceMetrics;
+use super::{device_id, VIRTIO_F_VERSION_1};
+
+const QUEUE_SIZE: u16 = 256;
+/// Most bytes served per request: a driver asking for more gets a short (valid) answer.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// A virtio entropy device.
+#[derive(Debug, Default)]
+pub struct Rng {
+    metrics: Arc<DeviceMetrics>,
+}
+
+impl Rng {
+    /// A new entropy device.
+    pub fn new() -> Self {
+        Rng::default()
+    }
+}
+
+/// Fills `buf` from getrandom(2) (blocking only until the host pool is initialised at boot).
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let rest = &mut buf[done..];
+        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`, which is a valid,
+        // exclusively borrowed buffer of that length.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        device_id::RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+    }
+
+    fn config_space(&self) -> Vec<u8> {
+        Vec::new()
+    }
+
+    fn activate(&mut self, _ctx: &mut QueueContext, _ops: &mut EventOps) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn reset(&mut self, _ops: &mut EventOps) {}
+
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext, _ops: &mut EventOps) {
+        let Some(queue) = ctx.queues.get_mut(index) else {
+            return;
+        };
+        let mut used = false;
+        while let Some((head, c)) = chain::pop_chain(queue, ctx.mem) {
+            self.metrics.request();
+            used = true;
+            // §5.4.6.1: the driver only offers device-writable buffers.
+            let len = match c {
+                Ok(c) if c.readable.is_empty() && !c.writable.is_empty() => {
+                    let n = chain::total_len(&c.writable).min(MAX_REQUEST);
+                    let mut bytes = vec![0u8; n];
+                    match fill_random(&mut bytes)
+                        .map_err(|e| e.to_string())
+                        .and_then(|()| {
+                            chain::write_at(ctx.mem, &c.writable, 0, &bytes)
+                                .map_err(|e| e.to_string())
+                        }) {
+                        Ok(()) => {
+                            self.metrics.read_bytes(n);
+                            n as u32
+                        }
+                        Err(e) => {
+                            warn!("virtio-rng: {e}");
+                            self.metrics.error();
+                            0
+                        }
+                    }
+                }
+                Ok(_) => {
+                    warn!("virtio-rng: request with device-readable or no buffers");
+                    self.metrics.error();
+                    0
+                }
+                Err(e) => {
+                    warn!("virtio-rng: {e}");
+                    self.metrics.error();
+                    0
+                }
+            };
+            chain::add_used(queue, ctx.mem, head, len);
+        }
+        if used {
+            chain::notify_used(queue, ctx.mem, ctx.interrupt);
+        }
+    }
+
+    fn metrics(&self) -> &Arc<DeviceMetrics> {
+        &self.metrics
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::test_driver::{TestGuest, F_NEXT, F_WRITE, MEM_SIZE};
+
+    #[test]
+    fn guest_buffers_are_filled_with_random_bytes() {
+        let mut g = TestGuest::new(Box::new(Rng::new()));
+        g.activate(1);
+        let a = g.alloc(64);
+        let b = g.alloc(64);
+        g.add_chain(0, &[(a, 32, true), (a + 32, 32, true)]);
+        g.add_chain(0, &[(b, 64, true)]);
+        g.notify(0);
+        let used = g.take_used(0);
+        assert_eq!(used.iter().map(|u| u.1).collect::<Vec<_>>(), [64, 64]);
+        let (x, y) = (g.read(a, 64), g.read(b, 64));
+        assert_ne!(x, y, "two requests got the same 64 bytes");
+        assert_ne!(x, vec![0u8; 64]);
+        assert_eq!(
+            g.transport.lock().unwrap().metrics().snapshot().bytes_read,
+            128
+        );
+    }
+
+    #[test]
+    fn malformed_rng_requests_fail_and_the_device_keeps_working() {
+        let mut g = TestGuest::new(Box::new(Rng::new()));
+        g.activate(1);
+        let a = g.alloc(64);
+        // Device-readable buffer, buffer outside memory, descriptor loop.
+        g.add_raw(0, 0, &[(a, 16, 0, 0)], 0);
+        g.add_raw(0, 1, &[(MEM_SIZE as u64, 16, F_WRITE, 0)], 1);
+        g.add_raw(
+            0,
+            2,
+            &[(a, 16, F_WRITE | F_NEXT, 3), (a, 16, F_WRITE | F_NEXT, 2)],
+            2,
+        );
+        g.notify(0);
+        let used = g.take_used(0);
+        assert_eq!(used, [(0, 0), (1, 0), (2, 0)]);
+        assert_eq!(g.errors(), 3);
+        g.add_raw(0, 4, &[(a, 16, F_WRITE, 0)], 4);
+        g.notify(0);
+        assert_eq!(g.take_used(0), [(4, 16)]);
+    }
+}
