@@ -12,7 +12,10 @@ fn unikernel_boots_prints_its_line_and_exits_cleanly() {
     let out = wisp_run(&unikernel(), &["--cmdline", ""]);
     out.assert_success();
     assert!(out.stdout.contains("hello from wisp unikernel"), "{out:#?}");
-    assert!(out.stderr.is_empty(), "the VMM is quiet by default: {out:#?}");
+    assert!(
+        out.stderr.is_empty(),
+        "the VMM is quiet by default: {out:#?}"
+    );
 }
 
 #[test]
@@ -45,7 +48,10 @@ fn four_vcpus_are_all_online_in_the_guest() {
 #[test]
 fn guest_sees_the_memory_size_it_was_given() {
     for mib in [32u32, 256] {
-        let out = wisp_run(&unikernel(), &["--mem", &mib.to_string(), "--cmdline", "mem"]);
+        let out = wisp_run(
+            &unikernel(),
+            &["--mem", &mib.to_string(), "--cmdline", "mem"],
+        );
         out.assert_success();
         // The e820 map keeps the EBDA and legacy ROM hole (<1 MiB) out of RAM.
         let want = format!("memory: {} MiB", mib - 1);
@@ -60,7 +66,8 @@ fn guest_sees_the_memory_size_it_was_given() {
 #[test]
 fn host_input_reaches_the_guest_console() {
     let mut cmd = wisp();
-    cmd.args(["run", "--cmdline", "echo", "--kernel"]).arg(unikernel());
+    cmd.args(["run", "--cmdline", "echo", "--kernel"])
+        .arg(unikernel());
     let out = run_with_deadline(cmd, b"ping-from-host\nq", Duration::from_secs(20));
     out.assert_success();
     assert!(out.stdout.contains("ping-from-host"), "{out:#?}");
@@ -72,7 +79,10 @@ fn triple_fault_ends_wisp_with_the_exit_reason_and_rip() {
     assert_eq!(out.code(), Some(3), "{out:#?}");
     let line = out.stderr.trim();
     assert_eq!(line.lines().count(), 1, "one line: {out:#?}");
-    assert!(line.contains("triple fault") && line.contains("RIP 0x"), "{out:#?}");
+    assert!(
+        line.contains("triple fault") && line.contains("RIP 0x"),
+        "{out:#?}"
+    );
 }
 
 /// Asserts a one-line error on stderr that mentions `needle`, exit status 1, no panic.
@@ -80,7 +90,10 @@ fn assert_one_line_error(out: &common::Outcome, needle: &str) {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let err = out.stderr.trim();
     assert_eq!(err.lines().count(), 1, "exactly one line: {out:#?}");
-    assert!(err.starts_with("wisp: error: ") && err.contains(needle), "{out:#?}");
+    assert!(
+        err.starts_with("wisp: error: ") && err.contains(needle),
+        "{out:#?}"
+    );
     assert!(!out.stderr.contains("panicked"), "{out:#?}");
 }
 
@@ -159,7 +172,10 @@ fn no_permission_on_dev_kvm_is_one_clear_line() {
         return;
     }
     let mut cmd = wisp();
-    cmd.args(["run", "--kernel"]).arg(unikernel()).uid(65534).gid(65534);
+    cmd.args(["run", "--kernel"])
+        .arg(unikernel())
+        .uid(65534)
+        .gid(65534);
     let out = run_with_deadline(cmd, b"", Duration::from_secs(20));
     assert_one_line_error(&out, "/dev/kvm");
 }

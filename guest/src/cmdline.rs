@@ -1,5 +1,5 @@
-//! The words on the kernel command line that the unikernel acts on. Everything else (e.g.
-//! the `virtio_mmio.device=` entries a VMM adds for Linux guests) is ignored.
+//! The words on the kernel command line that the unikernel acts on. Everything else is
+//! ignored here (the `virtio_mmio.device=` entries are read by `virtio::Slots::discover`).
 
 /// One action requested on the command line, run in command-line order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,6 +17,20 @@ pub enum Command {
     /// `idle`: stay up without spinning (interrupts off, `hlt`), so a VM keeps running until
     /// the host stops it; used for density and control-plane tests.
     Idle,
+    /// `noxs`: print the devices listed on the noxs device page.
+    Noxs,
+    /// `virtio`: print the virtio-mmio slots found and what each holds.
+    Virtio,
+    /// `blk`: capacity, serial, sector 0 and a write check on the first block device.
+    Blk,
+    /// `rng`: 32 bytes from the entropy device.
+    Rng,
+    /// `net`: ARP for 10.0.2.1 on the first network device.
+    Net,
+    /// `net-echo`: send received frames back until a `quit` frame.
+    NetEcho,
+    /// `vsock`: a stream to host port 1234, one exchange.
+    Vsock,
 }
 
 impl Command {
@@ -27,6 +41,13 @@ impl Command {
             b"triple-fault" => Some(Self::TripleFault),
             b"panic" => Some(Self::Panic),
             b"echo" => Some(Self::Echo),
+            b"noxs" => Some(Self::Noxs),
+            b"virtio" => Some(Self::Virtio),
+            b"blk" => Some(Self::Blk),
+            b"rng" => Some(Self::Rng),
+            b"net" => Some(Self::Net),
+            b"net-echo" => Some(Self::NetEcho),
+            b"vsock" => Some(Self::Vsock),
             b"idle" => Some(Self::Idle),
             _ => None,
         }

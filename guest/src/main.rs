@@ -11,20 +11,27 @@
 mod boot;
 mod boot_timer;
 mod builtins;
+mod bytes_fmt;
 mod cmdline;
 mod cpu;
+mod deadline;
 mod fault;
 mod lapic;
 mod mptable;
+mod noxs;
 mod panic;
 mod power;
 mod pvh;
 mod serial;
 mod smp;
+mod virtio;
 
 use cmdline::Command;
+use core::fmt::Display;
+use noxs::DevicePage;
 use pvh::BootInfo;
 use serial::{println, Serial};
+use virtio::Slots;
 
 /// The first line on the console; tests and the VMM's docs look for it.
 const GREETING: &[u8] = b"hello from wisp unikernel\n";
@@ -38,8 +45,10 @@ pub extern "C" fn rust_main(start_info_paddr: u32) -> ! {
     boot_timer::signal();
     match BootInfo::read(start_info_paddr) {
         Ok(boot) => {
+            // Devices are listed once: from the noxs page, else from the command line.
+            let slots = Slots::discover(boot.cmdline());
             for command in cmdline::commands(boot.cmdline()) {
-                run(command, &boot);
+                run(command, &boot, &slots);
             }
         }
         Err(err) => println!("wisp unikernel: {err}"),
@@ -47,7 +56,7 @@ pub extern "C" fn rust_main(start_info_paddr: u32) -> ! {
     power::reset()
 }
 
-fn run(command: Command, boot: &BootInfo) {
+fn run(command: Command, boot: &BootInfo, slots: &Slots) {
     match command {
         Command::Smp => match smp::start_application_processors() {
             Ok(online) => println!("cpus online: {online}"),
@@ -76,5 +85,39 @@ fn run(command: Command, boot: &BootInfo) {
             }
             Serial::write_byte(byte);
         },
+        Command::Noxs => print_device_page(),
+        Command::Virtio => slots.print(),
+        Command::Blk => report("blk", virtio::blk::run(slots)),
+        Command::Rng => report("rng", virtio::rng::run(slots)),
+        Command::Net => report("net", virtio::net::run(slots)),
+        Command::NetEcho => report("net-echo", virtio::net::echo(slots)),
+        Command::Vsock => report("vsock", virtio::vsock::run(slots)),
+    }
+}
+
+/// Prints a device command's error, if any, and takes back the DMA memory (the command's
+/// device was reset when its transport was dropped).
+fn report<E: Display>(name: &str, result: Result<(), E>) {
+    if let Err(err) = result {
+        println!("{name}: error: {err}");
+    }
+    virtio::dma::reset();
+}
+
+/// The `noxs` command.
+fn print_device_page() {
+    match DevicePage::read() {
+        Ok(page) => {
+            println!("noxs: {} devices", page.count());
+            for entry in page.entries() {
+                println!(
+                    "noxs: type={} base={:#x} irq={}",
+                    entry.device_type, entry.mmio_base, entry.irq
+                );
+            }
+            println!("noxs: sysctl={}", page.sysctl());
+        }
+        Err(noxs::NoxsError::NoPage { .. }) => println!("noxs: no device page"),
+        Err(err) => println!("noxs: {err}"),
     }
 }

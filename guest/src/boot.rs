@@ -1,0 +1,154 @@
+//! The PVH entry: from the loader's 32-bit protected mode to 64-bit Rust.
+//!
+//! PVH boot ABI (Xen `docs/misc/pvh.pandoc`, also followed by QEMU and linux-loader): the
+//! loader finds the entry point in an ELF note of type `XEN_ELFNOTE_PHYS32_ENTRY` (18) and
+//! starts the boot CPU there in 32-bit protected mode with paging off, flat 4 GiB CS/DS/ES/SS
+//! and `ebx` = physical address of `struct hvm_start_info`.
+//!
+//! The stub below (AT&T syntax) then:
+//! 1. identity-maps the first 4 GiB with 2 MiB pages (PML4 -> 1 PDPT -> 4 page directories),
+//!    so RAM, the boot-timer MMIO at 0xd000_0000 and the local APIC at 0xfee0_0000 are all
+//!    reachable at their physical addresses; the MMIO gap from 0xd000_0000 is mapped uncached;
+//! 2. loads our GDT, enables PAE, SSE (CR4.OSFXSR/OSXMMEXCPT, CR0.MP, CR0.EM clear; Rust code
+//!    for x86_64 uses SSE), long mode (EFER.LME) and paging (Intel SDM Vol. 3A §10.8.5);
+//! 3. far-jumps to 64-bit code, switches to the boot stack and calls `rust_main(ebx)`.
+//!
+//! The application processors reuse the GDT and page tables (see `smp.rs`).
+
+use core::arch::global_asm;
+
+/// GDT selector of the 64-bit code segment.
+pub const CODE64_SELECTOR: u16 = 0x08;
+/// GDT selector of the flat data segment.
+pub const DATA_SELECTOR: u16 = 0x10;
+/// GDT selector of the flat 32-bit code segment (used by the AP trampoline).
+pub const CODE32_SELECTOR: u16 = 0x18;
+
+/// `lgdt` limit of the boot GDT: four 8-byte descriptors (null, code64, data, code32).
+pub const GDT_LIMIT: u16 = 4 * 8 - 1;
+
+/// Start of the VMM's 32-bit MMIO gap (Wisp `vmm/src/layout.rs`); mapped uncached.
+const MMIO_GAP_START: usize = 0xd000_0000;
+
+/// Size of the boot CPU's stack.
+const BOOT_STACK_SIZE: usize = 64 * 1024;
+
+global_asm!(
+    // --- The PVH entry note (ELF note: namesz, descsz, type, name, desc; 4-byte aligned).
+    // desc is 8 bytes like Linux's; readers take the low 32 bits.
+    ".pushsection .note.Xen, \"a\", @note",
+    ".balign 4",
+    ".long 4",
+    ".long 8",
+    ".long 18",
+    ".asciz \"Xen\"",
+    ".balign 4",
+    ".quad pvh_start32",
+    ".balign 4",
+    ".popsection",
+    // --- GDT shared by the boot CPU and the APs. Accessed bits are preset so the CPU never
+    // needs to write to the table.
+    ".pushsection .data.boot_gdt, \"aw\", @progbits",
+    ".balign 16",
+    ".global boot_gdt",
+    "boot_gdt:",
+    ".quad 0",
+    ".quad 0x00af9b000000ffff", // 0x08: 64-bit code, DPL 0
+    ".quad 0x00cf93000000ffff", // 0x10: flat 4 GiB data, read/write
+    ".quad 0x00cf9b000000ffff", // 0x18: flat 4 GiB 32-bit code
+    ".balign 8",
+    "boot_gdtr:",
+    ".word {gdt_limit}",
+    ".quad boot_gdt",
+    ".popsection",
+    // --- Page tables and the boot stack: zero-filled by the loader (ELF p_memsz > p_filesz).
+    ".pushsection .bss.boot_tables, \"aw\", @nobits",
+    ".balign 4096",
+    ".global boot_pml4",
+    "boot_pml4: .skip 4096",
+    "boot_pdpt: .skip 4096",
+    "boot_pd: .skip 4 * 4096",
+    ".balign 16",
+    "boot_stack_bottom: .skip {stack_size}",
+    "boot_stack_top:",
+    ".popsection",
+    // --- 32-bit entry.
+    ".pushsection .text.boot32, \"ax\", @progbits",
+    ".code32",
+    ".global pvh_start32",
+    "pvh_start32:",
+    "cli",
+    "cld",
+    // PML4[0] -> PDPT (present | writable).
+    "movl $boot_pdpt + 0x3, boot_pml4",
+    // PDPT[0..4] -> the four page directories.
+    "movl $boot_pd + 0x3, %eax",
+    "movl $boot_pdpt, %edi",
+    "movl $4, %ecx",
+    "1:",
+    "movl %eax, (%edi)",
+    "addl $0x1000, %eax",
+    "addl $8, %edi",
+    "loop 1b",
+    // PD entry i maps [i * 2 MiB, (i + 1) * 2 MiB): present | writable | 2 MiB page (0x83);
+    // entries from 0xd000_0000 up (the MMIO gap: boot timer, noxs page, virtio-mmio, APIC)
+    // also get PWT | PCD (0x18): uncached.
+    "movl $boot_pd, %edi",
+    "xorl %ecx, %ecx",
+    "2:",
+    "movl %ecx, %eax",
+    "shll $21, %eax",
+    "orl $0x83, %eax",
+    "cmpl ${mmio_first_pd_entry}, %ecx",
+    "jb 3f",
+    "orl $0x18, %eax",
+    "3:",
+    "movl %eax, (%edi)",
+    "addl $8, %edi",
+    "incl %ecx",
+    "cmpl $2048, %ecx",
+    "jb 2b",
+    "lgdt boot_gdtr",
+    // CR4: PAE (bit 5), OSFXSR (bit 9), OSXMMEXCPT (bit 10).
+    "movl %cr4, %eax",
+    "orl $0x620, %eax",
+    "movl %eax, %cr4",
+    "movl $boot_pml4, %eax",
+    "movl %eax, %cr3",
+    // IA32_EFER.LME (bit 8).
+    "movl $0xc0000080, %ecx",
+    "rdmsr",
+    "orl $0x100, %eax",
+    "wrmsr",
+    // CR0: PG (31), MP (1), PE (0) set; EM (2) and TS (3) clear.
+    "movl %cr0, %eax",
+    "andl $~0xc, %eax",
+    "orl $0x80000003, %eax",
+    "movl %eax, %cr0",
+    "ljmpl ${code64}, $pvh_start64",
+    // --- 64-bit continuation.
+    ".code64",
+    "pvh_start64:",
+    "movw ${data}, %ax",
+    "movw %ax, %ds",
+    "movw %ax, %es",
+    "movw %ax, %ss",
+    "movw %ax, %fs",
+    "movw %ax, %gs",
+    "movq $boot_stack_top, %rsp",
+    "xorl %ebp, %ebp",
+    "movl %ebx, %edi",
+    "call {rust_main}",
+    "4:",
+    "cli",
+    "hlt",
+    "jmp 4b",
+    ".popsection",
+    stack_size = const BOOT_STACK_SIZE,
+    gdt_limit = const GDT_LIMIT,
+    mmio_first_pd_entry = const MMIO_GAP_START >> 21,
+    code64 = const CODE64_SELECTOR,
+    data = const DATA_SELECTOR,
+    rust_main = sym crate::rust_main,
+    options(att_syntax)
+);
