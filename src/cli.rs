@@ -18,8 +18,16 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "warn", env = "WISP_LOG")]
     pub log_level: String,
 
+    /// Serve the REST API (Firecracker's resources) on this Unix socket; boot on InstanceStart.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+
+    /// Boot at once from this JSON configuration (the API's schema, as one document).
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -1,9 +1,11 @@
 //! `wisp`: one VMM process per microVM.
 
+mod api_mode;
 mod cli;
 mod ctl;
 mod demo;
 mod device_args;
+mod logger;
 mod run;
 mod shell;
 mod terminal;
@@ -16,27 +18,25 @@ fn main() {
     // The boot timer measures from here: as close to process start as we can get.
     let start = Instant::now();
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
+    logger::init(&cli.log_level);
     let code = match &cli.command {
-        Command::Run(args) => match run::config_from_args(args) {
+        None if cli.api_sock.is_some() || cli.config_file.is_some() => {
+            api_mode::run_api(start, cli.api_sock.as_deref(), cli.config_file.as_deref())
+        }
+        None => {
+            eprintln!("wisp: error: nothing to do: give a subcommand (run, demo, ctl), --api-sock or --config-file; see --help");
+            run::EXIT_VMM_ERROR
+        }
+        Some(Command::Run(args)) => match run::config_from_args(args) {
             Ok(config) => run::run_vm(start, &config, args.boot_timer),
             Err(e) => {
                 eprintln!("wisp: error: {e}");
                 run::EXIT_VMM_ERROR
             }
         },
-        Command::Demo => demo::run_demo(start),
-        Command::Shell(args) => shell::run_shell(start, args),
-        Command::Ctl(args) => ctl::run_ctl(args),
+        Some(Command::Demo) => demo::run_demo(start),
+        Some(Command::Shell(args)) => shell::run_shell(start, args),
+        Some(Command::Ctl(args)) => ctl::run_ctl(args),
     };
     std::process::exit(code);
-}
-
-fn init_logging(level: &str) {
-    let filter = level.parse().unwrap_or(log::LevelFilter::Warn);
-    env_logger::Builder::new()
-        .filter_level(filter)
-        .format_timestamp_micros()
-        .target(env_logger::Target::Stderr)
-        .init();
 }

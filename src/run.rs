@@ -16,7 +16,7 @@ pub const EXIT_VMM_ERROR: i32 = 1;
 pub const EXIT_GUEST_FAILURE: i32 = 3;
 
 /// An unbuffered handle on one of our standard streams, for the vCPU threads.
-fn dup_stream(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {
+pub fn dup_stream(fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<File> {
     let owned: OwnedFd = fd.try_clone_to_owned()?;
     Ok(File::from(owned))
 }

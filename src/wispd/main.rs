@@ -4,6 +4,8 @@
 //! (`wisp ctl` is the client).
 
 mod daemon;
+#[path = "../logger.rs"]
+mod logger;
 mod shell_process;
 
 use clap::Parser;
@@ -102,9 +104,7 @@ fn install_exit_handler(socket: PathBuf) {
 
 fn main() {
     let args = Args::parse();
-    env_logger::Builder::new()
-        .filter_level(args.log_level.parse().unwrap_or(log::LevelFilter::Warn))
-        .init();
+    logger::init(&args.log_level);
     let run_dir = args
         .run_dir
         .clone()

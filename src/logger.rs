@@ -1,0 +1,92 @@
+//! The VMM's logger: quiet by default (warnings and errors on stderr), redirectable to a file at
+//! run time by `PUT /logger` / the config file's `logger` — which env_logger cannot do.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wisp_api::Logger as LoggerConfig;
+
+struct Sink {
+    out: Box<dyn Write + Send>,
+    show_level: bool,
+    show_origin: bool,
+}
+
+struct VmmLogger {
+    sink: Mutex<Sink>,
+}
+
+impl log::Log for VmmLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let Ok(mut sink) = self.sink.lock() else {
+            return;
+        };
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or(0);
+        let mut line = format!("[{ts} wisp:{}", std::process::id());
+        if sink.show_level {
+            line.push_str(&format!(" {}", record.level()));
+        }
+        if sink.show_origin {
+            line.push_str(&format!(
+                " {}:{}",
+                record.file().unwrap_or("?"),
+                record.line().unwrap_or(0)
+            ));
+        }
+        line.push_str(&format!("] {}\n", record.args()));
+        let _ = sink.out.write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {
+        if let Ok(mut sink) = self.sink.lock() {
+            let _ = sink.out.flush();
+        }
+    }
+}
+
+static LOGGER: std::sync::OnceLock<VmmLogger> = std::sync::OnceLock::new();
+
+/// Installs the logger on stderr at `level` (a `log` level name; unknown names mean warn).
+pub fn init(level: &str) {
+    let logger = LOGGER.get_or_init(|| VmmLogger {
+        sink: Mutex::new(Sink {
+            out: Box::new(std::io::stderr()),
+            show_level: true,
+            show_origin: false,
+        }),
+    });
+    let _ = log::set_logger(logger);
+    log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Warn));
+}
+
+/// Sends the log to `config.log_path` (appending) at `config.level`.
+#[allow(dead_code)] // wispd shares this module and always logs to stderr.
+pub fn configure(config: &LoggerConfig) -> std::io::Result<()> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&config.log_path))?;
+    if let Some(logger) = LOGGER.get() {
+        if let Ok(mut sink) = logger.sink.lock() {
+            *sink = Sink {
+                out: Box::new(file),
+                show_level: config.show_level,
+                show_origin: config.show_log_origin,
+            };
+        }
+    }
+    log::set_max_level(config.level.level_filter());
+    Ok(())
+}
