@@ -5,7 +5,7 @@
 use crate::shell_process::{ShellError, ShellProcess};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::{Condvar, Mutex};
+use std::sync::{mpsc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use wisp_api::control_page::{ControlCommand, ShellState, Timestamp};
 use wisp_api::wispd_protocol::{CreateTimes, CtlRequest, CtlResponse, VmSummary};
@@ -39,8 +39,14 @@ struct State {
     next_id: u64,
 }
 
+/// A request to the spawner thread: the shell's size and where to send it.
+type SpawnJob = (u32, u8, mpsc::Sender<Result<ShellProcess, ShellError>>);
+
 pub struct Daemon {
     pub settings: Settings,
+    /// Every shell is forked by one long-lived thread: PR_SET_PDEATHSIG fires when the forking
+    /// *thread* exits, so a shell forked by a short-lived connection thread would die with it.
+    spawner: Mutex<mpsc::Sender<SpawnJob>>,
     state: Mutex<State>,
     /// Signalled when a shell leaves the pool, to wake the refiller.
     pool_changed: Condvar,
@@ -66,16 +72,30 @@ fn us_between(from_ns: u64, to_ns: u64) -> Option<f64> {
 
 impl Daemon {
     pub fn new(settings: Settings) -> Daemon {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        let (wisp, run_dir) = (settings.wisp.clone(), settings.run_dir.clone());
+        std::thread::spawn(move || {
+            for (mem, vcpus, reply) in rx {
+                let _ = reply.send(ShellProcess::spawn(&wisp, &run_dir, mem, vcpus));
+            }
+        });
         Daemon {
             settings,
+            spawner: Mutex::new(tx),
             state: Mutex::new(State::default()),
             pool_changed: Condvar::new(),
         }
     }
 
     fn spawn_shell(&self, mem: u32, vcpus: u8) -> Result<ShellProcess, ShellError> {
-        let s = &self.settings;
-        let mut shell = ShellProcess::spawn(&s.wisp, &s.run_dir, mem, vcpus)?;
+        let (reply, result) = mpsc::channel();
+        let gone = || ShellError::Doorbell(std::io::Error::other("the spawner thread is gone"));
+        self.spawner
+            .lock()
+            .map_err(|_| gone())?
+            .send((mem, vcpus, reply))
+            .map_err(|_| gone())?;
+        let mut shell = result.recv().map_err(|_| gone())??;
         if let Err(e) = shell.wait_prepared(PREPARE_TIMEOUT) {
             shell.kill();
             return Err(e);
