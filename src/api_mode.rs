@@ -215,7 +215,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
         {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("wisp: error: {e}");
+                report!("wisp: error: {e}");
                 return EXIT_VMM_ERROR;
             }
         },
@@ -223,7 +223,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
     };
     if let Some(logger) = &resources.vm_config().logger {
         if let Err(e) = logger::configure(logger) {
-            eprintln!(
+            report!(
                 "wisp: error: cannot open {}: {e}",
                 logger.log_path.display()
             );
@@ -233,7 +233,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
     let (sender, receiver) = match api_channel() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("wisp: error: {e}");
+            report!("wisp: error: {e}");
             return EXIT_VMM_ERROR;
         }
     };
@@ -241,7 +241,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
         Some(path) => match spawn_api_server(path, sender) {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("wisp: error: {e}");
+                report!("wisp: error: {e}");
                 return EXIT_VMM_ERROR;
             }
         },
@@ -251,7 +251,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
         match build_vm(start, resources.vm_config()) {
             Ok(vm) => Some(vm),
             Err(e) => {
-                eprintln!("wisp: error: {e}");
+                report!("wisp: error: {e}");
                 return EXIT_VMM_ERROR;
             }
         }
@@ -275,11 +275,11 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
     match vm.run() {
         Ok(exit) if exit.is_clean() => 0,
         Ok(exit) => {
-            eprintln!("wisp: guest failed: {exit}");
+            report!("wisp: guest failed: {exit}");
             EXIT_GUEST_FAILURE
         }
         Err(e) => {
-            eprintln!("wisp: error: {e}");
+            report!("wisp: error: {e}");
             EXIT_VMM_ERROR
         }
     }

@@ -127,7 +127,7 @@ pub fn run_ctl(args: &CtlArgs) -> i32 {
     match run(args) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("wisp ctl: error: {e}");
+            report!("wisp ctl: error: {e}");
             1
         }
     }

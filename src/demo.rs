@@ -39,16 +39,16 @@ pub fn run_demo(start: Instant) -> i32 {
     let host = HostKvm::detect();
     match host {
         HostKvm::Absent => {
-            eprintln!("wisp: error: this host has no /dev/kvm: KVM is required");
+            report!("wisp: error: this host has no /dev/kvm: KVM is required");
             EXIT_VMM_ERROR
         }
         HostKvm::Hardware(_) | HostKvm::Unknown => {
-            eprintln!("wisp demo: {host}: booting the Tinyx Linux guest (2 vCPUs, 128 MiB)");
-            eprintln!("wisp demo: building or fetching the Tinyx guest from the cache…");
+            report!("wisp demo: {host}: booting the Tinyx Linux guest (2 vCPUs, 128 MiB)");
+            report!("wisp demo: building or fetching the Tinyx guest from the cache…");
             let guest = match wisp_tinyx::default_guest() {
                 Ok(g) => g,
                 Err(e) => {
-                    eprintln!("wisp: error: cannot build the Tinyx guest: {e}");
+                    report!("wisp: error: cannot build the Tinyx guest: {e}");
                     return EXIT_VMM_ERROR;
                 }
             };
@@ -60,14 +60,14 @@ pub fn run_demo(start: Instant) -> i32 {
             run_vm(start, &config, true)
         }
         HostKvm::Pvm => {
-            eprintln!(
+            report!(
                 "wisp demo: {host}: an unmodified Linux cannot finish booting here, so the demo \
                  boots the Wisp unikernel (2 vCPUs, 128 MiB)"
             );
             let path = match unikernel_file() {
                 Ok(p) => p,
                 Err(e) => {
-                    eprintln!("wisp: error: cannot write the demo unikernel: {e}");
+                    report!("wisp: error: cannot write the demo unikernel: {e}");
                     return EXIT_VMM_ERROR;
                 }
             };

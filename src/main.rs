@@ -1,5 +1,13 @@
 //! `wisp`: one VMM process per microVM.
 
+/// Like `eprintln!`, but a closed stderr is not worth a panic.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod api_mode;
 mod cli;
 mod ctl;
@@ -24,13 +32,13 @@ fn main() {
             api_mode::run_api(start, cli.api_sock.as_deref(), cli.config_file.as_deref())
         }
         None => {
-            eprintln!("wisp: error: nothing to do: give a subcommand (run, demo, ctl), --api-sock or --config-file; see --help");
+            report!("wisp: error: nothing to do: give a subcommand (run, demo, ctl), --api-sock or --config-file; see --help");
             run::EXIT_VMM_ERROR
         }
         Some(Command::Run(args)) => match run::config_from_args(args) {
             Ok(config) => run::run_vm(start, &config, args.boot_timer),
             Err(e) => {
-                eprintln!("wisp: error: {e}");
+                report!("wisp: error: {e}");
                 run::EXIT_VMM_ERROR
             }
         },

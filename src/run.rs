@@ -63,7 +63,7 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
     ) {
         (Ok(out), Ok(input)) => (out, input),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("wisp: error: cannot set up the console: {e}");
+            report!("wisp: error: cannot set up the console: {e}");
             return EXIT_VMM_ERROR;
         }
     };
@@ -83,7 +83,7 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
     let vm = match MicroVm::build(config, opts) {
         Ok(vm) => vm,
         Err(e) => {
-            eprintln!("wisp: error: {e}");
+            report!("wisp: error: {e}");
             return EXIT_VMM_ERROR;
         }
     };
@@ -96,15 +96,15 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
             0
         }
         Ok(exit @ (VmExit::GuestPanic | VmExit::TripleFault { .. } | VmExit::Error(_))) => {
-            eprintln!("wisp: guest failed: {exit}");
+            report!("wisp: guest failed: {exit}");
             EXIT_GUEST_FAILURE
         }
         Ok(exit) => {
-            eprintln!("wisp: guest stopped: {exit}");
+            report!("wisp: guest stopped: {exit}");
             EXIT_GUEST_FAILURE
         }
         Err(e) => {
-            eprintln!("wisp: error: {e}");
+            report!("wisp: error: {e}");
             EXIT_VMM_ERROR
         }
     }

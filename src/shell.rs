@@ -35,7 +35,7 @@ impl Shell {
     }
 
     fn fail(&self, seq: Option<u32>, message: &str) -> i32 {
-        eprintln!("wisp shell: {message}");
+        report!("wisp shell: {message}");
         self.page.set_error(message);
         self.page.set_state(ShellState::Failed);
         if let Some(seq) = seq {
@@ -57,7 +57,7 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
     let page = match ControlPage::open(inherited(args.control)) {
         Ok(p) => Arc::new(p),
         Err(e) => {
-            eprintln!("wisp shell: error: {e}");
+            report!("wisp shell: error: {e}");
             return 1;
         }
     };

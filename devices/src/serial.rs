@@ -28,6 +28,9 @@ pub struct ConsoleOutput {
     out: Box<dyn Write + Send>,
     matched: usize,
     panicked: Arc<AtomicBool>,
+    /// Set once the host side failed (e.g. a closed pipe): further output is dropped quietly
+    /// rather than failing every byte the guest writes.
+    broken: bool,
 }
 
 impl ConsoleOutput {
@@ -36,6 +39,7 @@ impl ConsoleOutput {
             out,
             matched: 0,
             panicked,
+            broken: false,
         }
     }
 
@@ -58,7 +62,12 @@ impl ConsoleOutput {
 impl Write for ConsoleOutput {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.scan(buf);
-        self.out.write_all(buf)?;
+        if !self.broken {
+            if let Err(e) = self.out.write_all(buf) {
+                log::warn!("guest console output is lost from now on: {e}");
+                self.broken = true;
+            }
+        }
         Ok(buf.len())
     }
 

@@ -9,8 +9,10 @@
 //! 1. identity-maps the first 4 GiB with 2 MiB pages (PML4 -> 1 PDPT -> 4 page directories),
 //!    so RAM, the boot-timer MMIO at 0xd000_0000 and the local APIC at 0xfee0_0000 are all
 //!    reachable at their physical addresses; the MMIO gap from 0xd000_0000 is mapped uncached;
-//! 2. loads our GDT, enables PAE, SSE (CR4.OSFXSR/OSXMMEXCPT, CR0.MP, CR0.EM clear; Rust code
-//!    for x86_64 uses SSE), long mode (EFER.LME) and paging (Intel SDM Vol. 3A §10.8.5);
+//! 2. loads our GDT, enables PAE, SSE (CR4.OSFXSR/OSXMMEXCPT, CR0.MP, CR0.EM clear: the
+//!    architectural x86_64 state, although the image is built without SSE because this
+//!    machine's kvm_pvm cannot run SSE instructions; see ../README.md), long mode (EFER.LME)
+//!    and paging (Intel SDM Vol. 3A §10.8.5);
 //! 3. far-jumps to 64-bit code, switches to the boot stack and calls `rust_main(ebx)`.
 //!
 //! The application processors reuse the GDT and page tables (see `smp.rs`).

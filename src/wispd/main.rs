@@ -3,6 +3,14 @@
 //! write and one doorbell ring. Requests arrive on a Unix SOCK_SEQPACKET socket as compact JSON
 //! (`wisp ctl` is the client).
 
+/// Like `eprintln!`, but a closed stderr is not worth a panic.
+macro_rules! report {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod daemon;
 #[path = "../logger.rs"]
 mod logger;
@@ -110,11 +118,11 @@ fn main() {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("{}.d", args.socket.display())));
     if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        eprintln!("wispd: error: cannot create {}: {e}", run_dir.display());
+        report!("wispd: error: cannot create {}: {e}", run_dir.display());
         std::process::exit(1);
     }
     if wisp_api::seqpacket::SeqpacketConn::connect(&args.socket).is_ok() {
-        eprintln!(
+        report!(
             "wispd: error: {} is in use by a running wispd",
             args.socket.display()
         );
@@ -124,7 +132,7 @@ fn main() {
     let listener = match SeqpacketListener::bind(&args.socket) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!(
+            report!(
                 "wispd: error: cannot listen on {}: {e}",
                 args.socket.display()
             );

@@ -152,12 +152,14 @@ impl Vcpu {
             control.wait_if_paused();
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
+                    log::trace!("vCPU {}: in {port:#x}", self.id);
                     if io.pio_read(PioAddress(port), data).is_err() {
                         // Nothing decodes this port: the bus floats high, as on a PC.
                         data.fill(0xff);
                     }
                 }
                 Ok(VcpuExit::IoOut(port, data)) => {
+                    log::trace!("vCPU {}: out {port:#x} {data:x?}", self.id);
                     let _ = io.pio_write(PioAddress(port), data);
                 }
                 Ok(VcpuExit::MmioRead(addr, data)) => {

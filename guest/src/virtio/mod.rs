@@ -160,6 +160,15 @@ pub enum Source {
     Cmdline,
 }
 
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::NoxsPage => "noxs page",
+            Self::Cmdline => "command line",
+        })
+    }
+}
+
 /// The VM's virtio-mmio slots.
 pub struct Slots {
     slots: [Slot; MAX_DEVICES],
@@ -200,11 +209,7 @@ impl Slots {
 
     /// The `virtio` command: every listed slot and what a probe finds there.
     pub fn print(&self) {
-        let source = match self.source {
-            Source::NoxsPage => "noxs page",
-            Source::Cmdline => "command line",
-        };
-        println!("virtio: {} slots (from the {source})", self.len);
+        println!("virtio: {} slots (from the {})", self.len, self.source);
         for slot in &self.slots[..self.len] {
             match MmioTransport::probe(slot.base) {
                 Ok((_, device_type)) => println!(
@@ -233,7 +238,7 @@ impl Slots {
         device_type: u32,
         wanted: u64,
     ) -> Result<(MmioTransport, u64), VirtioError> {
-        // Remember why listed slots were unusable, to say so if nothing matches.
+        // Remember why the first unusable slot was unusable, to say so if nothing matches.
         let mut unusable = None;
         for slot in &self.slots[..self.len] {
             if self.source == Source::NoxsPage && slot.device_type != device_type {
@@ -241,26 +246,24 @@ impl Slots {
             }
             match MmioTransport::probe(slot.base) {
                 Ok((mut transport, found)) if found == device_type => {
-                    let source = match self.source {
-                        Source::NoxsPage => "noxs page",
-                        Source::Cmdline => "command line",
-                    };
                     println!(
-                        "{name}: device at {:#x} irq {} (from the {source})",
-                        slot.base, slot.irq
+                        "{name}: device at {:#x} irq {} (from the {})",
+                        slot.base, slot.irq, self.source
                     );
                     let features = transport.negotiate(wanted)?;
                     return Ok((transport, features));
                 }
                 Ok((_, found)) if self.source == Source::NoxsPage => {
-                    unusable = Some(VirtioError::WrongDevice {
+                    unusable.get_or_insert(VirtioError::WrongDevice {
                         base: slot.base,
                         listed: slot.device_type,
                         found,
                     });
                 }
                 Ok(_) | Err(VirtioError::NoDevice { .. }) => {}
-                Err(err) => unusable = Some(err),
+                Err(err) => {
+                    unusable.get_or_insert(err);
+                }
             }
         }
         Err(unusable.unwrap_or(VirtioError::NotFound { device_type }))

@@ -94,7 +94,12 @@ impl NetDevice {
         let rx = setup_queue(&transport, RX_QUEUE)?;
         let tx = setup_queue(&transport, TX_QUEUE)?;
         let mut mac = DEFAULT_MAC;
-        if features & F_MAC != 0 {
+        if features & F_MAC == 0 {
+            println!(
+                "{name}: the device offers no MAC, using {}",
+                Mac(&DEFAULT_MAC)
+            );
+        } else {
             // `mac` is the first config field, six 8-bit fields (§5.1.4).
             for (offset, byte) in mac.iter_mut().enumerate() {
                 *byte = transport.config_u8(offset);

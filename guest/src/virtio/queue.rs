@@ -96,7 +96,7 @@ impl Virtqueue {
         let avail = dma::alloc(6 + 2 * entries, AVAIL_ALIGN).ok_or(VirtioError::OutOfDma)?;
         // flags, idx, ring[size] of {id u32, len u32}, avail_event (§2.7.8).
         let used = dma::alloc(6 + 8 * entries, USED_ALIGN).ok_or(VirtioError::OutOfDma)?;
-        // avail.write(0, &AVAIL_F_NO_INTERRUPT.to_le_bytes());
+        avail.write(0, &AVAIL_F_NO_INTERRUPT.to_le_bytes());
         let mut free = [false; MAX];
         free[..entries].fill(true);
         Ok(Virtqueue {
