@@ -75,7 +75,7 @@ fn serve_until_start(
 }
 
 /// The API while the VM runs.
-struct RunningApi {
+pub struct RunningApi {
     receiver: ApiReceiver,
     resources: VmResources,
     state: VmState,
@@ -86,6 +86,25 @@ struct RunningApi {
 }
 
 impl RunningApi {
+    /// The API of a VM that has just started (`resources` describes it).
+    pub fn new(
+        vm: &MicroVm,
+        receiver: ApiReceiver,
+        resources: VmResources,
+        server: Option<ApiServerHandle>,
+    ) -> RunningApi {
+        let (drives, devices) = handles(vm);
+        RunningApi {
+            receiver,
+            resources,
+            state: VmState::Running,
+            controller: vm.controller(),
+            drives,
+            devices,
+            server,
+        }
+    }
+
     fn execute(&mut self, action: &VmmAction) -> VmmResult {
         match action {
             VmmAction::Pause => {
@@ -261,16 +280,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
     let Some(mut vm) = vm else {
         return 0;
     };
-    let (drives, devices) = handles(&vm);
-    let api = RunningApi {
-        receiver,
-        resources,
-        state: VmState::Running,
-        controller: vm.controller(),
-        drives,
-        devices,
-        server,
-    };
+    let api = RunningApi::new(&vm, receiver, resources, server);
     vm.add_subscriber(Arc::new(Mutex::new(api)));
     match vm.run() {
         Ok(exit) if exit.is_clean() => 0,

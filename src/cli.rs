@@ -63,6 +63,9 @@ pub struct ShellArgs {
     /// Where the guest's console output goes.
     #[arg(long)]
     pub console: Option<PathBuf>,
+    /// Serve the VM's REST API on this socket once it runs.
+    #[arg(long)]
+    pub api_sock: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

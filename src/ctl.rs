@@ -85,12 +85,13 @@ fn run(args: &CtlArgs) -> Result<(), CtlError> {
         CtlResponse::Created { vm, times, cold } => {
             let _ = writeln!(
                 out,
-                "{} pid={} create-us={} doorbell-us={} boot-us={}{}",
+                "{} pid={} create-us={} doorbell-us={} boot-us={} api={}{}",
                 vm.id,
                 vm.pid,
                 fmt_us(times.request_to_first_entry_us),
                 fmt_us(times.doorbell_to_first_entry_us),
                 fmt_us(times.request_to_boot_timer_us),
+                vm.api_socket.as_deref().unwrap_or("-"),
                 if cold {
                     " (cold start: no prepared shell fitted)"
                 } else {

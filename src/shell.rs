@@ -2,6 +2,7 @@
 //! the critical path, parks on its doorbell, and on Create reads the configuration from the
 //! control page, loads the guest, starts it and acknowledges — no HTTP, no JSON.
 
+use crate::api_mode::RunningApi;
 use crate::cli::ShellArgs;
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::fs::File;
@@ -10,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
+use wisp_api::{
+    api_channel, spawn_api_server, ApiReceiver, ApiServerHandle, HostLimits, VmResources,
+};
+use wisp_vmm::x86_64::mptable::MAX_CPUS;
 use wisp_vmm::{MicroVm, MicroVmOptions, PreparedVm, VmController};
 
 /// Result codes acknowledged on the page.
@@ -74,6 +79,21 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
         ack,
     };
 
+    // The VM's own REST socket is bound while preparing, off the create path; requests that
+    // arrive before the create wait for it.
+    let api = match &args.api_sock {
+        Some(path) => match api_channel()
+            .map_err(|e| e.to_string())
+            .and_then(|(tx, rx)| {
+                spawn_api_server(path, tx)
+                    .map(|server| (rx, server))
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(api) => Some(api),
+            Err(e) => return shell.fail(None, &format!("cannot serve the REST API: {e}")),
+        },
+        None => None,
+    };
     let prepared = match PreparedVm::prepare(args.mem, args.vcpus) {
         Ok(p) => p,
         Err(e) => return shell.fail(None, &format!("cannot prepare the VM: {e}")),
@@ -93,7 +113,7 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
             continue;
         };
         match command {
-            Some(ControlCommand::Create) => return create(start, shell, seq, prepared, args),
+            Some(ControlCommand::Create) => return create(start, shell, seq, prepared, args, api),
             Some(ControlCommand::Destroy) => {
                 shell.page.set_state(ShellState::Halted);
                 shell.page.acknowledge(seq, RESULT_OK);
@@ -108,7 +128,14 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
     }
 }
 
-fn create(start: Instant, shell: Shell, seq: u32, prepared: PreparedVm, args: &ShellArgs) -> i32 {
+fn create(
+    start: Instant,
+    shell: Shell,
+    seq: u32,
+    prepared: PreparedVm,
+    args: &ShellArgs,
+    api: Option<(ApiReceiver, ApiServerHandle)>,
+) -> i32 {
     shell.page.set_state(ShellState::Configuring);
     let config = match shell.page.read_config() {
         Ok(c) => c,
@@ -156,6 +183,20 @@ fn create(start: Instant, shell: Shell, seq: u32, prepared: PreparedVm, args: &S
     let page = shell.page.clone();
     let control = Arc::new(Mutex::new(ShellControl { shell, controller }));
     vm.add_subscriber(control.clone());
+    if let Some((receiver, server)) = api {
+        match VmResources::from_config(
+            config,
+            HostLimits {
+                max_vcpus: MAX_CPUS,
+            },
+        ) {
+            Ok(resources) => {
+                let running = RunningApi::new(&vm, receiver, resources, Some(server));
+                vm.add_subscriber(Arc::new(Mutex::new(running)));
+            }
+            Err(e) => log::warn!("shell: no REST API for this VM: {e}"),
+        }
+    }
     let outcome = vm.run();
     let Ok(control) = control.lock() else {
         return 1;

@@ -166,6 +166,21 @@ fn ctl_creates_lists_pauses_resumes_and_destroys_unikernel_vms() {
     let (ok, out, _) = w.ctl(&["create", "--config", config]);
     assert!(ok && out.starts_with("vm-2 "), "{out}");
 
+    // Each VM also answers on its own REST socket (a real client: curl).
+    let api = out
+        .split("api=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let info = Command::new("curl")
+        .args(["-s", "--unix-socket", api, "http://localhost/"])
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(info.contains("\"state\":\"Running\""), "{info}");
+
     let (_, list, _) = w.ctl(&["list"]);
     assert_eq!(
         list.lines().filter(|l| l.contains("running")).count(),

@@ -203,7 +203,7 @@ impl Daemon {
             state,
             mem_size_mib: vm.config.machine_config.mem_size_mib,
             vcpu_count: vm.config.machine_config.vcpu_count,
-            api_socket: None,
+            api_socket: Some(vm.shell.api_socket.display().to_string()),
         }
     }
 

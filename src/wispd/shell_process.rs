@@ -52,6 +52,8 @@ pub struct ShellProcess {
     pub mem_mib: u32,
     pub vcpus: u8,
     pub console: PathBuf,
+    /// The VM's own REST API socket.
+    pub api_socket: PathBuf,
 }
 
 impl ShellProcess {
@@ -72,7 +74,9 @@ impl ShellProcess {
             dup_high(ack.as_raw_fd()).map_err(ShellError::Doorbell)?,
         ];
         let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let console = run_dir.join(format!("shell-{}.console", unique()));
+        let tag = unique();
+        let console = run_dir.join(format!("shell-{tag}.console"));
+        let api_socket = run_dir.join(format!("shell-{tag}.sock"));
         let mut cmd = Command::new(wisp);
         cmd.arg("shell")
             .args(["--control", &SHELL_CONTROL_FD.to_string()])
@@ -81,6 +85,8 @@ impl ShellProcess {
             .args(["--mem", &mem_mib.to_string(), "--vcpus", &vcpus.to_string()])
             .arg("--console")
             .arg(&console)
+            .arg("--api-sock")
+            .arg(&api_socket)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
         // SAFETY: between fork and exec this only calls async-signal-safe functions (dup2,
@@ -115,6 +121,7 @@ impl ShellProcess {
             mem_mib,
             vcpus,
             console,
+            api_socket,
         })
     }
 
@@ -200,6 +207,7 @@ impl ShellProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.console);
+        let _ = std::fs::remove_file(&self.api_socket);
     }
 }
 
