@@ -29,6 +29,7 @@ fn build_vm(start: Instant, config: &VmConfig) -> Result<MicroVm, String> {
         console_out: Box::new(stdout),
         console_in: None,
         on_boot: None,
+        on_first_entry: None,
     };
     let mut vm = MicroVm::build(config, opts).map_err(|e| e.to_string())?;
     vm.start().map_err(|e| e.to_string())?;

@@ -79,6 +79,7 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
         console_out: Box::new(stdout),
         console_in: Some(stdin),
         on_boot,
+        on_first_entry: None,
     };
     let vm = match MicroVm::build(config, opts) {
         Ok(vm) => vm,

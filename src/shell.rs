@@ -8,7 +8,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
 use wisp_api::{
@@ -21,10 +21,6 @@ use wisp_vmm::{MicroVm, MicroVmOptions, PreparedVm, VmController};
 const RESULT_OK: i32 = 0;
 const RESULT_FAILED: i32 = 1;
 const RESULT_BAD_COMMAND: i32 = 2;
-
-fn monotonic_of(t: Instant) -> u64 {
-    monotonic_ns().saturating_sub(t.elapsed().as_nanos() as u64)
-}
 
 struct Shell {
     page: Arc<ControlPage>,
@@ -136,6 +132,7 @@ fn create(
     args: &ShellArgs,
     api: Option<(ApiReceiver, ApiServerHandle)>,
 ) -> i32 {
+    let t0 = Instant::now();
     shell.page.set_state(ShellState::Configuring);
     let config = match shell.page.read_config() {
         Ok(c) => c,
@@ -151,6 +148,7 @@ fn create(
         None => Box::new(std::io::sink()),
     };
     let boot_page = shell.page.clone();
+    let entry_page = shell.page.clone();
     let opts = MicroVmOptions {
         start,
         console_out: console,
@@ -158,27 +156,26 @@ fn create(
         on_boot: Some(Box::new(move |_| {
             boot_page.set_time(Timestamp::BootTimer, monotonic_ns())
         })),
+        on_first_entry: Some(Box::new(move |_| {
+            entry_page.set_time(Timestamp::FirstEntry, monotonic_ns())
+        })),
     };
     let mut vm = match MicroVm::configure(prepared, &config, opts) {
         Ok(vm) => vm,
         Err(e) => return shell.fail(Some(seq), &e.to_string()),
     };
     shell.page.set_time(Timestamp::Configured, monotonic_ns());
+    let t_configured = t0.elapsed();
     let controller = vm.controller();
     if let Err(e) = vm.start() {
         return shell.fail(Some(seq), &e.to_string());
     }
-    // The boot vCPU marks its first entry just before KVM_RUN: microseconds away.
-    let deadline = Instant::now() + Duration::from_millis(500);
-    while controller.first_entry().is_none() && Instant::now() < deadline {
-        std::hint::spin_loop();
-    }
-    if let Some(t) = controller.first_entry() {
-        shell.page.set_time(Timestamp::FirstEntry, monotonic_of(t));
-    }
+    // The boot vCPU stamps its first entry on the page itself; waiting for it here would
+    // only take a CPU away from it.
     shell.page.set_state(ShellState::Running);
     shell.page.acknowledge(seq, RESULT_OK);
     shell.ring();
+    log::debug!("shell: create took {t_configured:?} to configure");
 
     let page = shell.page.clone();
     let control = Arc::new(Mutex::new(ShellControl { shell, controller }));

@@ -1,3 +1,84 @@
-//! wisp-bench: boot-time benchmarking harness.
+//! `wisp-bench`: the command line over the library. Measures Wisp and its peers (QEMU `-M
+//! microvm`, Firecracker) on the same guest in the same run, interleaved, and writes
+//! results.json (raw samples and the machine), results.md (tables) and SVG plots.
 
-fn main() {}
+use clap::Parser;
+use std::process::ExitCode;
+use wisp_bench::cli::{Cli, Suite};
+use wisp_bench::results::{Results, SuiteOutcome, SuiteResult};
+use wisp_bench::setup::Setup;
+use wisp_bench::{machine, plots, report_md, suites};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::new().filter_or("WISP_BENCH_LOG", "warn"))
+        .init();
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("wisp-bench: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> Result<(), String> {
+    let setup = Setup::resolve(cli).map_err(|e| e.to_string())?;
+    let machine = machine::MachineInfo::detect(&setup.wisp);
+    eprintln!(
+        "wisp-bench: {} on {} ({}), output in {}",
+        cli.suite.name(),
+        machine.cpu_model,
+        machine.host_kvm,
+        setup.out.display()
+    );
+    let mut results = Results {
+        started_utc: setup.started_utc.clone(),
+        runs: setup.runs,
+        machine,
+        suites: Vec::new(),
+    };
+    for suite in cli.suite.expand() {
+        eprintln!("wisp-bench: suite {}", suite.name());
+        let outcome = match suite {
+            Suite::Cold => suites::cold::run(&setup),
+            Suite::Api => suites::api::run(&setup),
+            Suite::Warm => suites::warm::run(&setup),
+            Suite::Density => suites::density::run(&setup),
+            Suite::Linux => suites::linux::run(),
+            Suite::All => continue,
+        };
+        if let SuiteOutcome::Skipped { reason } = &outcome {
+            eprintln!("wisp-bench: {}: skipped: {reason}", suite.name());
+        }
+        results.suites.push(SuiteResult {
+            suite: suite.name().to_string(),
+            outcome,
+        });
+        // Written after every suite, so a long `all` leaves what it has if interrupted.
+        write_outputs(&setup, &results)?;
+    }
+    eprintln!(
+        "wisp-bench: wrote {}",
+        setup.out.join("results.md").display()
+    );
+    Ok(())
+}
+
+fn write_outputs(setup: &Setup, results: &Results) -> Result<(), String> {
+    results
+        .write_json(&setup.out.join("results.json"))
+        .map_err(|e| e.to_string())?;
+    let md_path = setup.out.join("results.md");
+    std::fs::write(&md_path, report_md::render(results))
+        .map_err(|e| format!("cannot write {}: {e}", md_path.display()))?;
+    for suite in &results.suites {
+        let drawn = match &suite.outcome {
+            SuiteOutcome::Comparison(c) => plots::comparison(&setup.out, &suite.suite, c),
+            SuiteOutcome::Density(d) => plots::density(&setup.out, d),
+            SuiteOutcome::Skipped { .. } => Ok(Vec::new()),
+        };
+        drawn.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

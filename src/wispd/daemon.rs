@@ -217,7 +217,6 @@ impl Daemon {
             }
             Err(_) => return error("wispd state is poisoned"),
         };
-        self.pool_changed.notify_all();
         let (shell, cold) = match taken {
             Some(shell) => (shell, false),
             None => {
@@ -237,6 +236,11 @@ impl Daemon {
             return error(e);
         }
         let page = &shell.page;
+        // The boot vCPU stamps its first entry itself, just after the acknowledgement.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while page.time(Timestamp::FirstEntry) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(20));
+        }
         let first = page.time(Timestamp::FirstEntry);
         if wait_boot {
             let deadline = Instant::now() + BOOT_WAIT;
@@ -249,6 +253,9 @@ impl Daemon {
             doorbell_to_first_entry_us: us_between(page.time(Timestamp::Command), first),
             request_to_boot_timer_us: us_between(sent_ns, page.time(Timestamp::BootTimer)),
         };
+        // Refill only now: preparing a shell (fork, exec, KVM setup) would compete for the CPU
+        // with the create it replaces.
+        self.pool_changed.notify_all();
         let Ok(mut state) = self.state.lock() else {
             return error("wispd state is poisoned");
         };

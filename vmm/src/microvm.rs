@@ -7,7 +7,7 @@ use crate::layout::{BOOT_TIMER_START, NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE
 use crate::loader::{self, LoaderError};
 use crate::prepared::{PrepareError, PreparedVm};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError};
-use crate::vcpu_control::{install_kick_handler, ControlError, VcpuControl};
+use crate::vcpu_control::{install_kick_handler, ControlError, FirstEntryHook, VcpuControl};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
@@ -74,6 +74,8 @@ pub struct MicroVmOptions {
     pub console_in: Option<File>,
     /// Called once, on a vCPU thread, when the guest writes the boot timer.
     pub on_boot: Option<Box<dyn FnOnce(u64) + Send>>,
+    /// Called once, on the boot vCPU's thread, just before it first enters the guest.
+    pub on_first_entry: Option<FirstEntryHook>,
 }
 
 /// A handle for pausing, resuming and stopping a running VM from the VMM thread.
@@ -245,14 +247,19 @@ impl MicroVm {
         setup_mptable(&mem, mc.vcpu_count)?;
 
         // A shell may hold more vCPUs than this guest gets; the extra ones never run.
-        let vcpus: Vec<Vcpu> = vcpus.into_iter().take(usize::from(mc.vcpu_count)).collect();
-        for (id, vcpu) in vcpus.iter().enumerate() {
-            let entry = (id == 0).then_some(BootEntry {
-                mode: kernel.mode,
-                entry: kernel.entry.0,
-                boot_info,
-            });
-            vcpu.configure(&supported_cpuid, mc.vcpu_count, &mem, entry)?;
+        let mut vcpus: Vec<Vcpu> = vcpus.into_iter().take(usize::from(mc.vcpu_count)).collect();
+        for vcpu in vcpus.iter_mut() {
+            vcpu.configure_cpu(&supported_cpuid, mc.vcpu_count)?;
+        }
+        if let Some(bsp) = vcpus.first() {
+            bsp.set_boot_entry(
+                &mem,
+                BootEntry {
+                    mode: kernel.mode,
+                    entry: kernel.entry.0,
+                    boot_info,
+                },
+            )?;
         }
 
         let exit = VmExitSignal::new().map_err(|source| MicroVmError::EventFd {
@@ -272,12 +279,16 @@ impl MicroVm {
             events.add_subscriber(sub);
         }
 
+        let control = VcpuControl::default();
+        if let Some(hook) = opts.on_first_entry {
+            control.on_first_entry(hook);
+        }
         Ok(MicroVm {
             vcpus,
             io: devices.into_io(),
             events,
             controller: VmController {
-                control: VcpuControl::default(),
+                control,
                 exit,
                 sysctl,
             },

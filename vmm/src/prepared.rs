@@ -49,9 +49,13 @@ impl PreparedVm {
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(PrepareError::Cpuid)?;
-        let vcpus = (0..vcpus)
+        let count = vcpus;
+        let mut vcpus = (0..count)
             .map(|id| Vcpu::new(vm.fd(), id))
             .collect::<Result<Vec<_>, _>>()?;
+        for vcpu in vcpus.iter_mut() {
+            vcpu.configure_cpu(&supported_cpuid, count)?;
+        }
         Ok(PreparedVm {
             vcpus,
             supported_cpuid,

@@ -61,6 +61,8 @@ pub struct BootEntry {
 pub struct Vcpu {
     id: u8,
     fd: VcpuFd,
+    /// The vCPU count CPUID was last set up for.
+    configured_for: Option<u8>,
 }
 
 impl Vcpu {
@@ -68,18 +70,19 @@ impl Vcpu {
         let fd = vm
             .create_vcpu(u64::from(id))
             .map_err(|source| VcpuError::Create { id, source })?;
-        Ok(Vcpu { id, fd })
+        Ok(Vcpu {
+            id,
+            fd,
+            configured_for: None,
+        })
     }
 
-    /// Sets CPUID, MSRs, FPU and LAPIC; the boot vCPU also gets registers for `boot`.
-    /// Application processors stay in wait-for-SIPI: the guest starts them (INIT/SIPI).
-    pub fn configure(
-        &self,
-        supported_cpuid: &CpuId,
-        count: u8,
-        mem: &GuestMemoryMmap,
-        boot: Option<BootEntry>,
-    ) -> Result<(), VcpuError> {
+    /// Sets CPUID (for a guest of `count` vCPUs), MSRs, FPU and LAPIC. Needs no guest, so a
+    /// prepared shell does it ahead of time; a guest of another size redoes it.
+    pub fn configure_cpu(&mut self, supported_cpuid: &CpuId, count: u8) -> Result<(), VcpuError> {
+        if self.configured_for == Some(count) {
+            return Ok(());
+        }
         let id = self.id;
         let kvm_err = |what| move |source| VcpuError::Configure { id, what, source };
         let mut cpuid = supported_cpuid.clone();
@@ -103,7 +106,16 @@ impl Vcpu {
         self.fd
             .set_lapic(&lapic)
             .map_err(kvm_err("KVM_SET_LAPIC"))?;
-        if let Some(boot) = boot {
+        self.configured_for = Some(count);
+        Ok(())
+    }
+
+    /// Points the boot vCPU at the kernel's entry. Application processors stay in
+    /// wait-for-SIPI: the guest starts them (INIT/SIPI).
+    pub fn set_boot_entry(&self, mem: &GuestMemoryMmap, boot: BootEntry) -> Result<(), VcpuError> {
+        let id = self.id;
+        let kvm_err = |what| move |source| VcpuError::Configure { id, what, source };
+        {
             let mut sregs = self.fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
             setup_sregs(mem, boot.mode, &mut sregs)
                 .map_err(|source| VcpuError::Regs { id, source })?;

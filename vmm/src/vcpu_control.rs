@@ -31,6 +31,9 @@ pub fn install_kick_handler() -> Result<(), ControlError> {
         .map_err(ControlError::Signal)
 }
 
+/// Called on the boot vCPU's thread just before it first enters the guest.
+pub type FirstEntryHook = Box<dyn FnOnce(Instant) + Send>;
+
 #[derive(Default)]
 struct Shared {
     paused: AtomicBool,
@@ -38,6 +41,7 @@ struct Shared {
     lock: Mutex<()>,
     resumed: Condvar,
     first_entry: OnceLock<Instant>,
+    on_first_entry: Mutex<Option<FirstEntryHook>>,
 }
 
 /// Shared between the VMM thread and the vCPU threads.
@@ -68,7 +72,24 @@ impl VcpuControl {
 
     /// Records the moment the boot vCPU first enters the guest.
     pub fn mark_first_entry(&self) {
-        let _ = self.shared.first_entry.set(Instant::now());
+        let now = Instant::now();
+        let _ = self.shared.first_entry.set(now);
+        let hook = self
+            .shared
+            .on_first_entry
+            .lock()
+            .ok()
+            .and_then(|mut h| h.take());
+        if let Some(hook) = hook {
+            hook(now);
+        }
+    }
+
+    /// Runs `hook` when the boot vCPU first enters the guest.
+    pub fn on_first_entry(&self, hook: FirstEntryHook) {
+        if let Ok(mut h) = self.shared.on_first_entry.lock() {
+            *h = Some(hook);
+        }
     }
 
     pub fn first_entry(&self) -> Option<Instant> {

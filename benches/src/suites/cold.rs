@@ -1,0 +1,109 @@
+//! `cold`: a fresh VMM process per boot. Per run and VMM: process start → the guest's first
+//! serial line (seen on the child's stdout pipe), → the boot-timer write (Wisp reports it on
+//! stderr, µs since its own start), → process exit; and the process's peak RSS.
+
+use super::{launch_record, metric};
+use crate::launch::{Input, Launched};
+use crate::peers::{self, describe, Peer, GUEST_LINE};
+use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
+use crate::setup::Setup;
+
+/// The unikernel's command line: empty, so it greets, signals the boot timer and resets.
+const CMDLINE: &str = "";
+
+pub fn run(setup: &Setup) -> SuiteOutcome {
+    let (peers, mut notes) = match peers::peers(setup, CMDLINE) {
+        Ok(found) => found,
+        Err(e) => {
+            return SuiteOutcome::Skipped {
+                reason: format!("cannot write the Firecracker config: {e}"),
+            }
+        }
+    };
+    notes.insert(
+        0,
+        format!(
+            "guest: the Wisp unikernel ({}), cmdline \"\", {} MiB, 1 vCPU; one unrecorded \
+             warm-up boot per VMM first",
+            setup.unikernel.display(),
+            peers::GUEST_MEM_MIB
+        ),
+    );
+    notes.insert(
+        1,
+        "first line: process start → `hello from wisp unikernel` read from the VMM's stdout \
+         pipe; boot timer: Wisp's own report (guest write to the boot timer, µs since the wisp \
+         process started); exit: process start → reaped"
+            .to_string(),
+    );
+    let mut vmms: Vec<VmmRuns> = peers
+        .iter()
+        .map(|p| VmmRuns::new(p.name(), describe(&p.command(setup, CMDLINE))))
+        .collect();
+    for peer in &peers {
+        if let Err(why) = boot_once(setup, peer) {
+            eprintln!("[cold] warm-up {}: {why}", peer.name());
+        }
+    }
+    for run in 1..=setup.runs {
+        // Interleaved: A B A B …, so drift on the machine hits every VMM alike.
+        for (peer, record) in peers.iter().zip(vmms.iter_mut()) {
+            match boot_once(setup, peer) {
+                Ok(sample) => {
+                    eprintln!(
+                        "[cold] run {run}/{} {}: first line {:.2} ms, exit {:.2} ms",
+                        setup.runs,
+                        peer.name(),
+                        sample.get("first_line_us").copied().unwrap_or(f64::NAN) / 1e3,
+                        sample.get("exit_us").copied().unwrap_or(f64::NAN) / 1e3,
+                    );
+                    record.runs.push(sample);
+                }
+                Err(why) => {
+                    eprintln!(
+                        "[cold] run {run}/{} {}: failed: {why}",
+                        setup.runs,
+                        peer.name()
+                    );
+                    record.failures.push(format!("run {run}: {why}"));
+                }
+            }
+        }
+    }
+    SuiteOutcome::Comparison(Comparison {
+        metrics: vec![
+            metric(
+                "first_line_us",
+                "process start → first serial line",
+                Unit::Microseconds,
+            ),
+            metric(
+                "boot_timer_us",
+                "process start → boot-timer write (Wisp's report)",
+                Unit::Microseconds,
+            ),
+            metric("exit_us", "process start → exit", Unit::Microseconds),
+            metric(
+                "max_rss_kib",
+                "peak RSS of the VMM process",
+                Unit::Kibibytes,
+            ),
+        ],
+        vmms,
+        notes,
+    })
+}
+
+/// One boot, as a record of metrics, or why it does not count.
+fn boot_once(
+    setup: &Setup,
+    peer: &Peer,
+) -> Result<std::collections::BTreeMap<String, f64>, String> {
+    let launched = Launched::spawn(peer.command(setup, CMDLINE), Input::Null, GUEST_LINE)
+        .map_err(|e| e.to_string())?;
+    let finished = launched.finish(setup.timeout).map_err(|e| e.to_string())?;
+    if !finished.is_clean() {
+        return Err(finished.failure());
+    }
+    Ok(launch_record(&finished))
+}

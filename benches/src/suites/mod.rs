@@ -1,0 +1,39 @@
+//! The suites. Each returns a `SuiteOutcome`: measurements, or a skip with its reason (an
+//! interface that does not exist yet is a skip, never a made-up number).
+
+pub mod api;
+pub mod cold;
+pub mod density;
+pub mod linux;
+pub mod warm;
+
+use crate::launch::Finished;
+use crate::results::{MetricDef, Unit};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub fn metric(key: &str, label: &str, unit: Unit) -> MetricDef {
+    MetricDef {
+        key: key.to_string(),
+        label: label.to_string(),
+        unit,
+    }
+}
+
+pub fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// The metrics every launch yields: first line, Wisp's boot timer, exit, peak RSS.
+pub fn launch_record(f: &Finished) -> BTreeMap<String, f64> {
+    let mut record = BTreeMap::new();
+    if let Some(line) = f.first_line {
+        record.insert("first_line_us".to_string(), micros(line));
+    }
+    if let Some(us) = f.boot_timer_us {
+        record.insert("boot_timer_us".to_string(), us as f64);
+    }
+    record.insert("exit_us".to_string(), micros(f.exit));
+    record.insert("max_rss_kib".to_string(), f.max_rss_kib as f64);
+    record
+}
