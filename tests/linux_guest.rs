@@ -1,0 +1,295 @@
+//! End-to-end tests that boot real Linux guests under `wisp` on real KVM, inside the test host
+//! (tests/testhost): QEMU/TCG → Debian kernel with kvm_amd (L1) → `wisp run` → Linux (L2).
+//!
+//! All L2 scenarios share one L1 boot (the first test to need it boots it; the others wait):
+//! the script below runs each `wisp run` as a named command and every test judges its own.
+//! The L2 guest is the probe initramfs (tests/testhost/l2_init.sh), which prints
+//! `WISP-L2 key=value` facts and ends the VM as its command line asks.
+
+mod testhost;
+
+use std::sync::OnceLock;
+
+use testhost::{check_failed, CommandRun, L2Guest, TestHost, TestHostError};
+use wisp_tinyx::initramfs::{DEFAULT_APP_MARKER, INIT_MARKER};
+
+/// Guest command line: `quiet` because every console byte is a nested exit under TCG;
+/// `panic=-1` so a panic resets at once instead of spinning; `reboot=k` so the reset goes
+/// through the i8042 (there is no ACPI under wisp).
+const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
+
+/// Memory for the scenarios that do not test memory sizes.
+const DEFAULT_MEM_MIB: u32 = 256;
+
+/// The guard for one `wisp run` inside L1 (L1 kills it after this); generous, TCG is slow.
+const L2_TIMEOUT_S: u32 = 180;
+
+/// Memory sizes the guest must see.
+const MEM_SIZES_MIB: [u32; 3] = [64, 128, 1024];
+
+/// One `wisp run` of the shared script.
+struct Scenario {
+    name: String,
+    kernel: &'static str,
+    initrd: &'static str,
+    vcpus: u32,
+    mem_mib: u32,
+    extra_cmdline: &'static str,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let boot = |name: &str, kernel, vcpus| Scenario {
+        name: name.to_owned(),
+        kernel,
+        initrd: "/guest/probe.cpio",
+        vcpus,
+        mem_mib: DEFAULT_MEM_MIB,
+        extra_cmdline: "",
+    };
+    let mut all = vec![
+        Scenario {
+            initrd: "/guest/tinyx.cpio.gz",
+            ..boot("tinyx-default", "/guest/vmlinux", 1)
+        },
+        boot("pvh-1cpu", "/guest/vmlinux", 1),
+        boot("pvh-2cpu", "/guest/vmlinux", 2),
+        boot("bzimage-1cpu", "/guest/bzImage", 1),
+        boot("bzimage-2cpu", "/guest/bzImage", 2),
+        Scenario {
+            extra_cmdline: "wisp_l2=exit",
+            ..boot("panic", "/guest/vmlinux", 1)
+        },
+    ];
+    all.extend(MEM_SIZES_MIB.map(|mem_mib| Scenario {
+        mem_mib,
+        ..boot(&format!("mem-{mem_mib}"), "/guest/vmlinux", 1)
+    }));
+    all
+}
+
+/// The L1 script: one `run` per scenario.
+fn script() -> String {
+    let mut script = String::new();
+    for s in scenarios() {
+        script.push_str(&format!(
+            "run {name} {L2_TIMEOUT_S} wisp run --kernel {kernel} --initrd {initrd} \
+             --cmdline \"{CMDLINE} {extra}\" --vcpus {vcpus} --mem {mem} --boot-timer\n",
+            name = s.name,
+            kernel = s.kernel,
+            initrd = s.initrd,
+            extra = s.extra_cmdline,
+            vcpus = s.vcpus,
+            mem = s.mem_mib,
+        ));
+    }
+    script
+}
+
+fn boot_shared_host() -> Result<TestHost, TestHostError> {
+    let guest = L2Guest::tinyx()?;
+    TestHost::builder()
+        .file(&guest.vmlinux, "/guest/vmlinux")
+        .file(&guest.bzimage, "/guest/bzImage")
+        .file(&guest.tinyx_initramfs, "/guest/tinyx.cpio.gz")
+        .file(&guest.probe_initramfs, "/guest/probe.cpio")
+        .script(&script())
+        .boot()
+}
+
+/// The shared L1 boot; a failure to boot fails every test with the same message.
+fn host() -> &'static TestHost {
+    static HOST: OnceLock<Result<TestHost, String>> = OnceLock::new();
+    match HOST.get_or_init(|| boot_shared_host().map_err(|e| e.to_string())) {
+        Ok(host) => host,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {
+    run.value(key)
+        .ok_or_else(|| check_failed(run, format!("no {key}= in the output")))
+}
+
+/// `wisp` booted the guest to its /init, which saw `vcpus` CPUs, reported the boot time and
+/// rebooted, and `wisp` exited 0.
+fn check_clean_boot(name: &str, vcpus: u32) -> Result<&'static CommandRun, TestHostError> {
+    let run = host().run(name)?;
+    if run.timed_out() {
+        return Err(check_failed(
+            run,
+            "wisp did not exit (killed by the L1 timeout)",
+        ));
+    }
+    if !run.stdout.contains("WISP-L2 init") {
+        return Err(check_failed(run, "the guest never reached /init"));
+    }
+    let nproc = value(run, "nproc")?;
+    if nproc != vcpus.to_string() {
+        return Err(check_failed(
+            run,
+            format!("guest sees {nproc} CPUs, not {vcpus}"),
+        ));
+    }
+    if !run.stdout.contains("WISP-L2 end mode=reboot") {
+        return Err(check_failed(run, "the guest init did not finish"));
+    }
+    if run.exit_code != Some(0) {
+        return Err(check_failed(
+            run,
+            "wisp exited non-zero after a clean guest reboot",
+        ));
+    }
+    let boot_us: u64 = value(run, "boot-time-us")?
+        .parse()
+        .map_err(|_| check_failed(run, "boot-time-us is not a number"))?;
+    if boot_us == 0 {
+        return Err(check_failed(run, "boot-time-us is zero"));
+    }
+    eprintln!("{name}: boot-time-us={boot_us}");
+    Ok(run)
+}
+
+/// The default Tinyx guest, unchanged: its init runs its app and resets the VM.
+#[test]
+fn boots_default_tinyx_guest() -> Result<(), TestHostError> {
+    let run = host().run("tinyx-default")?;
+    for marker in [INIT_MARKER, DEFAULT_APP_MARKER] {
+        if !run.stdout.contains(marker) {
+            return Err(check_failed(
+                run,
+                format!("no {marker:?} on the guest console"),
+            ));
+        }
+    }
+    if run.exit_code != Some(0) {
+        return Err(check_failed(
+            run,
+            "wisp exited non-zero after the guest reset",
+        ));
+    }
+    value(run, "boot-time-us")?;
+    Ok(())
+}
+
+#[test]
+fn boots_vmlinux_pvh_with_one_vcpu() -> Result<(), TestHostError> {
+    check_clean_boot("pvh-1cpu", 1).map(drop)
+}
+
+#[test]
+fn boots_vmlinux_pvh_with_two_vcpus() -> Result<(), TestHostError> {
+    check_clean_boot("pvh-2cpu", 2).map(drop)
+}
+
+#[test]
+fn boots_bzimage_with_one_vcpu() -> Result<(), TestHostError> {
+    check_clean_boot("bzimage-1cpu", 1).map(drop)
+}
+
+#[test]
+fn boots_bzimage_with_two_vcpus() -> Result<(), TestHostError> {
+    check_clean_boot("bzimage-2cpu", 2).map(drop)
+}
+
+#[test]
+fn guest_panic_ends_wisp_with_failure() -> Result<(), TestHostError> {
+    let run = host().run("panic")?;
+    if !run.stdout.contains("WISP-L2 end mode=exit") {
+        return Err(check_failed(run, "the guest init never got to exit"));
+    }
+    if run.timed_out() {
+        return Err(check_failed(
+            run,
+            "wisp did not exit after the guest panicked",
+        ));
+    }
+    if matches!(run.exit_code, Some(0) | None) {
+        return Err(check_failed(
+            run,
+            "wisp must exit non-zero when the guest panics",
+        ));
+    }
+    if !run.stderr.to_lowercase().contains("panic") {
+        return Err(check_failed(
+            run,
+            "wisp's message does not say the guest panicked",
+        ));
+    }
+    Ok(())
+}
+
+/// The guest's view of its memory agrees with `--mem`: the firmware map (the kernel's
+/// "Memory: AVAILABLE/TOTAL" line) covers the size less at most the legacy hole below 1 MiB,
+/// and `free`'s total lies between what the kernel had available early in boot and that total.
+fn check_memory(mem_mib: u32) -> Result<(), TestHostError> {
+    let run = check_clean_boot(&format!("mem-{mem_mib}"), 1)?;
+    let line = value(run, "dmesg-memory")?;
+    let (available_kib, total_kib) = parse_memory_line(line)
+        .ok_or_else(|| check_failed(run, format!("cannot parse {line:?}")))?;
+    let size_kib = u64::from(mem_mib) * 1024;
+    // The e820 map leaves out 640 KiB..1 MiB; allow a few MiB for VMM-reserved low pages.
+    if total_kib > size_kib || total_kib + 4096 < size_kib {
+        return Err(check_failed(
+            run,
+            format!("guest RAM is {total_kib} KiB, --mem asked for {size_kib} KiB"),
+        ));
+    }
+    let free_mib: u64 = value(run, "free-total-mib")?
+        .parse()
+        .map_err(|_| check_failed(run, "free-total-mib is not a number"))?;
+    if free_mib * 1024 > total_kib || (free_mib + 1) * 1024 < available_kib {
+        return Err(check_failed(
+            run,
+            format!(
+                "free says {free_mib} MiB, outside [{available_kib}, {total_kib}] KiB \
+                 (kernel reservations)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses "12345K/67890K" (from the kernel's "Memory: 12345K/67890K available" line).
+fn parse_memory_line(line: &str) -> Option<(u64, u64)> {
+    let (available, total) = line.split_once('/')?;
+    let kib = |s: &str| s.trim_end_matches('K').parse::<u64>().ok();
+    Some((kib(available)?, kib(total)?))
+}
+
+#[test]
+fn boots_with_64_mib() -> Result<(), TestHostError> {
+    check_memory(64)
+}
+
+#[test]
+fn boots_with_128_mib() -> Result<(), TestHostError> {
+    check_memory(128)
+}
+
+#[test]
+fn boots_with_1024_mib() -> Result<(), TestHostError> {
+    check_memory(1024)
+}
+
+/// The test host itself: L1 boots, loads KVM and runs a script (no VMM needed).
+#[test]
+fn test_host_boots_with_real_kvm() -> Result<(), TestHostError> {
+    let host = TestHost::builder()
+        .without_wisp()
+        .script("run kvm 10 ls -l /dev/kvm\nscenario smoke PASS\n")
+        .boot()?;
+    host.expect_marker("### SCENARIO smoke PASS")?;
+    let run = host.run("kvm")?;
+    if run.exit_code != Some(0) || !run.stdout.contains("/dev/kvm") {
+        return Err(check_failed(run, "/dev/kvm is listed"));
+    }
+    let (init_s, kvm_s) = host.l1_times_s();
+    eprintln!(
+        "L1 {}: /init at {init_s:?} s, /dev/kvm at {kvm_s:?} s of L1 uptime; /dev/kvm after \
+         {:?} of wall time; QEMU ran {:?}",
+        host.kernel.id,
+        host.wall_time_to("### TESTHOST kvm-ready"),
+        host.console.elapsed
+    );
+    Ok(())
+}
