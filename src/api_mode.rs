@@ -14,12 +14,16 @@ use wisp_api::{
     api_channel, spawn_api_server, ApiReceiver, ApiRequest, ApiServerHandle, HostLimits, VmConfig,
     VmResources, VmState, VmmAction, VmmActionError, VmmData,
 };
-use wisp_devices::virtio::Block;
+use wisp_devices::virtio::{Block, DeviceMetrics, MmioTransport};
 use wisp_vmm::virtio_devices::VirtioHandle;
 use wisp_vmm::x86_64::mptable::MAX_CPUS;
 use wisp_vmm::{MicroVm, MicroVmOptions, VmController};
 
 type VmmResult = Result<VmmData, VmmActionError>;
+/// Drives by id, for PATCH /drives after boot.
+type DriveHandles = Vec<(String, Arc<Mutex<MmioTransport>>)>;
+/// Per-device counters by "kind:id", for FlushMetrics.
+type DeviceCounters = Vec<(String, Arc<DeviceMetrics>)>;
 
 fn build_vm(start: Instant, config: &VmConfig) -> Result<MicroVm, String> {
     let stdout = dup_stream(std::io::stdout().as_fd())
@@ -81,8 +85,8 @@ pub struct RunningApi {
     resources: VmResources,
     state: VmState,
     controller: VmController,
-    drives: Vec<(String, Arc<Mutex<wisp_devices::virtio::MmioTransport>>)>,
-    devices: Vec<(String, Arc<wisp_devices::virtio::DeviceMetrics>)>,
+    drives: DriveHandles,
+    devices: DeviceCounters,
     server: Option<ApiServerHandle>,
 }
 
@@ -202,12 +206,7 @@ impl MutEventSubscriber for RunningApi {
     }
 }
 
-fn handles(
-    vm: &MicroVm,
-) -> (
-    Vec<(String, Arc<Mutex<wisp_devices::virtio::MmioTransport>>)>,
-    Vec<(String, Arc<wisp_devices::virtio::DeviceMetrics>)>,
-) {
+fn handles(vm: &MicroVm) -> (DriveHandles, DeviceCounters) {
     let list: &[VirtioHandle] = vm.virtio_devices();
     let drives = list
         .iter()

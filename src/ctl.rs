@@ -67,7 +67,7 @@ fn run(args: &CtlArgs) -> Result<(), CtlError> {
             let config: VmConfig = serde_json::from_slice(&text)
                 .map_err(|source| CtlError::ConfigJson { path, source })?;
             CtlRequest::Create {
-                config,
+                config: Box::new(config),
                 sent_ns: monotonic_ns(),
                 wait_boot: *wait_boot,
             }

@@ -2,6 +2,9 @@
 //! virtio-mmio drivers: a disk image on the host, host entropy, a tap device in a network
 //! namespace this test creates, and vsock to a host Unix socket.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::{run_with_deadline, unikernel, wisp, Outcome, TempFile};

@@ -1,6 +1,9 @@
 //! The noxs control plane end to end: a real `wispd` with prepared `wisp shell` processes,
 //! driven through `wisp ctl` and its socket protocol, booting the unikernel on /dev/kvm.
 
+// Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::unikernel;
@@ -246,7 +249,7 @@ fn two_hundred_vms_run_together_and_leave_nothing_behind() {
     let mut ids = Vec::new();
     for i in 0..200 {
         let resp = w.request(&CtlRequest::Create {
-            config: config.clone(),
+            config: Box::new(config.clone()),
             sent_ns: wisp_api::control_page::monotonic_ns(),
             wait_boot: true,
         });

@@ -73,9 +73,8 @@ impl SeqpacketListener {
             )
         })?;
         // SAFETY: accept4 returned a fresh fd that nothing else owns.
-        Ok(SeqpacketConn {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SeqpacketConn { fd })
     }
 }
 

@@ -15,7 +15,7 @@ pub enum CtlRequest {
     /// carry request → first guest instruction. With `wait_boot`, reply once the guest wrote
     /// the boot timer (or after a few seconds).
     Create {
-        config: VmConfig,
+        config: Box<VmConfig>,
         #[serde(default)]
         sent_ns: u64,
         #[serde(default)]

@@ -171,7 +171,7 @@ impl Daemon {
                 config,
                 sent_ns,
                 wait_boot,
-            } => self.create(config, sent_ns, wait_boot),
+            } => self.create(*config, sent_ns, wait_boot),
             CtlRequest::List {} => self.list(),
             CtlRequest::Destroy { id } => self.destroy(&id),
             CtlRequest::Pause { id } => self.command(&id, ControlCommand::Pause),

@@ -117,14 +117,14 @@ impl ControlPage {
     }
 
     fn atomic32(&self, off: usize) -> &AtomicU32 {
-        assert!(off % 4 == 0 && off + 4 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(4) && off + 4 <= PAGE_SIZE);
         // SAFETY: in bounds and 4-byte aligned (the mapping is page-aligned, `off` a multiple
         // of 4); all accesses to the page are atomic.
         unsafe { AtomicU32::from_ptr(self.base.add(off).cast()) }
     }
 
     fn atomic64(&self, off: usize) -> &AtomicU64 {
-        assert!(off % 8 == 0 && off + 8 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(8) && off + 8 <= PAGE_SIZE);
         // SAFETY: in bounds and 8-byte aligned; all accesses to the page are atomic.
         unsafe { AtomicU64::from_ptr(self.base.add(off).cast()) }
     }
