@@ -8,7 +8,7 @@ use std::path::Path;
 
 use wisp_tinyx::fragment::{check_config, Fragment};
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, DEFAULT_APP_MARKER, INIT_MARKER};
-use wisp_tinyx::kernel::{default_fragments, KernelArtifacts};
+use wisp_tinyx::kernel::default_fragments;
 use wisp_tinyx::qemu::{boot, QemuBoot};
 use wisp_tinyx::{default_guest, GuestArtifacts};
 
@@ -76,14 +76,9 @@ fn dynamic_app_runs_with_its_libraries_in_the_guest() {
 
 #[test]
 fn default_kernel_config_honours_every_fragment_option() {
-    let g = guest();
-    let config_path = g.vmlinux.with_file_name("config");
-    let k = KernelArtifacts {
-        vmlinux: g.vmlinux.clone(),
-        bzimage: g.bzimage.clone(),
-        config: config_path,
-    };
-    let text = std::fs::read_to_string(&k.config).unwrap();
+    // The cache entry keeps the final .config beside the kernel.
+    let config_path = guest().vmlinux.with_file_name("config");
+    let text = std::fs::read_to_string(&config_path).unwrap();
     let config = Fragment::parse(&text, ".config").unwrap();
     let wanted = Fragment::merged(
         &default_fragments()
