@@ -59,6 +59,10 @@ fn scenarios() -> Vec<Scenario> {
             extra_cmdline: "wisp_l2=exit",
             ..boot("panic", "/guest/vmlinux", 1)
         },
+        Scenario {
+            extra_cmdline: "wisp_l2=poweroff",
+            ..boot("poweroff", "/guest/vmlinux", 1)
+        },
     ];
     all.extend(MEM_SIZES_MIB.map(|mem_mib| Scenario {
         mem_mib,
@@ -213,6 +217,29 @@ fn guest_panic_ends_wisp_with_failure() -> Result<(), TestHostError> {
         return Err(check_failed(
             run,
             "wisp's message does not say the guest panicked",
+        ));
+    }
+    Ok(())
+}
+
+/// Without ACPI, Linux's `poweroff -f` halts the CPUs inside KVM; wisp sees the kernel's
+/// "reboot: System halted" on the console and ends cleanly instead of waiting forever.
+#[test]
+fn guest_poweroff_ends_wisp_cleanly() -> Result<(), TestHostError> {
+    let run = host().run("poweroff")?;
+    if !run.stdout.contains("WISP-L2 end mode=poweroff") {
+        return Err(check_failed(run, "the guest init never got to poweroff"));
+    }
+    if run.timed_out() {
+        return Err(check_failed(
+            run,
+            "wisp did not exit after the guest halted",
+        ));
+    }
+    if run.exit_code != Some(0) {
+        return Err(check_failed(
+            run,
+            "wisp must exit 0 when the guest powers off",
         ));
     }
     Ok(())

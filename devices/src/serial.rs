@@ -20,40 +20,59 @@ pub const COM1_PORT_COUNT: u16 = 8;
 /// Legacy IRQ of COM1.
 pub const COM1_IRQ: u32 = 4;
 
-/// The line Linux prints first when it panics (kernel/panic.c).
+/// What Linux prints first when it panics (kernel/panic.c).
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
+/// What Linux prints when it halts or powers off without ACPI (kernel/reboot.c): the vCPUs
+/// then sit in `hlt` inside KVM and no exit ever reaches the VMM, so the console is the signal.
+const HALT_BANNERS: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
+/// Longest line kept for matching; banners sit at the start of short lines.
+const LINE_MAX: usize = 160;
 
-/// A writer that forwards guest output and remembers whether the panic banner went past.
+/// What the console saw that the VMM must act on.
+#[derive(Clone, Debug)]
+pub struct ConsoleWatch {
+    /// Set when the panic banner went past (a following reset is then a failure).
+    pub panicked: Arc<AtomicBool>,
+    /// Written when the guest halted or powered off.
+    pub halted: Arc<vmm_sys_util::eventfd::EventFd>,
+}
+
+/// A writer that forwards guest output and watches it for Linux's panic and halt banners.
 pub struct ConsoleOutput {
     out: Box<dyn Write + Send>,
-    matched: usize,
-    panicked: Arc<AtomicBool>,
+    line: Vec<u8>,
+    watch: ConsoleWatch,
     /// Set once the host side failed (e.g. a closed pipe): further output is dropped quietly
     /// rather than failing every byte the guest writes.
     broken: bool,
 }
 
 impl ConsoleOutput {
-    pub fn new(out: Box<dyn Write + Send>, panicked: Arc<AtomicBool>) -> Self {
+    pub fn new(out: Box<dyn Write + Send>, watch: ConsoleWatch) -> Self {
         ConsoleOutput {
             out,
-            matched: 0,
-            panicked,
+            line: Vec::with_capacity(LINE_MAX),
+            watch,
             broken: false,
         }
     }
 
     fn scan(&mut self, buf: &[u8]) {
         for &b in buf {
-            // The banner has no repeated prefix, so a mismatch can restart at 0 or 1.
-            if b == PANIC_BANNER[self.matched] {
-                self.matched += 1;
-                if self.matched == PANIC_BANNER.len() {
-                    self.panicked.store(true, Ordering::Release);
-                    self.matched = 0;
+            if b == b'\n' {
+                self.line.clear();
+                continue;
+            }
+            if self.line.len() < LINE_MAX {
+                self.line.push(b);
+            }
+            let ends_with = |banner: &[u8]| self.line.ends_with(banner);
+            if ends_with(PANIC_BANNER) {
+                self.watch.panicked.store(true, Ordering::Release);
+            } else if HALT_BANNERS.iter().any(|h| ends_with(h)) {
+                if let Err(e) = self.watch.halted.write(1) {
+                    log::error!("cannot signal the guest's halt: {e}");
                 }
-            } else {
-                self.matched = usize::from(b == PANIC_BANNER[0]);
             }
         }
     }
@@ -137,35 +156,47 @@ mod tests {
         }
     }
 
+    fn watch() -> ConsoleWatch {
+        ConsoleWatch {
+            panicked: Arc::new(AtomicBool::new(false)),
+            halted: Arc::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap()),
+        }
+    }
+
     #[test]
     fn console_output_detects_panic_banner_split_across_writes() {
-        let flag = Arc::new(AtomicBool::new(false));
+        let w = watch();
         let sink = Sink::default();
-        let mut out = ConsoleOutput::new(Box::new(sink.clone()), flag.clone());
+        let mut out = ConsoleOutput::new(Box::new(sink.clone()), w.clone());
         out.write_all(b"[ 1.0] KKernel pan").unwrap();
-        assert!(!flag.load(Ordering::Acquire));
+        assert!(!w.panicked.load(Ordering::Acquire));
         out.write_all(b"ic - not syncing: Attempted to kill init!")
             .unwrap();
-        assert!(flag.load(Ordering::Acquire));
+        assert!(w.panicked.load(Ordering::Acquire));
+        assert!(w.halted.read().is_err());
         assert!(sink.0.lock().unwrap().starts_with(b"[ 1.0] KKernel"));
     }
 
     #[test]
-    fn console_output_ignores_ordinary_output() {
-        let flag = Arc::new(AtomicBool::new(false));
-        let mut out = ConsoleOutput::new(Box::new(io::sink()), flag.clone());
-        out.write_all(b"Kernel panic is a phrase in this text but not the banner")
+    fn console_output_signals_a_halt_and_ignores_ordinary_output() {
+        let w = watch();
+        let mut out = ConsoleOutput::new(Box::new(io::sink()), w.clone());
+        out.write_all(b"Kernel panic is a phrase here\nreboot: System\n halted\n")
             .unwrap();
-        assert!(!flag.load(Ordering::Acquire));
+        assert!(!w.panicked.load(Ordering::Acquire));
+        assert!(w.halted.read().is_err());
+        out.write_all(b"[ 1.5] reboot: Power off not available: System halted instead\n")
+            .unwrap();
+        out.write_all(b"[ 1.5] reboot: System halted\n").unwrap();
+        assert_eq!(w.halted.read().unwrap(), 1);
     }
 
     #[test]
     fn guest_writes_reach_the_host_writer() {
         let sink = Sink::default();
-        let flag = Arc::new(AtomicBool::new(false));
         let irq =
             EventFdTrigger::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut com1 = SerialConsole::new(irq, ConsoleOutput::new(Box::new(sink.clone()), flag));
+        let mut com1 = SerialConsole::new(irq, ConsoleOutput::new(Box::new(sink.clone()), watch()));
         for b in b"hi\n" {
             com1.pio_write(PioAddress(COM1_PORT), 0, &[*b]);
         }

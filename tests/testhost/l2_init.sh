@@ -4,8 +4,8 @@
 # Signals the boot timer, prints what the tests check as "WISP-L2 key=value" lines (one word
 # per value), then ends the VM the way the kernel command line asks:
 #   wisp_l2=reboot   (default) `reboot -f`: with `reboot=k` Linux resets through the i8042.
-#   wisp_l2=poweroff `poweroff -f`: without ACPI Linux cannot power off; PID 1 then exits and
-#                    the kernel panics.
+#   wisp_l2=poweroff `poweroff -f`: without ACPI Linux halts instead ("reboot: System halted"),
+#                    which wisp takes from the console as a clean stop.
 #   wisp_l2=exit     init exits: the kernel panics ("Attempted to kill init"); with panic=-1 it
 #                    then resets at once.
 # Every console byte is a nested exit under TCG, so this stays short.

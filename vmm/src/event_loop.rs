@@ -50,21 +50,27 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// Wakes the loop when a vCPU reports an exit or the guest resets through the i8042.
+/// Wakes the loop when a vCPU reports an exit, the guest resets through the i8042, or the
+/// console saw the guest halt.
 pub struct ExitDoorbells {
     exit: VmExitSignal,
     reset: EventFd,
+    halted: Arc<EventFd>,
 }
 
 impl ExitDoorbells {
-    pub fn new(exit: VmExitSignal, reset: EventFd) -> Self {
-        ExitDoorbells { exit, reset }
+    pub fn new(exit: VmExitSignal, reset: EventFd, halted: Arc<EventFd>) -> Self {
+        ExitDoorbells {
+            exit,
+            reset,
+            halted,
+        }
     }
 }
 
 impl MutEventSubscriber for ExitDoorbells {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit.eventfd(), &self.reset] {
+        for fd in [self.exit.eventfd(), &self.reset, &*self.halted] {
             if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
                 log::error!("cannot watch the VM exit doorbell: {e}");
             }
@@ -75,6 +81,9 @@ impl MutEventSubscriber for ExitDoorbells {
         if events.fd() == self.reset.as_raw_fd() {
             let _ = self.reset.read();
             self.exit.send(VmExit::Reset);
+        } else if events.fd() == self.halted.as_raw_fd() {
+            let _ = self.halted.read();
+            self.exit.send(VmExit::Halted);
         } else {
             // The reason waits in the signal's slot; the VMM loop takes it after this round.
             let _ = self.exit.eventfd().read();

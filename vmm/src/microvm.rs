@@ -26,7 +26,9 @@ use wisp_api::VmConfig;
 use wisp_devices::boot_timer::{BootTime, BootTimer};
 use wisp_devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
 use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
-use wisp_devices::serial::{ConsoleOutput, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT};
+use wisp_devices::serial::{
+    ConsoleOutput, ConsoleWatch, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
+};
 use wisp_devices::trigger::EventFdTrigger;
 
 /// What the VMM thread's event loop runs.
@@ -180,6 +182,7 @@ impl MicroVm {
 
         let mut devices = DeviceManager::new()?;
         let panicked = Arc::new(AtomicBool::new(false));
+        let halted = Arc::new(eventfd("the guest halt doorbell")?);
         let serial_irq = eventfd("the serial IRQ")?;
         vm.fd()
             .register_irqfd(&serial_irq, COM1_IRQ)
@@ -190,7 +193,13 @@ impl MicroVm {
             })?;
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             EventFdTrigger::new(serial_irq),
-            ConsoleOutput::new(opts.console_out, panicked.clone()),
+            ConsoleOutput::new(
+                opts.console_out,
+                ConsoleWatch {
+                    panicked: panicked.clone(),
+                    halted: halted.clone(),
+                },
+            ),
         )));
         devices.add_pio("serial", COM1_PORT, COM1_PORT_COUNT, serial.clone())?;
         let reset = eventfd("the i8042 reset doorbell")?;
@@ -271,6 +280,7 @@ impl MicroVm {
         events.add_subscriber(Arc::new(Mutex::new(ExitDoorbells::new(
             exit.clone(),
             reset,
+            halted,
         ))));
         if let Some(input) = opts.console_in {
             events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(input, serial))));
