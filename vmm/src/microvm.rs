@@ -6,8 +6,8 @@ use crate::exit::{VmExit, VmExitSignal};
 use crate::layout::{BOOT_TIMER_START, NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE_START};
 use crate::loader::{self, LoaderError};
 use crate::prepared::{PrepareError, PreparedVm};
-use crate::vcpu::{BootEntry, Vcpu, VcpuError};
-use crate::vcpu_control::{install_kick_handler, ControlError, FirstEntryHook, VcpuControl};
+use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuThread};
+use crate::vcpu_control::{ControlError, FirstEntryHook, VcpuControl};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
@@ -121,6 +121,7 @@ impl VmController {
 pub struct MicroVm {
     // Field order is drop order: vCPUs and the VM fd go before the memory they map.
     vcpus: Vec<Vcpu>,
+    threads: Vec<VcpuThread>,
     io: Arc<IoManager>,
     events: EventManager<Subscriber>,
     controller: VmController,
@@ -167,6 +168,7 @@ impl MicroVm {
         let ram_size = u64::from(mc.mem_size_mib) << 20;
         let PreparedVm {
             vcpus,
+            threads,
             supported_cpuid,
             vm,
             mem,
@@ -295,6 +297,7 @@ impl MicroVm {
         }
         Ok(MicroVm {
             vcpus,
+            threads,
             io: devices.into_io(),
             events,
             controller: VmController {
@@ -345,10 +348,10 @@ impl MicroVm {
         if self.vcpus.is_empty() {
             return Ok(());
         }
-        install_kick_handler()?;
-        for vcpu in self.vcpus.drain(..) {
-            // The threads are detached: the VMM process ends with its VM.
-            vcpu.start(
+        // The threads are detached: the VMM process ends with its VM.
+        for (vcpu, thread) in self.vcpus.drain(..).zip(self.threads.drain(..)) {
+            thread.launch(
+                vcpu,
                 self.io.clone(),
                 self.controller.exit.clone(),
                 self.controller.control.clone(),

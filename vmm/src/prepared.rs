@@ -4,7 +4,8 @@
 //! has to load the guest and start it.
 
 use crate::memory::{create_guest_memory, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError};
+use crate::vcpu::{Vcpu, VcpuError, VcpuThread};
+use crate::vcpu_control::{install_kick_handler, ControlError};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::mptable::MAX_CPUS;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -22,11 +23,14 @@ pub enum PrepareError {
     Vcpu(#[from] VcpuError),
     #[error("cannot query KVM's supported CPUID: {0}")]
     Cpuid(#[source] kvm_ioctls::Error),
+    #[error(transparent)]
+    Control(#[from] ControlError),
 }
 
 /// A VM shell: everything a guest needs except the guest.
 pub struct PreparedVm {
     pub(crate) vcpus: Vec<Vcpu>,
+    pub(crate) threads: Vec<VcpuThread>,
     pub(crate) supported_cpuid: CpuId,
     pub(crate) vm: Vm,
     pub(crate) mem: GuestMemoryMmap,
@@ -56,8 +60,13 @@ impl PreparedVm {
         for vcpu in vcpus.iter_mut() {
             vcpu.configure_cpu(&supported_cpuid, count)?;
         }
+        install_kick_handler()?;
+        let threads = (0..count)
+            .map(VcpuThread::spawn)
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(PreparedVm {
             vcpus,
+            threads,
             supported_cpuid,
             vm,
             mem,

@@ -9,7 +9,8 @@ use crate::x86_64::msr::{boot_msrs, MsrError};
 use crate::x86_64::regs::{boot_fpu, boot_regs, set_lint, setup_sregs, EntryMode, RegsError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
@@ -56,6 +57,69 @@ pub struct BootEntry {
     pub entry: u64,
     /// Zero page (64-bit Linux protocol) or `hvm_start_info` (PVH).
     pub boot_info: u64,
+}
+
+/// What a vCPU thread needs to run its vCPU.
+struct Launch {
+    vcpu: Vcpu,
+    io: Arc<IoManager>,
+    exit: VmExitSignal,
+    control: VcpuControl,
+}
+
+/// A vCPU thread started ahead of time, parked until it is given a vCPU to run: a prepared
+/// shell spawns its threads while preparing, so the create path pays a wake-up, not a clone
+/// and a first scheduling.
+pub struct VcpuThread {
+    id: u8,
+    launch: mpsc::SyncSender<Launch>,
+    handle: JoinHandle<()>,
+}
+
+impl VcpuThread {
+    pub fn spawn(id: u8) -> Result<VcpuThread, VcpuError> {
+        let (launch, parked) = mpsc::sync_channel::<Launch>(1);
+        let handle = std::thread::Builder::new()
+            .name(format!("vcpu{id}"))
+            .spawn(move || {
+                // A shell destroyed before any create drops the sender: the thread just ends.
+                if let Ok(Launch {
+                    vcpu,
+                    io,
+                    exit,
+                    control,
+                }) = parked.recv()
+                {
+                    let reason = vcpu.run_loop(&io, &control);
+                    exit.send(reason);
+                }
+            })
+            .map_err(|source| VcpuError::Spawn { id, source })?;
+        Ok(VcpuThread { id, launch, handle })
+    }
+
+    /// Hands `vcpu` to this thread, which runs it until an exit ends the VM.
+    pub fn launch(
+        self,
+        vcpu: Vcpu,
+        io: Arc<IoManager>,
+        exit: VmExitSignal,
+        control: VcpuControl,
+    ) -> Result<(), VcpuError> {
+        control.register_thread(&self.handle);
+        let id = self.id;
+        self.launch
+            .send(Launch {
+                vcpu,
+                io,
+                exit,
+                control,
+            })
+            .map_err(|_| VcpuError::Spawn {
+                id,
+                source: std::io::Error::other("the vCPU thread is gone"),
+            })
+    }
 }
 
 pub struct Vcpu {
@@ -126,26 +190,6 @@ impl Vcpu {
                 .set_regs(&boot_regs(boot.mode, boot.entry, boot.boot_info))
                 .map_err(kvm_err("KVM_SET_REGS"))?;
         }
-        Ok(())
-    }
-
-    /// Runs the vCPU on its own thread until an exit ends the VM.
-    pub fn start(
-        self,
-        io: Arc<IoManager>,
-        exit: VmExitSignal,
-        control: VcpuControl,
-    ) -> Result<(), VcpuError> {
-        let id = self.id;
-        let thread_control = control.clone();
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                let reason = self.run_loop(&io, &thread_control);
-                exit.send(reason);
-            })
-            .map_err(|source| VcpuError::Spawn { id, source })?;
-        control.register_thread(&handle);
         Ok(())
     }
 
