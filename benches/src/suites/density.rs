@@ -1,30 +1,99 @@
-//! `density`: unikernel VMs started one after another and kept running (`--cmdline echo`: the
-//! unikernel echoes serial input until it reads `q`, so holding its stdin open keeps it alive).
-//! For each VM: process start → its first line, against the number already running; at
-//! checkpoints (1, 2, 5, 10, 20, 50, …) the PSS of all VMM processes and the host's used
-//! memory. Stops early, and says why, when memory, file descriptors or processes run out.
+//! `density`: unikernel VMs created one after another through `wispd` from prepared shells and
+//! kept running (`--cmdline idle`: the unikernel halts with interrupts off, so an idle VM costs
+//! no CPU). For each VM: request → the guest's first instruction (the shell's first-entry
+//! stamp on its control page), against the number already running; at checkpoints (1, 2, 5,
+//! 10, 20, 50, …) the PSS of all VM processes and the host's used memory. Stops early, and says
+//! why, when memory, file descriptors or processes run out.
 
-use super::micros;
 use crate::launch::{Input, Launched};
 use crate::machine::meminfo_kib;
-use crate::peers::{describe, Peer, GUEST_LINE};
 use crate::results::{CreatePoint, Density, MemoryPoint, SuiteOutcome};
 use crate::setup::Setup;
-use std::io::Write;
-use std::time::Duration;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use wisp_api::control_page::monotonic_ns;
+use wisp_api::seqpacket::SeqpacketConn;
+use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
+use wisp_api::{BootSource, MachineConfig, VmConfig};
 
 /// Stop before the host has less than this available (KiB): the machine is shared.
 const MIN_AVAILABLE_KIB: u64 = 2 * 1024 * 1024;
+/// Guest memory of each VM (lazily backed: the unikernel touches well under 1 MiB of it).
+const VM_MEM_MIB: u32 = 16;
+
+fn request(socket: &Path, req: &CtlRequest) -> Result<CtlResponse, String> {
+    let conn = SeqpacketConn::connect(socket).map_err(|e| e.to_string())?;
+    conn.send(&serde_json::to_vec(req).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    let n = conn.recv(&mut buf).map_err(|e| e.to_string())?;
+    serde_json::from_slice(&buf[..n]).map_err(|e| e.to_string())
+}
+
+/// Waits until wispd has at least `n` prepared shells (so creates measure the warm path).
+fn wait_prepared(socket: &Path, n: usize, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Ok(CtlResponse::Status { prepared, .. }) = request(socket, &CtlRequest::Status {}) {
+            if prepared >= n {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}
 
 pub fn run(setup: &Setup) -> SuiteOutcome {
+    let Some(wispd) = setup.sibling("wispd") else {
+        return SuiteOutcome::Skipped {
+            reason: format!("no wispd binary beside {}", setup.wisp.display()),
+        };
+    };
     let target = setup.max_vms;
-    let command = describe(&Peer::Wisp.command(setup, "echo"));
+    let socket = setup.out.join("density-wispd.sock");
+    let _ = std::fs::remove_file(&socket);
     raise_fd_limit();
+    let mut cmd = Command::new(&wispd);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .args(["--pool", &setup.pool.to_string()])
+        .args(["--shell-mem", &VM_MEM_MIB.to_string()])
+        .arg("--wisp")
+        .arg(&setup.wisp);
+    let command = format!(
+        "{} --socket S --pool {} --shell-mem {VM_MEM_MIB}; create {{unikernel, \"idle\", {VM_MEM_MIB} MiB}} × {target}",
+        wispd.display(),
+        setup.pool
+    );
+    let daemon = match Launched::spawn(cmd, Input::Null, b"\0") {
+        Ok(d) => d,
+        Err(e) => {
+            return SuiteOutcome::Skipped {
+                reason: e.to_string(),
+            }
+        }
+    };
+    let config = VmConfig {
+        boot_source: Some(BootSource {
+            kernel_image_path: setup.unikernel.clone(),
+            initrd_path: None,
+            boot_args: Some("idle".into()),
+        }),
+        machine_config: MachineConfig {
+            vcpu_count: 1,
+            mem_size_mib: VM_MEM_MIB,
+            smt: false,
+        },
+        ..Default::default()
+    };
     let baseline_used = host_used_kib();
-    let mut vms: Vec<Launched> = Vec::new();
+    let mut pids: Vec<i32> = Vec::new();
     let mut creates = Vec::new();
     let mut memory = Vec::new();
     let mut stopped_early = None;
+    let mut cold = 0;
     for index in 0..target {
         if let Some(available) = meminfo("MemAvailable") {
             if available < MIN_AVAILABLE_KIB {
@@ -35,74 +104,73 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                 break;
             }
         }
-        let mut launched =
-            match Launched::spawn(Peer::Wisp.command(setup, "echo"), Input::Pipe, GUEST_LINE) {
-                Ok(l) => l,
-                Err(e) => {
-                    stopped_early = Some(format!("cannot start VM {}: {e}", index + 1));
-                    break;
+        if !wait_prepared(&socket, 1, setup.timeout) {
+            stopped_early = Some(format!("wispd had no prepared shell for VM {}", index + 1));
+            break;
+        }
+        let req = CtlRequest::Create {
+            config: Box::new(config.clone()),
+            sent_ns: monotonic_ns(),
+            wait_boot: true,
+        };
+        match request(&socket, &req) {
+            Ok(CtlResponse::Created { vm, times, cold: c }) => {
+                cold += usize::from(c);
+                match (
+                    times.request_to_first_entry_us,
+                    times.request_to_boot_timer_us,
+                ) {
+                    (Some(create_us), Some(_)) => {
+                        creates.push(CreatePoint {
+                            running_before: index,
+                            create_us,
+                        });
+                        pids.push(vm.pid as i32);
+                    }
+                    _ => {
+                        stopped_early = Some(format!("VM {} did not boot", index + 1));
+                        break;
+                    }
                 }
-            };
-        match launched.wait_first_line(setup.timeout) {
-            Some(line) => {
-                creates.push(CreatePoint {
-                    running_before: index,
-                    create_us: micros(line),
-                });
-                vms.push(launched);
             }
-            None => {
-                launched.kill();
-                let why = launched
-                    .finish(Duration::from_secs(5))
-                    .map(|f| f.failure())
-                    .unwrap_or_else(|e| e.to_string());
-                stopped_early = Some(format!("VM {} did not boot: {why}", index + 1));
+            Ok(other) => {
+                stopped_early = Some(format!("create {} failed: {other:?}", index + 1));
+                break;
+            }
+            Err(e) => {
+                stopped_early = Some(format!("create {} failed: {e}", index + 1));
                 break;
             }
         }
-        let running = vms.len();
+        let running = pids.len();
         if is_checkpoint(running) || running == target {
-            let total_pss_kib = vms.iter().filter_map(|vm| pss_kib(vm.pid())).sum();
-            let used = host_used_kib();
-            let point = MemoryPoint {
-                running,
-                total_pss_kib,
-                host_used_delta_kib: match (used, baseline_used) {
-                    (Some(now), Some(before)) => now as i64 - before as i64,
-                    _ => 0,
-                },
-            };
+            let point = memory_point(&pids, baseline_used);
             eprintln!(
-                "[density] {running}/{target} running: last create {:.2} ms, PSS {:.1} MiB total",
+                "[density] {running}/{target} running: last create {:.3} ms, PSS {:.2} MiB per VM",
                 creates
                     .last()
                     .map_or(f64::NAN, |c: &CreatePoint| c.create_us / 1e3),
-                point.total_pss_kib as f64 / 1024.0
+                point.total_pss_kib as f64 / 1024.0 / running as f64
             );
             memory.push(point);
         }
     }
-    // A checkpoint for where it stopped, if it stopped between two.
-    if memory.last().map(|m| m.running) != Some(vms.len()) && !vms.is_empty() {
-        memory.push(MemoryPoint {
-            running: vms.len(),
-            total_pss_kib: vms.iter().filter_map(|vm| pss_kib(vm.pid())).sum(),
-            host_used_delta_kib: match (host_used_kib(), baseline_used) {
-                (Some(now), Some(before)) => now as i64 - before as i64,
-                _ => 0,
-            },
-        });
+    if memory.last().map(|m| m.running) != Some(pids.len()) && !pids.is_empty() {
+        memory.push(memory_point(&pids, baseline_used));
     }
-    let mut notes = vec![
-        "create time: process start → the guest's first line; PSS from /proc/PID/smaps_rollup \
-         (guest pages the guest touched included)"
+    let notes = vec![
+        "create time: request sent → the guest's first instruction (the shell's first-entry \
+         stamp), each from a prepared shell (the suite waits for the pool to refill)"
             .to_string(),
-        "the echo guest polls the UART's line status while it waits, so every running VM keeps \
-         a vCPU busy: create times here include CPU contention from the VMs already running"
+        "PSS: /proc/PID/smaps_rollup of each VM's shell process, guest pages the guest touched \
+         included; host used: MemTotal − MemAvailable against the start, which also counts KVM's \
+         kernel memory per VM"
             .to_string(),
+        format!("{cold} creates fell back to a cold start"),
     ];
-    notes.push(stop_all(vms));
+    // Killing wispd ends every shell (PR_SET_PDEATHSIG).
+    daemon.kill();
+    let _ = daemon.finish(Duration::from_secs(10));
     SuiteOutcome::Density(Density {
         vmm: "wisp".to_string(),
         command,
@@ -114,23 +182,15 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
     })
 }
 
-/// Sends each VM the byte that ends `echo`, then reaps them all.
-fn stop_all(mut vms: Vec<Launched>) -> String {
-    let total = vms.len();
-    for vm in &mut vms {
-        if let Some(stdin) = vm.stdin() {
-            let _ = stdin.write_all(b"q");
-        }
+fn memory_point(pids: &[i32], baseline_used: Option<u64>) -> MemoryPoint {
+    MemoryPoint {
+        running: pids.len(),
+        total_pss_kib: pids.iter().filter_map(|pid| pss_kib(*pid)).sum(),
+        host_used_delta_kib: match (host_used_kib(), baseline_used) {
+            (Some(now), Some(before)) => now as i64 - before as i64,
+            _ => 0,
+        },
     }
-    let mut clean = 0;
-    for vm in vms {
-        if let Ok(done) = vm.finish(Duration::from_secs(30)) {
-            if done.exit_code == Some(0) && !done.timed_out {
-                clean += 1;
-            }
-        }
-    }
-    format!("{clean} of {total} VMs exited cleanly after `q`")
 }
 
 /// 1, 2, 5, 10, 20, 50, 100, …
