@@ -14,7 +14,9 @@ use vm_device::bus::{PioAddress, PioRange};
 use vm_device::device_manager::{IoManager, PioManager};
 use vm_device::MutDevicePio;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-use wisp_devices::serial::{ConsoleOutput, SerialConsole, COM1_PORT, COM1_PORT_COUNT};
+use wisp_devices::serial::{
+    ConsoleOutput, ConsoleWatch, SerialConsole, COM1_PORT, COM1_PORT_COUNT,
+};
 use wisp_devices::trigger::EventFdTrigger;
 
 /// 8250 registers (offsets from the base): transmit holding, interrupt enable, interrupt
@@ -27,7 +29,11 @@ const IER_THRE: u8 = 0b10;
 
 fn console() -> SerialConsole {
     let irq = EventFdTrigger::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
-    let out = ConsoleOutput::new(Box::new(io::sink()), Arc::new(AtomicBool::new(false)));
+    let watch = ConsoleWatch {
+        panicked: Arc::new(AtomicBool::new(false)),
+        halted: Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
+    };
+    let out = ConsoleOutput::new(Box::new(io::sink()), watch);
     SerialConsole::new(irq, out)
 }
 
