@@ -35,13 +35,17 @@ pub enum CtlError {
     Refused(String),
 }
 
-/// Sends one request and waits for its answer.
-pub fn request(socket: &std::path::Path, req: &CtlRequest) -> Result<CtlResponse, CtlError> {
+/// Sends one request and waits for its answer. A create is stamped with the time it is sent,
+/// after connecting, so its create time is request → first guest instruction.
+pub fn request(socket: &std::path::Path, mut req: CtlRequest) -> Result<CtlResponse, CtlError> {
     let conn = SeqpacketConn::connect(socket).map_err(|source| CtlError::Connect {
         path: socket.display().to_string(),
         source,
     })?;
-    let text = serde_json::to_vec(req).map_err(CtlError::Reply)?;
+    if let CtlRequest::Create { sent_ns, .. } = &mut req {
+        *sent_ns = monotonic_ns();
+    }
+    let text = serde_json::to_vec(&req).map_err(CtlError::Reply)?;
     conn.send(&text)?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let n = conn.recv(&mut buf)?;
@@ -81,7 +85,7 @@ fn run(args: &CtlArgs) -> Result<(), CtlError> {
     };
     // A closed stdout (e.g. `| head`) is not an error worth a panic.
     let mut out = std::io::stdout().lock();
-    match request(&args.socket, &req)? {
+    match request(&args.socket, req)? {
         CtlResponse::Created { vm, times, cold } => {
             let _ = writeln!(
                 out,

@@ -104,6 +104,26 @@ impl SeqpacketConn {
         Ok(SeqpacketConn { fd })
     }
 
+    /// Fails `recv` with `WouldBlock` after `timeout` without a message, so an idle client
+    /// cannot hold a server thread forever.
+    pub fn set_read_timeout(&self, timeout: std::time::Duration) -> io::Result<()> {
+        let tv = libc::timeval {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_usec: libc::suseconds_t::from(timeout.subsec_micros() as i32),
+        };
+        // SAFETY: passes a valid timeval of the size given.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn send(&self, msg: &[u8]) -> io::Result<()> {
         // SAFETY: sends from a valid buffer of msg.len() bytes.
         let n = unsafe {

@@ -44,6 +44,12 @@ impl BootTimer {
         }
     }
 
+    /// Measures from `start` and calls `on_boot` (a prepared VM learns both at create time).
+    pub fn arm(&mut self, start: Instant, on_boot: Option<Box<dyn FnOnce(u64) + Send>>) {
+        self.start = start;
+        self.on_boot = on_boot;
+    }
+
     pub fn boot_time(&self) -> BootTime {
         self.recorded.clone()
     }

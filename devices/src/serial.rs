@@ -108,6 +108,11 @@ impl SerialConsole {
         }
     }
 
+    /// Where guest output goes from now on (a prepared VM's console is wired at create time).
+    pub fn set_output(&mut self, out: ConsoleOutput) {
+        *self.uart.writer_mut() = out;
+    }
+
     /// Host input for the guest (stdin). Bytes beyond the UART FIFO's room are dropped, as a
     /// real UART would drop them; returns how many were queued.
     pub fn enqueue_input(&mut self, input: &[u8]) -> io::Result<usize> {

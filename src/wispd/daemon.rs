@@ -52,6 +52,15 @@ pub struct Daemon {
     pool_changed: Condvar,
 }
 
+/// "exit status N" or "signal N", from a waitpid status.
+fn describe_status(status: libc::c_int) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit status {}", libc::WEXITSTATUS(status))
+    }
+}
+
 fn vm_id(n: u64) -> String {
     format!("vm-{n}")
 }
@@ -132,36 +141,39 @@ impl Daemon {
         }
     }
 
-    /// Notices shells that died: pooled ones are replaced, VMs are marked.
+    /// Notices shells that died: pooled ones are replaced, VMs are marked. It reaps with
+    /// `waitpid(-1)` and takes the lock only when a child died, so a thousand running VMs cost
+    /// the create path nothing (polling each child would hold the lock for a thousand syscalls).
     pub fn monitor_forever(&self) {
         loop {
             std::thread::sleep(Duration::from_millis(100));
-            let Ok(mut state) = self.state.lock() else {
-                return;
-            };
-            let before = state.pool.len();
-            state.pool.retain_mut(|shell| match shell.child.try_wait() {
-                Ok(None) => true,
-                _ => {
-                    log::warn!("wispd: prepared shell {} died; replacing it", shell.pid());
-                    false
+            loop {
+                let mut status: libc::c_int = 0;
+                // SAFETY: waitpid writes one int, which `status` is.
+                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+                if pid <= 0 {
+                    break;
                 }
+                self.reaped(pid as u32, describe_status(status));
+            }
+        }
+    }
+
+    fn reaped(&self, pid: u32, how: String) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some(i) = state.pool.iter().position(|s| s.pid() == pid) {
+            log::warn!("wispd: prepared shell {pid} died ({how}); replacing it");
+            state.pool.remove(i);
+            self.pool_changed.notify_all();
+        } else if let Some(vm) = state.vms.values_mut().find(|v| v.shell.pid() == pid) {
+            let clean = vm.shell.page.state() == Some(ShellState::Halted);
+            vm.exited = Some(if clean {
+                "halted".into()
+            } else {
+                format!("failed ({how}): {}", vm.shell.page.error())
             });
-            if state.pool.len() != before {
-                self.pool_changed.notify_all();
-            }
-            for vm in state.vms.values_mut() {
-                if vm.exited.is_none() {
-                    if let Ok(Some(status)) = vm.shell.child.try_wait() {
-                        let clean = vm.shell.page.state() == Some(ShellState::Halted);
-                        vm.exited = Some(if clean {
-                            "halted".into()
-                        } else {
-                            format!("failed ({status}): {}", vm.shell.page.error())
-                        });
-                    }
-                }
-            }
         }
     }
 

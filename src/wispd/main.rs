@@ -53,7 +53,16 @@ struct Args {
     log_level: String,
 }
 
+/// Threads accepting and serving client connections.
+const ACCEPT_WORKERS: usize = 8;
+
+/// How long a client connection may stay idle before its worker drops it.
+const IDLE_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn serve(daemon: &Daemon, conn: SeqpacketConn) {
+    if let Err(e) = conn.set_read_timeout(IDLE_CLIENT) {
+        log::warn!("wispd: {e}");
+    }
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         let n = match conn.recv(&mut buf) {
@@ -151,13 +160,21 @@ fn main() {
     std::thread::spawn(move || refill.refill_forever());
     let monitor = daemon.clone();
     std::thread::spawn(move || monitor.monitor_forever());
-    loop {
-        match listener.accept() {
-            Ok(conn) => {
-                let d = daemon.clone();
-                std::thread::spawn(move || serve(&d, conn));
-            }
-            Err(e) => log::warn!("wispd: accept failed: {e}"),
-        }
+    // A fixed set of workers each accept and serve connections: no thread is spawned on the
+    // create path, and a stalled client holds up one worker, not the daemon.
+    let listener = Arc::new(listener);
+    let workers: Vec<_> = (0..ACCEPT_WORKERS)
+        .map(|_| {
+            let (d, l) = (daemon.clone(), listener.clone());
+            std::thread::spawn(move || loop {
+                match l.accept() {
+                    Ok(conn) => serve(&d, conn),
+                    Err(e) => log::warn!("wispd: accept failed: {e}"),
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
     }
 }

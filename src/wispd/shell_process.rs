@@ -165,11 +165,21 @@ impl ShellProcess {
                     timeout,
                 });
             }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(ShellError::Failed {
-                    pid: self.pid(),
-                    message: format!("exited ({status}) while preparing"),
-                });
+            // An error means wispd's reaper already collected it: it died just the same.
+            match self.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => {
+                    return Err(ShellError::Failed {
+                        pid: self.pid(),
+                        message: format!("exited ({status}) while preparing"),
+                    })
+                }
+                Err(_) => {
+                    return Err(ShellError::Failed {
+                        pid: self.pid(),
+                        message: "exited while preparing".into(),
+                    })
+                }
             }
             self.wait_ack(deadline.min(Instant::now() + Duration::from_millis(50)));
         }

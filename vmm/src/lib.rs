@@ -7,6 +7,7 @@ pub mod event_loop;
 pub mod exit;
 pub mod host_kvm;
 pub mod layout;
+pub mod legacy_devices;
 pub mod loader;
 pub mod memory;
 pub mod microvm;

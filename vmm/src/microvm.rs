@@ -1,9 +1,10 @@
 //! `MicroVm`: a prepared VM configured with a guest and its devices, and its run loop.
 
-use crate::device_manager::{DeviceManager, DeviceManagerError};
-use crate::event_loop::{ConsoleInput, ExitDoorbells};
+use crate::device_manager::DeviceManagerError;
+use crate::event_loop::ConsoleInput;
 use crate::exit::{VmExit, VmExitSignal};
-use crate::layout::{BOOT_TIMER_START, NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE_START};
+use crate::layout::{NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE_START};
+use crate::legacy_devices::LegacyDevices;
 use crate::loader::{self, LoaderError};
 use crate::prepared::{PrepareError, PreparedVm};
 use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuThread};
@@ -13,7 +14,7 @@ use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
 use crate::x86_64::regs::EntryMode;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, SubscriberOps};
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,18 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
-use vmm_sys_util::eventfd::EventFd;
 use wisp_api::VmConfig;
-use wisp_devices::boot_timer::{BootTime, BootTimer};
-use wisp_devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
+use wisp_devices::boot_timer::BootTime;
 use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
-use wisp_devices::serial::{
-    ConsoleOutput, ConsoleWatch, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
-};
-use wisp_devices::trigger::EventFdTrigger;
+use wisp_devices::serial::ConsoleOutput;
 
-/// What the VMM thread's event loop runs.
-pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+pub use crate::legacy_devices::Subscriber;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MicroVmError {
@@ -56,14 +51,10 @@ pub enum MicroVmError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
-    #[error("cannot create {what}: {source}")]
-    EventFd {
-        what: &'static str,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("VMM event loop failed: {0}")]
     EventLoop(#[source] event_manager::Error),
+    #[error("the {0} lock is poisoned")]
+    Poisoned(&'static str),
 }
 
 /// What the host side of a microVM is wired to.
@@ -132,10 +123,6 @@ pub struct MicroVm {
     mem: GuestMemoryMmap,
 }
 
-fn eventfd(what: &'static str) -> Result<EventFd, MicroVmError> {
-    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| MicroVmError::EventFd { what, source })
-}
-
 impl MicroVm {
     /// Prepares a VM of exactly the configured size and configures it.
     pub fn build(config: &VmConfig, opts: MicroVmOptions) -> Result<MicroVm, MicroVmError> {
@@ -169,11 +156,20 @@ impl MicroVm {
         let PreparedVm {
             vcpus,
             threads,
+            mut devices,
+            legacy,
             supported_cpuid,
             vm,
             mem,
             ..
         } = shell;
+        let LegacyDevices {
+            serial,
+            boot_timer,
+            watch,
+            exit,
+            mut events,
+        } = legacy;
 
         let kernel = loader::load_kernel(&mem, ram_size, &boot.kernel_image_path)?;
         let initrd = match &boot.initrd_path {
@@ -182,47 +178,16 @@ impl MicroVm {
         };
         let mut cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
 
-        let mut devices = DeviceManager::new()?;
-        let panicked = Arc::new(AtomicBool::new(false));
-        let halted = Arc::new(eventfd("the guest halt doorbell")?);
-        let serial_irq = eventfd("the serial IRQ")?;
-        vm.fd()
-            .register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|source| DeviceManagerError::Kvm {
-                name: "serial",
-                what: "KVM_IRQFD",
-                source,
-            })?;
-        let serial = Arc::new(Mutex::new(SerialConsole::new(
-            EventFdTrigger::new(serial_irq),
-            ConsoleOutput::new(
-                opts.console_out,
-                ConsoleWatch {
-                    panicked: panicked.clone(),
-                    halted: halted.clone(),
-                },
-            ),
-        )));
-        devices.add_pio("serial", COM1_PORT, COM1_PORT_COUNT, serial.clone())?;
-        let reset = eventfd("the i8042 reset doorbell")?;
-        let reset_trigger = reset.try_clone().map_err(|source| MicroVmError::EventFd {
-            what: "the i8042 reset doorbell",
-            source,
-        })?;
-        devices.add_pio(
-            "i8042",
-            I8042_PORT,
-            I8042_PORT_COUNT,
-            Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset_trigger)))),
-        )?;
-        let timer = BootTimer::new(opts.start, opts.on_boot);
-        let boot_time = timer.boot_time();
-        devices.add_mmio(
-            "boot timer",
-            BOOT_TIMER_START,
-            0x1000,
-            Arc::new(Mutex::new(timer)),
-        )?;
+        if let Ok(mut com1) = serial.lock() {
+            com1.set_output(ConsoleOutput::new(opts.console_out, watch.clone()));
+        }
+        let boot_time = match boot_timer.lock() {
+            Ok(mut timer) => {
+                timer.arm(opts.start, opts.on_boot);
+                timer.boot_time()
+            }
+            Err(_) => return Err(MicroVmError::Poisoned("boot timer")),
+        };
 
         let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
@@ -273,17 +238,6 @@ impl MicroVm {
             )?;
         }
 
-        let exit = VmExitSignal::new().map_err(|source| MicroVmError::EventFd {
-            what: "the VM exit doorbell",
-            source,
-        })?;
-        let mut events: EventManager<Subscriber> =
-            EventManager::new().map_err(MicroVmError::EventLoop)?;
-        events.add_subscriber(Arc::new(Mutex::new(ExitDoorbells::new(
-            exit.clone(),
-            reset,
-            halted,
-        ))));
         if let Some(input) = opts.console_in {
             events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(input, serial))));
         }
@@ -305,7 +259,7 @@ impl MicroVm {
                 exit,
                 sysctl,
             },
-            panicked,
+            panicked: watch.panicked,
             boot_time,
             virtio,
             vm,

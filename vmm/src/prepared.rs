@@ -1,15 +1,22 @@
 //! `PreparedVm`: the expensive, configuration-independent half of creating a VM — /dev/kvm, the
-//! VM fd, irqchip and PIT, guest memory mapped and registered, vCPU fds, the supported CPUID.
+//! VM fd, irqchip and PIT, guest memory mapped and registered, vCPU fds with their CPU state and
+//! parked threads, the legacy devices and the VMM loop.
 //! LightVM's split toolstack does this ahead of time (DESIGN.md §5): a prepared shell then only
 //! has to load the guest and start it.
 
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::layout::{
+    BOOT_GDT_START, CMDLINE_START, EBDA_START, PDE_START, PDPTE_START, PML4_START, PVH_INFO_START,
+    ZERO_PAGE_START,
+};
+use crate::legacy_devices::{LegacyDeviceError, LegacyDevices};
 use crate::memory::{create_guest_memory, MemoryError};
 use crate::vcpu::{Vcpu, VcpuError, VcpuThread};
 use crate::vcpu_control::{install_kick_handler, ControlError};
 use crate::vm::{Vm, VmError};
 use crate::x86_64::mptable::MAX_CPUS;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -25,12 +32,37 @@ pub enum PrepareError {
     Cpuid(#[source] kvm_ioctls::Error),
     #[error(transparent)]
     Control(#[from] ControlError),
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error(transparent)]
+    Legacy(#[from] LegacyDeviceError),
+}
+
+/// Touches the low pages every boot writes (GDT, PVH start info, zero page, page tables,
+/// command line, MP table), so their first-touch page faults happen while preparing rather
+/// than on the create path. A dozen pages: a few tens of KiB per shell.
+fn prefault_boot_pages(mem: &GuestMemoryMmap) {
+    for addr in [
+        BOOT_GDT_START,
+        PVH_INFO_START,
+        ZERO_PAGE_START,
+        PML4_START,
+        PDPTE_START,
+        PDE_START,
+        CMDLINE_START,
+        EBDA_START,
+    ] {
+        // Writing zero changes nothing the guest could see; a failure only costs the fault later.
+        let _ = mem.write_obj(0u8, GuestAddress(addr));
+    }
 }
 
 /// A VM shell: everything a guest needs except the guest.
 pub struct PreparedVm {
     pub(crate) vcpus: Vec<Vcpu>,
     pub(crate) threads: Vec<VcpuThread>,
+    pub(crate) devices: DeviceManager,
+    pub(crate) legacy: LegacyDevices,
     pub(crate) supported_cpuid: CpuId,
     pub(crate) vm: Vm,
     pub(crate) mem: GuestMemoryMmap,
@@ -64,9 +96,14 @@ impl PreparedVm {
         let threads = (0..count)
             .map(VcpuThread::spawn)
             .collect::<Result<Vec<_>, _>>()?;
+        prefault_boot_pages(&mem);
+        let mut devices = DeviceManager::new()?;
+        let legacy = LegacyDevices::new(vm.fd(), &mut devices)?;
         Ok(PreparedVm {
             vcpus,
             threads,
+            devices,
+            legacy,
             supported_cpuid,
             vm,
             mem,

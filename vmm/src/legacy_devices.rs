@@ -1,0 +1,109 @@
+//! The devices every microVM has — COM1 (IRQ 4 as an irqfd), the i8042 (reset) and the boot
+//! timer — and the VMM loop's exit doorbells. None depends on the guest's configuration, so a
+//! prepared shell makes them ahead of time; create only points the console and the boot timer
+//! at their consumers.
+
+use crate::device_manager::{DeviceManager, DeviceManagerError};
+use crate::event_loop::ExitDoorbells;
+use crate::exit::VmExitSignal;
+use crate::layout::BOOT_TIMER_START;
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use kvm_ioctls::VmFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use vmm_sys_util::eventfd::EventFd;
+use wisp_devices::boot_timer::BootTimer;
+use wisp_devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
+use wisp_devices::serial::{
+    ConsoleOutput, ConsoleWatch, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
+};
+use wisp_devices::trigger::EventFdTrigger;
+
+/// What the VMM thread's event loop runs.
+pub type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LegacyDeviceError {
+    #[error("cannot create {what}: {source}")]
+    EventFd {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Devices(#[from] DeviceManagerError),
+    #[error("cannot set up the VMM event loop: {0}")]
+    EventLoop(#[source] event_manager::Error),
+}
+
+fn eventfd(what: &'static str) -> Result<EventFd, LegacyDeviceError> {
+    EventFd::new(libc::EFD_NONBLOCK).map_err(|source| LegacyDeviceError::EventFd { what, source })
+}
+
+/// The legacy devices, the VMM loop and how the VM's end is signalled.
+pub struct LegacyDevices {
+    pub serial: Arc<Mutex<SerialConsole>>,
+    pub boot_timer: Arc<Mutex<BootTimer>>,
+    /// What the console watches for (panic, halt).
+    pub watch: ConsoleWatch,
+    pub exit: VmExitSignal,
+    pub events: EventManager<Subscriber>,
+}
+
+impl LegacyDevices {
+    /// Creates the devices, puts them on `devices`' buses and wires COM1's IRQ into KVM.
+    pub fn new(vm: &VmFd, devices: &mut DeviceManager) -> Result<Self, LegacyDeviceError> {
+        let watch = ConsoleWatch {
+            panicked: Arc::new(AtomicBool::new(false)),
+            halted: Arc::new(eventfd("the guest halt doorbell")?),
+        };
+        let serial_irq = eventfd("the serial IRQ")?;
+        vm.register_irqfd(&serial_irq, COM1_IRQ)
+            .map_err(|source| DeviceManagerError::Kvm {
+                name: "serial",
+                what: "KVM_IRQFD",
+                source,
+            })?;
+        // Output goes nowhere until the guest's console is known (`SerialConsole::set_output`).
+        let serial = Arc::new(Mutex::new(SerialConsole::new(
+            EventFdTrigger::new(serial_irq),
+            ConsoleOutput::new(Box::new(std::io::sink()), watch.clone()),
+        )));
+        devices.add_pio("serial", COM1_PORT, COM1_PORT_COUNT, serial.clone())?;
+        let reset = eventfd("the i8042 reset doorbell")?;
+        let reset_trigger = reset
+            .try_clone()
+            .map_err(|source| LegacyDeviceError::EventFd {
+                what: "the i8042 reset doorbell",
+                source,
+            })?;
+        devices.add_pio(
+            "i8042",
+            I8042_PORT,
+            I8042_PORT_COUNT,
+            Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset_trigger)))),
+        )?;
+        let boot_timer = Arc::new(Mutex::new(BootTimer::new(Instant::now(), None)));
+        devices.add_mmio("boot timer", BOOT_TIMER_START, 0x1000, boot_timer.clone())?;
+
+        let exit = VmExitSignal::new().map_err(|source| LegacyDeviceError::EventFd {
+            what: "the VM exit doorbell",
+            source,
+        })?;
+        let mut events: EventManager<Subscriber> =
+            EventManager::new().map_err(LegacyDeviceError::EventLoop)?;
+        events.add_subscriber(Arc::new(Mutex::new(ExitDoorbells::new(
+            exit.clone(),
+            reset,
+            watch.halted.clone(),
+        ))));
+        Ok(LegacyDevices {
+            serial,
+            boot_timer,
+            watch,
+            exit,
+            events,
+        })
+    }
+}
