@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
 use wisp_api::VmConfig;
-use wisp_devices::boot_timer::BootTime;
 use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
 use wisp_devices::serial::ConsoleOutput;
 
@@ -88,18 +87,9 @@ impl VmController {
         self.control.resume()
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.control.is_paused()
-    }
-
     /// Ends the VM from the host side.
     pub fn stop(&self) {
         self.exit.send(VmExit::Stopped)
-    }
-
-    /// When the boot vCPU first entered the guest.
-    pub fn first_entry(&self) -> Option<Instant> {
-        self.control.first_entry()
     }
 
     /// The noxs page's sysctl word, for host requests to the guest.
@@ -117,10 +107,10 @@ pub struct MicroVm {
     events: EventManager<Subscriber>,
     controller: VmController,
     panicked: Arc<AtomicBool>,
-    boot_time: BootTime,
     virtio: Vec<VirtioHandle>,
-    vm: Vm,
-    mem: GuestMemoryMmap,
+    // Owned for as long as the VM runs: the vCPUs use the VM fd, KVM maps the memory.
+    _vm: Vm,
+    _mem: GuestMemoryMmap,
 }
 
 impl MicroVm {
@@ -181,13 +171,10 @@ impl MicroVm {
         if let Ok(mut com1) = serial.lock() {
             com1.set_output(ConsoleOutput::new(opts.console_out, watch.clone()));
         }
-        let boot_time = match boot_timer.lock() {
-            Ok(mut timer) => {
-                timer.arm(opts.start, opts.on_boot);
-                timer.boot_time()
-            }
+        match boot_timer.lock() {
+            Ok(mut timer) => timer.arm(opts.start, opts.on_boot),
             Err(_) => return Err(MicroVmError::Poisoned("boot timer")),
-        };
+        }
 
         let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
@@ -260,26 +247,10 @@ impl MicroVm {
                 sysctl,
             },
             panicked: watch.panicked,
-            boot_time,
             virtio,
-            vm,
-            mem,
+            _vm: vm,
+            _mem: mem,
         })
-    }
-
-    /// The guest's RAM.
-    pub fn memory(&self) -> &GuestMemoryMmap {
-        &self.mem
-    }
-
-    /// The KVM VM.
-    pub fn vm(&self) -> &Vm {
-        &self.vm
-    }
-
-    /// When the guest wrote the boot timer, in microseconds since the VMM started.
-    pub fn boot_time(&self) -> BootTime {
-        self.boot_time.clone()
     }
 
     /// The virtio devices, in attach order.

@@ -6,7 +6,7 @@
 
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,6 @@ struct Shared {
     parked: AtomicUsize,
     lock: Mutex<()>,
     resumed: Condvar,
-    first_entry: OnceLock<Instant>,
     on_first_entry: Mutex<Option<FirstEntryHook>>,
 }
 
@@ -73,7 +72,6 @@ impl VcpuControl {
     /// Records the moment the boot vCPU first enters the guest.
     pub fn mark_first_entry(&self) {
         let now = Instant::now();
-        let _ = self.shared.first_entry.set(now);
         let hook = self
             .shared
             .on_first_entry
@@ -90,10 +88,6 @@ impl VcpuControl {
         if let Ok(mut h) = self.shared.on_first_entry.lock() {
             *h = Some(hook);
         }
-    }
-
-    pub fn first_entry(&self) -> Option<Instant> {
-        self.shared.first_entry.get().copied()
     }
 
     pub fn register_thread(&self, handle: &JoinHandle<()>) {
@@ -131,9 +125,5 @@ impl VcpuControl {
         let _guard = self.shared.lock.lock();
         self.shared.paused.store(false, Ordering::Release);
         self.shared.resumed.notify_all();
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.shared.paused.load(Ordering::Acquire)
     }
 }
