@@ -6,9 +6,10 @@
 //! and `ebx` = physical address of `struct hvm_start_info`.
 //!
 //! The stub below (AT&T syntax) then:
-//! 1. identity-maps the first 4 GiB with 2 MiB pages (PML4 -> 1 PDPT -> 4 page directories),
-//!    so RAM, the boot-timer MMIO at 0xd000_0000 and the local APIC at 0xfee0_0000 are all
-//!    reachable at their physical addresses; the MMIO gap from 0xd000_0000 is mapped uncached;
+//! 1. points CR3 at an identity map of the first 4 GiB with 2 MiB pages (PML4 -> 1 PDPT -> 4
+//!    page directories, assembled into the image), so RAM, the boot-timer MMIO at 0xd000_0000
+//!    and the local APIC at 0xfee0_0000 are all reachable at their physical addresses; the MMIO
+//!    gap from 0xd000_0000 is mapped uncached;
 //! 2. loads our GDT, enables PAE, SSE (CR4.OSFXSR/OSXMMEXCPT, CR0.MP, CR0.EM clear: the
 //!    architectural x86_64 state, although the image is built without SSE because this
 //!    machine's kvm_pvm cannot run SSE instructions; see ../README.md), long mode (EFER.LME)
@@ -63,13 +64,39 @@ global_asm!(
     ".word {gdt_limit}",
     ".quad boot_gdt",
     ".popsection",
-    // --- Page tables and the boot stack: zero-filled by the loader (ELF p_memsz > p_filesz).
-    ".pushsection .bss.boot_tables, \"aw\", @nobits",
+    // --- Page tables, built by the assembler as data in the image rather than by a loop at
+    // entry: the entry code runs in 32-bit mode with paging off, which a software hypervisor
+    // (this machine's kvm_pvm) may have to emulate instruction by instruction — 2048 loop
+    // iterations there cost milliseconds, a few hundred bytes more of image cost nothing.
+    ".pushsection .data.boot_tables, \"aw\", @progbits",
     ".balign 4096",
     ".global boot_pml4",
-    "boot_pml4: .skip 4096",
-    "boot_pdpt: .skip 4096",
-    "boot_pd: .skip 4 * 4096",
+    // PML4[0] -> PDPT (present | writable).
+    "boot_pml4: .quad boot_pdpt + 0x3",
+    ".skip 4096 - 8",
+    // PDPT[0..4] -> the four page directories.
+    "boot_pdpt:",
+    ".quad boot_pd + 0x3",
+    ".quad boot_pd + 0x1000 + 0x3",
+    ".quad boot_pd + 0x2000 + 0x3",
+    ".quad boot_pd + 0x3000 + 0x3",
+    ".skip 4096 - 32",
+    // PD entry i maps [i * 2 MiB, (i + 1) * 2 MiB): present | writable | 2 MiB page (0x83);
+    // entries from 0xd000_0000 up (the MMIO gap: boot timer, noxs page, virtio-mmio, APIC)
+    // also get PWT | PCD (0x18): uncached.
+    "boot_pd:",
+    ".set pd_index, 0",
+    ".rept 2048",
+    ".if pd_index < {mmio_first_pd_entry}",
+    ".quad (pd_index << 21) | 0x83",
+    ".else",
+    ".quad (pd_index << 21) | 0x9b",
+    ".endif",
+    ".set pd_index, pd_index + 1",
+    ".endr",
+    ".popsection",
+    // --- The boot stack: zero-filled by the loader (ELF p_memsz > p_filesz).
+    ".pushsection .bss.boot_stack, \"aw\", @nobits",
     ".balign 16",
     "boot_stack_bottom: .skip {stack_size}",
     "boot_stack_top:",
@@ -81,35 +108,6 @@ global_asm!(
     "pvh_start32:",
     "cli",
     "cld",
-    // PML4[0] -> PDPT (present | writable).
-    "movl $boot_pdpt + 0x3, boot_pml4",
-    // PDPT[0..4] -> the four page directories.
-    "movl $boot_pd + 0x3, %eax",
-    "movl $boot_pdpt, %edi",
-    "movl $4, %ecx",
-    "1:",
-    "movl %eax, (%edi)",
-    "addl $0x1000, %eax",
-    "addl $8, %edi",
-    "loop 1b",
-    // PD entry i maps [i * 2 MiB, (i + 1) * 2 MiB): present | writable | 2 MiB page (0x83);
-    // entries from 0xd000_0000 up (the MMIO gap: boot timer, noxs page, virtio-mmio, APIC)
-    // also get PWT | PCD (0x18): uncached.
-    "movl $boot_pd, %edi",
-    "xorl %ecx, %ecx",
-    "2:",
-    "movl %ecx, %eax",
-    "shll $21, %eax",
-    "orl $0x83, %eax",
-    "cmpl ${mmio_first_pd_entry}, %ecx",
-    "jb 3f",
-    "orl $0x18, %eax",
-    "3:",
-    "movl %eax, (%edi)",
-    "addl $8, %edi",
-    "incl %ecx",
-    "cmpl $2048, %ecx",
-    "jb 2b",
     "lgdt boot_gdtr",
     // CR4: PAE (bit 5), OSFXSR (bit 9), OSXMMEXCPT (bit 10).
     "movl %cr4, %eax",
