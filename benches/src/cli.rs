@@ -13,7 +13,7 @@ pub struct Cli {
     /// Which suite to run.
     #[arg(value_enum)]
     pub suite: Suite,
-    /// Runs per VMM (cold, api, warm).
+    /// Runs per VMM (cold, api, warm, virtio).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
     /// Output directory [default: target/wisp-bench/<UTC timestamp>].
@@ -54,6 +54,8 @@ pub enum Suite {
     Density,
     /// The Tinyx Linux guest inside the real-KVM test host.
     Linux,
+    /// virtio-blk, vsock and net throughput from the unikernel against the host.
+    Virtio,
     /// Every suite above.
     All,
 }
@@ -67,6 +69,7 @@ impl Suite {
                 Suite::Warm,
                 Suite::Density,
                 Suite::Linux,
+                Suite::Virtio,
             ],
             one => vec![one],
         }
@@ -79,6 +82,7 @@ impl Suite {
             Suite::Warm => "warm",
             Suite::Density => "density",
             Suite::Linux => "linux",
+            Suite::Virtio => "virtio",
             Suite::All => "all",
         }
     }

@@ -46,6 +46,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             Suite::Warm => suites::warm::run(&setup),
             Suite::Density => suites::density::run(&setup),
             Suite::Linux => suites::linux::run(),
+            Suite::Virtio => suites::virtio::run(&setup),
             Suite::All => continue,
         };
         if let SuiteOutcome::Skipped { reason } = &outcome {

@@ -51,11 +51,12 @@ pub fn comparison(dir: &Path, suite: &str, c: &Comparison) -> Result<Vec<PathBuf
     Ok(written)
 }
 
-/// Plot units: ms for times, MiB for sizes.
+/// Plot units: ms for times, MiB for sizes, rates as they are.
 fn scaled(value: f64, unit: Unit) -> f64 {
     match unit {
         Unit::Microseconds => value / 1e3,
         Unit::Kibibytes => value / 1024.0,
+        Unit::MegabytesPerSecond | Unit::OpsPerSecond => value,
     }
 }
 
@@ -63,6 +64,8 @@ fn unit_label(unit: Unit) -> &'static str {
     match unit {
         Unit::Microseconds => "ms",
         Unit::Kibibytes => "MiB",
+        Unit::MegabytesPerSecond => "MB/s",
+        Unit::OpsPerSecond => "IOPS",
     }
 }
 

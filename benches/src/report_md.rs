@@ -120,7 +120,7 @@ fn render_ratios(md: &mut String, c: &Comparison) {
                     .summary(&metric.key)
                     .and_then(|s| ratio(w.median, s.median))
                 {
-                    Some(r) => format!("{r:.2}"),
+                    Some(r) => format_ratio(r),
                     None => "—".to_string(),
                 }
             })
@@ -133,10 +133,14 @@ fn render_ratios(md: &mut String, c: &Comparison) {
     if body.is_empty() {
         return;
     }
-    let _ = writeln!(
-        md,
-        "\n### Wisp / peer, ratio of medians (below 1: Wisp is faster or smaller)\n"
-    );
+    let caption = if c.metrics.iter().all(|m| m.unit.is_rate()) {
+        "above 1: Wisp is faster"
+    } else if c.metrics.iter().any(|m| m.unit.is_rate()) {
+        "times and sizes below 1, rates above 1: Wisp is faster or smaller"
+    } else {
+        "below 1: Wisp is faster or smaller"
+    };
+    let _ = writeln!(md, "\n### Wisp / peer, ratio of medians ({caption})\n");
     let header: Vec<String> = peers.iter().map(|p| format!("wisp / {}", p.name)).collect();
     let _ = writeln!(md, "| metric | {} |", header.join(" | "));
     let _ = writeln!(md, "|---|{}", "--:|".repeat(peers.len()));
@@ -196,6 +200,18 @@ pub fn format_value(value: f64, unit: Unit) -> String {
         Unit::Kibibytes if value.abs() < 1024.0 => format!("{value:.0} KiB"),
         Unit::Kibibytes if value.abs() < 1024.0 * 1024.0 => format!("{:.1} MiB", value / 1024.0),
         Unit::Kibibytes => format!("{:.2} GiB", value / (1024.0 * 1024.0)),
+        Unit::MegabytesPerSecond => format!("{value:.1} MB/s"),
+        Unit::OpsPerSecond => format!("{value:.0} IOPS"),
+    }
+}
+
+/// A ratio with two decimals, or two significant digits when it is small (0.00083, not 0.00).
+pub fn format_ratio(r: f64) -> String {
+    if r.is_finite() && r > 0.0 && r < 0.095 {
+        let decimals = (-r.log10().floor()) as usize + 1;
+        format!("{r:.decimals$}")
+    } else {
+        format!("{r:.2}")
     }
 }
 
@@ -277,6 +293,12 @@ mod tests {
             format_value(3.0 * 1024.0 * 1024.0, Unit::Kibibytes),
             "3.00 GiB"
         );
+        assert_eq!(format_value(93.96, Unit::MegabytesPerSecond), "94.0 MB/s");
+        assert_eq!(format_ratio(0.39), "0.39");
+        assert_eq!(format_ratio(1.5), "1.50");
+        assert_eq!(format_ratio(0.000_834), "0.00083");
+        assert_eq!(format_ratio(0.0087), "0.0087");
+        assert_eq!(format_value(768.6, Unit::OpsPerSecond), "769 IOPS");
         assert_eq!(cell("a|b\nc"), "a\\|b c");
     }
 }

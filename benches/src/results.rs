@@ -71,6 +71,17 @@ pub struct MetricDef {
 pub enum Unit {
     Microseconds,
     Kibibytes,
+    /// Throughput, 10^6 bytes per second.
+    MegabytesPerSecond,
+    /// Requests per second.
+    OpsPerSecond,
+}
+
+impl Unit {
+    /// Whether more is better (throughput) rather than less (time, memory).
+    pub fn is_rate(self) -> bool {
+        matches!(self, Unit::MegabytesPerSecond | Unit::OpsPerSecond)
+    }
 }
 
 /// The same metrics measured on several VMMs with interleaved runs (A B A B …).

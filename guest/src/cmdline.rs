@@ -23,14 +23,21 @@ pub enum Command {
     Virtio,
     /// `blk`: capacity, serial, sector 0 and a write check on the first block device.
     Blk,
+    /// `blk-bench`: sequential read/write and random 4 KiB read throughput of the first block
+    /// device, timed with the TSC.
+    BlkBench,
     /// `rng`: 32 bytes from the entropy device.
     Rng,
     /// `net`: ARP for 10.0.2.1 on the first network device.
     Net,
     /// `net-echo`: send received frames back until a `quit` frame.
     NetEcho,
+    /// `net-bench`: send 10,000 full-size frames to the tap, timed with the TSC.
+    NetBench,
     /// `vsock`: a stream to host port 1234, one exchange.
     Vsock,
+    /// `vsock-bench`: stream 64 MiB to host port 1235, timed with the TSC.
+    VsockBench,
 }
 
 impl Command {
@@ -44,10 +51,13 @@ impl Command {
             b"noxs" => Some(Self::Noxs),
             b"virtio" => Some(Self::Virtio),
             b"blk" => Some(Self::Blk),
+            b"blk-bench" => Some(Self::BlkBench),
             b"rng" => Some(Self::Rng),
             b"net" => Some(Self::Net),
             b"net-echo" => Some(Self::NetEcho),
+            b"net-bench" => Some(Self::NetBench),
             b"vsock" => Some(Self::Vsock),
+            b"vsock-bench" => Some(Self::VsockBench),
             b"idle" => Some(Self::Idle),
             _ => None,
         }

@@ -88,10 +88,19 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
         Command::Noxs => print_device_page(),
         Command::Virtio => slots.print(),
         Command::Blk => report("blk", virtio::blk::run(slots)),
+        Command::BlkBench => report(
+            "blk-bench",
+            virtio::blk_bench::run(slots, boot.cmdline(), boot.ram_bytes()),
+        ),
         Command::Rng => report("rng", virtio::rng::run(slots)),
         Command::Net => report("net", virtio::net::run(slots)),
         Command::NetEcho => report("net-echo", virtio::net::echo(slots)),
+        Command::NetBench => report("net-bench", virtio::net_bench::run(slots, boot.cmdline())),
         Command::Vsock => report("vsock", virtio::vsock::run(slots)),
+        Command::VsockBench => report(
+            "vsock-bench",
+            virtio::vsock_bench::run(slots, boot.cmdline(), boot.ram_bytes()),
+        ),
     }
 }
 

@@ -4,7 +4,11 @@
 pub mod api;
 pub mod cold;
 pub mod density;
+pub mod host_tsc;
 pub mod linux;
+pub mod virtio;
+pub mod virtio_net;
+pub mod virtio_vsock;
 pub mod warm;
 
 use crate::launch::Finished;

@@ -13,28 +13,28 @@ use crate::serial::println;
 use core::fmt;
 
 /// VIRTIO_BLK_F_RO (§5.2.3): the device is read-only.
-const F_RO: u64 = 1 << 5;
+pub(super) const F_RO: u64 = 1 << 5;
 /// VIRTIO_BLK_F_FLUSH (§5.2.3): the device has a write cache and takes FLUSH.
-const F_FLUSH: u64 = 1 << 9;
+pub(super) const F_FLUSH: u64 = 1 << 9;
 /// Request types (§5.2.6).
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
+pub(super) const T_IN: u32 = 0;
+pub(super) const T_OUT: u32 = 1;
+pub(super) const T_FLUSH: u32 = 4;
 const T_GET_ID: u32 = 8;
 /// Request status values (§5.2.6).
-const S_OK: u8 = 0;
+pub(super) const S_OK: u8 = 0;
 const S_IOERR: u8 = 1;
 const S_UNSUPP: u8 = 2;
 /// A status byte the device never writes: still there means the device did not answer.
-const S_UNWRITTEN: u8 = 0xff;
+pub(super) const S_UNWRITTEN: u8 = 0xff;
 /// virtio-blk addresses 512-byte sectors whatever the device's block size (§5.2.6).
-const SECTOR_SIZE: usize = 512;
+pub(super) const SECTOR_SIZE: usize = 512;
 /// The GET_ID answer: up to 20 bytes, NUL-terminated only when shorter (§5.2.6).
 const ID_LEN: usize = 20;
 /// What `blk` writes at the start of sector 1; tests look for it in the host file.
 pub const MARKER: &[u8] = b"wisp-unikernel-was-here";
 /// How long one request may take.
-const REQUEST_TIMEOUT_MS: u64 = 5000;
+pub(super) const REQUEST_TIMEOUT_MS: u64 = 5000;
 
 /// What went wrong with the block device.
 #[derive(Debug)]
@@ -73,14 +73,31 @@ impl fmt::Display for BlkError {
     }
 }
 
-struct BlockDevice {
-    transport: MmioTransport,
-    queue: Virtqueue,
+pub(super) struct BlockDevice {
+    pub(super) transport: MmioTransport,
+    pub(super) queue: Virtqueue,
     header: DmaRegion,
     status: DmaRegion,
 }
 
 impl BlockDevice {
+    /// Opens the first block device for command `name` (negotiating read-only and flush) and
+    /// returns it with the negotiated features and its capacity in sectors.
+    pub(super) fn open(slots: &Slots, name: &str) -> Result<(Self, u64, u64), BlkError> {
+        let (transport, features) = slots.open(name, DEVICE_BLOCK, F_RO | F_FLUSH)?;
+        let queue = setup_queue(&transport, 0)?;
+        transport.driver_ok()?;
+        let device = BlockDevice {
+            transport,
+            queue,
+            header: dma::alloc(16, 16).ok_or(VirtioError::OutOfDma)?,
+            status: dma::alloc(1, 1).ok_or(VirtioError::OutOfDma)?,
+        };
+        // Config space: u64 capacity in 512-byte sectors at offset 0 (§5.2.4).
+        let capacity = device.transport.config_u64(0)?;
+        Ok((device, features, capacity))
+    }
+
     /// Sends one request and waits for it; returns the status byte.
     fn request(&mut self, kind: u32, sector: u64, data: Option<Buffer>) -> Result<u8, BlkError> {
         let mut header = [0u8; 16];
@@ -108,7 +125,7 @@ impl BlockDevice {
         Ok(self.status.byte(0).unwrap_or(S_UNWRITTEN))
     }
 
-    fn expect_ok(
+    pub(super) fn expect_ok(
         &mut self,
         op: &'static str,
         kind: u32,
@@ -125,17 +142,7 @@ impl BlockDevice {
 /// The `blk` command: capacity, serial, sector 0, then a write-flush-read check on sector 1
 /// (or, on a read-only device, a check that writes are refused).
 pub fn run(slots: &Slots) -> Result<(), BlkError> {
-    let (transport, features) = slots.open("blk", DEVICE_BLOCK, F_RO | F_FLUSH)?;
-    let queue = setup_queue(&transport, 0)?;
-    transport.driver_ok()?;
-    let mut device = BlockDevice {
-        transport,
-        queue,
-        header: dma::alloc(16, 16).ok_or(VirtioError::OutOfDma)?,
-        status: dma::alloc(1, 1).ok_or(VirtioError::OutOfDma)?,
-    };
-    // Config space: u64 capacity in 512-byte sectors at offset 0 (§5.2.4).
-    let capacity = device.transport.config_u64(0)?;
+    let (mut device, features, capacity) = BlockDevice::open(slots, "blk")?;
     println!("blk: capacity={capacity} sectors");
 
     let id = dma::alloc(ID_LEN, 1).ok_or(VirtioError::OutOfDma)?;

@@ -8,12 +8,15 @@
 //! convention, also used by QEMU's microvm), probing each slot's DeviceID.
 
 pub mod blk;
+pub mod blk_bench;
 pub mod dma;
 pub mod mmio;
 pub mod net;
+pub mod net_bench;
 pub mod queue;
 pub mod rng;
 pub mod vsock;
+pub mod vsock_bench;
 
 use crate::noxs::DevicePage;
 use crate::serial::println;

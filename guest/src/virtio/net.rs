@@ -15,23 +15,23 @@ use core::fmt;
 /// VIRTIO_NET_F_MAC (§5.1.3): config space holds the device's MAC.
 const F_MAC: u64 = 1 << 5;
 /// `struct virtio_net_hdr` with `num_buffers`: 12 bytes once VERSION_1 is negotiated (§5.1.6).
-const NET_HDR_LEN: usize = 12;
+pub(super) const NET_HDR_LEN: usize = 12;
 /// Receive buffer: header + a 1514-byte Ethernet frame (no VLAN tags expected), rounded up.
 const RX_BUFFER_LEN: usize = 2048;
 /// Largest frame we send (header not included).
 const MAX_FRAME: usize = RX_BUFFER_LEN - NET_HDR_LEN;
 const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
+pub(super) const TX_QUEUE: u16 = 1;
 /// Used when the device offers no MAC: a locally administered address.
 const DEFAULT_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
-const TX_TIMEOUT_MS: u64 = 2000;
+pub(super) const TX_TIMEOUT_MS: u64 = 2000;
 
 const ETH_HEADER_LEN: usize = 14;
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV4: u16 = 0x0800;
 /// IEEE 802 "local experimental" ethertype: the host's `net-echo` test frames.
-const ETHERTYPE_TEST: u16 = 0x88b5;
-const BROADCAST: [u8; 6] = [0xff; 6];
+pub(super) const ETHERTYPE_TEST: u16 = 0x88b5;
+pub(super) const BROADCAST: [u8; 6] = [0xff; 6];
 /// Ethernet frames shorter than this are padded (IEEE 802.3 minimum without FCS).
 const MIN_FRAME: usize = 60;
 const ARP_REQUEST: u16 = 1;
@@ -78,18 +78,18 @@ impl fmt::Display for NetError {
     }
 }
 
-struct NetDevice {
-    transport: MmioTransport,
+pub(super) struct NetDevice {
+    pub(super) transport: MmioTransport,
     rx: Virtqueue,
-    tx: Virtqueue,
+    pub(super) tx: Virtqueue,
     /// The receive buffer behind each head descriptor in flight.
     rx_buffers: [Option<DmaRegion>; MAX_QUEUE_SIZE as usize],
     tx_buffer: DmaRegion,
-    mac: [u8; 6],
+    pub(super) mac: [u8; 6],
 }
 
 impl NetDevice {
-    fn open(slots: &Slots, name: &str) -> Result<Self, NetError> {
+    pub(super) fn open(slots: &Slots, name: &str) -> Result<Self, NetError> {
         let (transport, features) = slots.open(name, DEVICE_NET, F_MAC)?;
         let rx = setup_queue(&transport, RX_QUEUE)?;
         let tx = setup_queue(&transport, TX_QUEUE)?;

