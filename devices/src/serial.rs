@@ -24,7 +24,12 @@ pub const COM1_IRQ: u32 = 4;
 const PANIC_BANNER: &[u8] = b"Kernel panic - not syncing";
 /// What Linux prints when it halts or powers off without ACPI (kernel/reboot.c): the vCPUs
 /// then sit in `hlt` inside KVM and no exit ever reaches the VMM, so the console is the signal.
-const HALT_BANNERS: [&[u8]; 2] = [b"reboot: System halted", b"reboot: Power down"];
+const HALT_BANNERS: [&[u8]; 3] = [
+    b"reboot: System halted",
+    b"reboot: Power down",
+    // `poweroff` without ACPI: the kernel says this and halts without printing more.
+    b"reboot: Power off not available: System halted instead",
+];
 /// Longest line kept for matching; banners sit at the start of short lines.
 const LINE_MAX: usize = 160;
 
@@ -192,6 +197,7 @@ mod tests {
         assert!(w.halted.read().is_err());
         out.write_all(b"[ 1.5] reboot: Power off not available: System halted instead\n")
             .unwrap();
+        assert_eq!(w.halted.read().unwrap(), 1);
         out.write_all(b"[ 1.5] reboot: System halted\n").unwrap();
         assert_eq!(w.halted.read().unwrap(), 1);
     }

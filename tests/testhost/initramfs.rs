@@ -145,6 +145,8 @@ fn add_skeleton(cpio: &mut Archive) -> Result<(), InitramfsError> {
 /// What goes into the L1 test host's initramfs.
 pub struct L1Image<'a> {
     pub kernel: &'a L1Kernel,
+    /// Modules to load after the kernel's KVM modules (duplicates of those are skipped).
+    pub extra_modules: &'a [PathBuf],
     pub files: &'a [HostFile],
     pub script: &'a str,
 }
@@ -156,11 +158,14 @@ pub fn build_l1(image: &L1Image<'_>, out: &Path) -> Result<(), InitramfsError> {
     add_skeleton(&mut cpio)?;
     add_busybox(&mut cpio)?;
     let mut order = String::new();
-    for module in &image.kernel.modules {
+    for module in image.kernel.modules.iter().chain(image.extra_modules) {
         let name = module
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        if order.lines().any(|loaded| loaded == name) {
+            continue;
+        }
         add_host_file(&mut cpio, &format!("/lib/modules/{name}"), 0o644, module)?;
         order.push_str(&name);
         order.push('\n');
@@ -179,10 +184,19 @@ pub fn build_l1(image: &L1Image<'_>, out: &Path) -> Result<(), InitramfsError> {
 /// Writes the L2 probe guest's initramfs to `out`: busybox and an /init that prints
 /// `WISP-L2 …` facts (CPUs, memory) and ends the VM as its command line asks (see l2_init.sh).
 pub fn build_l2_probe(out: &Path) -> Result<(), InitramfsError> {
+    build_l2(out, L2_INIT, &[])
+}
+
+/// Writes an L2 initramfs to `out`: busybox, the shell script `init` as /init, and `files`
+/// (which must be static executables or data: the image has no libc).
+pub fn build_l2(out: &Path, init: &str, files: &[HostFile]) -> Result<(), InitramfsError> {
     let mut cpio = create(out)?;
     add_skeleton(&mut cpio)?;
     add_busybox(&mut cpio)?;
-    cpio.add_file("/init", 0o755, L2_INIT.as_bytes())?;
+    cpio.add_file("/init", 0o755, init.as_bytes())?;
+    for file in files {
+        add_host_file(&mut cpio, &file.dst, file.perm, &file.src)?;
+    }
     cpio.finish()?;
     Ok(())
 }

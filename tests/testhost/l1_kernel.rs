@@ -128,6 +128,33 @@ impl L1Kernel {
     }
 }
 
+impl L1Kernel {
+    /// The module `name` (e.g. `tun`) of this kernel and its dependencies, in load order, for
+    /// tests that need more than KVM in L1. Cached in its own entry beside the kernel's
+    /// (`<id>-module-<name>/`), so the KVM entry and its users stay as they are; the package
+    /// is downloaded again the first time.
+    pub fn extra_module(&self, name: &str) -> Result<Vec<PathBuf>, L1KernelError> {
+        let package = self.id.split_once('_').map_or(self.id.as_str(), |(p, _)| p);
+        let dir = cache_dir().join(format!("{}-module-{name}", self.id));
+        if !dir.join(STAMP).exists() {
+            log::info!("testhost: fetching module {name} of {}", self.id);
+            let parent = dir.parent().unwrap_or(&dir);
+            let work = parent.join(format!(".tmp-{}-{package}-{name}", std::process::id()));
+            if work.exists() {
+                fs::remove_dir_all(&work).map_err(io_err(&work))?;
+            }
+            let entry = work.join("entry");
+            fs::create_dir_all(&entry).map_err(io_err(&entry))?;
+            let root = download_and_unpack(package, &work)?;
+            write_modules(&root, name, package, &entry)?;
+            commit_entry(&work, &entry, &dir)?;
+        }
+        let order = dir.join(ORDER);
+        let text = fs::read_to_string(&order).map_err(io_err(&order))?;
+        Ok(text.lines().map(|m| dir.join("modules").join(m)).collect())
+    }
+}
+
 /// Resolves `linux-image-amd64` to the concrete package it depends on and that package's
 /// candidate version.
 fn resolve_package() -> Result<(String, String), L1KernelError> {
@@ -164,25 +191,8 @@ fn populate(package: &str, dir: &Path) -> Result<(), L1KernelError> {
         fs::remove_dir_all(&work).map_err(io_err(&work))?;
     }
     let entry = work.join("entry");
-    let modules_dir = entry.join("modules");
-    fs::create_dir_all(&modules_dir).map_err(io_err(&modules_dir))?;
-    let fetch_err = |source| L1KernelError::Fetch {
-        package: package.to_owned(),
-        source,
-    };
-    host_command::run(
-        Command::new("apt-get")
-            .args(["download", "-q", package])
-            .current_dir(&work),
-    )
-    .map_err(fetch_err)?;
-    let deb = find_file(&work, |n| n.ends_with(".deb"))?.ok_or_else(|| L1KernelError::Missing {
-        package: package.to_owned(),
-        what: ".deb after apt-get download".to_owned(),
-    })?;
-    let root = work.join("root");
-    host_command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
-        .map_err(fetch_err)?;
+    fs::create_dir_all(&entry).map_err(io_err(&entry))?;
+    let root = download_and_unpack(package, &work)?;
 
     let missing = |what: &str| L1KernelError::Missing {
         package: package.to_owned(),
@@ -201,8 +211,44 @@ fn populate(package: &str, dir: &Path) -> Result<(), L1KernelError> {
     let out = entry.join("vmlinuz");
     fs::write(&out, image).map_err(io_err(&out))?;
 
+    write_modules(&root, ROOT_MODULE, package, &entry)?;
+    commit_entry(&work, &entry, dir)
+}
+
+/// Downloads `package` into `work` and unpacks it to `work/root`.
+fn download_and_unpack(package: &str, work: &Path) -> Result<PathBuf, L1KernelError> {
+    let fetch_err = |source| L1KernelError::Fetch {
+        package: package.to_owned(),
+        source,
+    };
+    host_command::run(
+        Command::new("apt-get")
+            .args(["download", "-q", package])
+            .current_dir(work),
+    )
+    .map_err(fetch_err)?;
+    let deb = find_file(work, |n| n.ends_with(".deb"))?.ok_or_else(|| L1KernelError::Missing {
+        package: package.to_owned(),
+        what: ".deb after apt-get download".to_owned(),
+    })?;
+    let root = work.join("root");
+    host_command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))
+        .map_err(fetch_err)?;
+    Ok(root)
+}
+
+/// Writes the dependency closure of `root_module` from the unpacked package `root` into
+/// `entry/modules/` and its load order into `entry/modules.order`.
+fn write_modules(
+    root: &Path,
+    root_module: &str,
+    package: &str,
+    entry: &Path,
+) -> Result<(), L1KernelError> {
+    let modules_dir = entry.join("modules");
+    fs::create_dir_all(&modules_dir).map_err(io_err(&modules_dir))?;
     let all = module_files(&root.join("lib/modules"))?;
-    let order = load_order(&all, package)?;
+    let order = load_order(&all, root_module, package)?;
     let mut names = String::new();
     for name in &order {
         let src = &all[name];
@@ -212,17 +258,20 @@ fn populate(package: &str, dir: &Path) -> Result<(), L1KernelError> {
         names.push('\n');
     }
     let out = entry.join(ORDER);
-    fs::write(&out, names).map_err(io_err(&out))?;
+    fs::write(&out, names).map_err(io_err(&out))
+}
+
+/// Stamps `entry` complete, renames it to `dir` and removes the work directory.
+fn commit_entry(work: &Path, entry: &Path, dir: &Path) -> Result<(), L1KernelError> {
     let out = entry.join(STAMP);
     fs::write(&out, "").map_err(io_err(&out))?;
-
-    match fs::rename(&entry, dir) {
+    match fs::rename(entry, dir) {
         Ok(()) => {}
         // Another test process finished first; its entry is as good as ours.
         Err(_) if dir.join(STAMP).exists() => {}
         Err(e) => return Err(io_err(dir)(e)),
     }
-    fs::remove_dir_all(&work).map_err(io_err(&work))
+    fs::remove_dir_all(work).map_err(io_err(work))
 }
 
 /// The first file directly in `dir` whose name satisfies `pred`.
@@ -261,10 +310,11 @@ fn module_files(dir: &Path) -> Result<BTreeMap<String, PathBuf>, L1KernelError> 
     Ok(found)
 }
 
-/// The dependency closure of [`ROOT_MODULE`], dependencies first, read from each module's
+/// The dependency closure of `root_module`, dependencies first, read from each module's
 /// `depends=` modinfo field.
 fn load_order(
     all: &BTreeMap<String, PathBuf>,
+    root_module: &str,
     package: &str,
 ) -> Result<Vec<String>, L1KernelError> {
     fn visit(
@@ -290,7 +340,7 @@ fn load_order(
         Ok(())
     }
     let mut order = Vec::new();
-    visit(ROOT_MODULE, all, package, &mut order)?;
+    visit(root_module, all, package, &mut order)?;
     Ok(order)
 }
 

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use super::initramfs::{self, InitramfsError};
+use super::initramfs::{self, HostFile, InitramfsError};
 use super::l1_kernel;
 
 /// Why the L2 images could not be prepared.
@@ -60,7 +60,26 @@ impl L2Guest {
 }
 
 fn build_probe_initramfs() -> Result<PathBuf, L2GuestError> {
-    let dir = l1_kernel::cache_dir().join("l2-probe");
+    build_cached("l2-probe", initramfs::build_l2_probe)
+}
+
+/// An L2 initramfs of busybox with the shell script `init` as /init and `files` (for tests
+/// with their own guest-side scenario), cached as `$WISP_CACHE/testhost/l2-<name>/initramfs.cpio`.
+pub fn initramfs_with_init(
+    name: &str,
+    init: &str,
+    files: &[HostFile],
+) -> Result<PathBuf, L2GuestError> {
+    build_cached(&format!("l2-{name}"), |out| {
+        initramfs::build_l2(out, init, files)
+    })
+}
+
+fn build_cached(
+    name: &str,
+    build: impl FnOnce(&std::path::Path) -> Result<(), InitramfsError>,
+) -> Result<PathBuf, L2GuestError> {
+    let dir = l1_kernel::cache_dir().join(name);
     std::fs::create_dir_all(&dir).map_err(|source| L2GuestError::Io {
         path: dir.clone(),
         source,
@@ -69,7 +88,7 @@ fn build_probe_initramfs() -> Result<PathBuf, L2GuestError> {
     // test binaries never read a half-written archive.
     let tmp = dir.join(format!(".initramfs-{}.cpio", std::process::id()));
     let out = dir.join("initramfs.cpio");
-    initramfs::build_l2_probe(&tmp).map_err(L2GuestError::Initramfs)?;
+    build(&tmp).map_err(L2GuestError::Initramfs)?;
     std::fs::rename(&tmp, &out).map_err(|source| L2GuestError::Io {
         path: out.clone(),
         source,

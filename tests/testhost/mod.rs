@@ -45,6 +45,11 @@ pub use console::CommandRun;
 pub use initramfs::HostFile;
 pub use l1_kernel::L1Kernel;
 pub use l2_guest::L2Guest;
+// For tests that build their own guest images (linux_virtio.rs); unused by the others.
+#[allow(unused_imports)]
+pub use initramfs::static_busybox;
+#[allow(unused_imports)]
+pub use l2_guest::initramfs_with_init;
 pub use qemu::Console;
 pub use static_wisp::static_wisp;
 
@@ -98,6 +103,7 @@ impl fmt::Debug for TestHostError {
 pub struct TestHostBuilder {
     files: Vec<HostFile>,
     script: String,
+    modules: Vec<String>,
     with_wisp: bool,
     timeout: Duration,
     mem_mib: u32,
@@ -114,6 +120,7 @@ impl TestHost {
         TestHostBuilder {
             files: Vec::new(),
             script: String::new(),
+            modules: Vec::new(),
             with_wisp: true,
             timeout,
             mem_mib: 2048,
@@ -150,6 +157,13 @@ impl TestHostBuilder {
         self
     }
 
+    /// Also loads the L1 kernel's module `name` (e.g. `tun` for tap devices), with its
+    /// dependencies, after the KVM modules.
+    pub fn kernel_module(mut self, name: &str) -> Self {
+        self.modules.push(name.to_owned());
+        self
+    }
+
     /// Leaves `wisp` out (for checks of the host itself, which need no VMM build).
     pub fn without_wisp(mut self) -> Self {
         self.with_wisp = false;
@@ -165,6 +179,10 @@ impl TestHostBuilder {
     /// Builds the images, boots L1, runs the script and waits for L1 to power off.
     pub fn boot(self) -> Result<TestHost, TestHostError> {
         let kernel = L1Kernel::fetch()?;
+        let mut extra_modules = Vec::new();
+        for name in &self.modules {
+            extra_modules.extend(kernel.extra_module(name)?);
+        }
         let mut files = self.files;
         if self.with_wisp {
             files.push(HostFile {
@@ -181,6 +199,7 @@ impl TestHostBuilder {
         ));
         let image = L1Image {
             kernel: &kernel,
+            extra_modules: &extra_modules,
             files: &files,
             script: &self.script,
         };
