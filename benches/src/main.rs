@@ -45,7 +45,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             Suite::Api => suites::api::run(&setup),
             Suite::Warm => suites::warm::run(&setup),
             Suite::Density => suites::density::run(&setup),
-            Suite::Linux => suites::linux::run(),
+            Suite::Linux => suites::linux::run(&setup),
             Suite::Virtio => suites::virtio::run(&setup),
             Suite::All => continue,
         };

@@ -26,7 +26,14 @@ pub enum StaticWispError {
 
 /// The workspace root (this test file belongs to the root package).
 pub fn workspace_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // This module is compiled into the root package's tests and, through `#[path]`, into
+    // wisp-bench (benches/): either way the static build belongs to the workspace's target/.
+    if here.join("tests/testhost").is_dir() {
+        here
+    } else {
+        here.parent().unwrap_or(here)
+    }
 }
 
 /// Builds (once per process) and returns the path of the static release `wisp` binary, or
