@@ -11,6 +11,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 
 use super::device::Interrupt;
+use super::metrics::DeviceMetrics;
 
 /// Why a descriptor chain was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -123,6 +124,31 @@ pub fn pop_chain(
         return Some((head, Err(ChainError::Unterminated { head })));
     }
     Some((head, Ok(chain)))
+}
+
+/// A device-to-driver transfer: copies `bytes` into the chain's device-writable buffers and
+/// returns the used length. A failure fails this request alone: logged, counted, length 0.
+pub fn fill_writable(
+    mem: &GuestMemoryMmap,
+    chain: &Chain,
+    bytes: &[u8],
+    metrics: &DeviceMetrics,
+    who: &str,
+) -> u32 {
+    match write_at(mem, &chain.writable, 0, bytes) {
+        Ok(()) => {
+            metrics.read_bytes(bytes.len());
+            bytes.len() as u32
+        }
+        Err(e) => refuse(metrics, who, e),
+    }
+}
+
+/// A request the device will not serve: logged and counted; its used length is 0.
+pub fn refuse(metrics: &DeviceMetrics, who: &str, why: impl std::fmt::Display) -> u32 {
+    warn!("{who}: {why}");
+    metrics.error();
+    0
 }
 
 /// Puts a chain on the used ring; `len` is the number of bytes the device wrote into it.

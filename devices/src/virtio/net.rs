@@ -122,28 +122,24 @@ impl Net {
                         self.frame[NUM_BUFFERS_AT..NUM_BUFFERS_AT + 2]
                             .copy_from_slice(&1u16.to_le_bytes());
                     }
-                    match chain::write_at(ctx.mem, &c.writable, 0, &self.frame[..len]) {
-                        Ok(()) => {
-                            self.metrics.read_bytes(len);
-                            len as u32
-                        }
-                        Err(e) => {
-                            warn!("virtio-net: rx: {e}");
-                            self.metrics.error();
-                            0
-                        }
-                    }
+                    chain::fill_writable(
+                        ctx.mem,
+                        &c,
+                        &self.frame[..len],
+                        &self.metrics,
+                        "virtio-net: rx",
+                    )
                 }
-                Ok(_) => {
-                    warn!("virtio-net: rx buffer too small or device-readable; frame dropped");
-                    self.metrics.error();
-                    0
-                }
-                Err(e) => {
-                    warn!("virtio-net: rx: {e}; frame dropped");
-                    self.metrics.error();
-                    0
-                }
+                Ok(_) => chain::refuse(
+                    &self.metrics,
+                    "virtio-net: rx",
+                    "buffer too small or device-readable; frame dropped",
+                ),
+                Err(e) => chain::refuse(
+                    &self.metrics,
+                    "virtio-net: rx",
+                    format!("{e}; frame dropped"),
+                ),
             };
             chain::add_used(queue, ctx.mem, head, written);
         }

@@ -4,7 +4,6 @@ use std::any::Any;
 use std::sync::Arc;
 
 use event_manager::EventOps;
-use log::warn;
 
 use super::chain;
 use super::device::{QueueContext, VirtioDevice};
@@ -14,6 +13,9 @@ use super::{device_id, VIRTIO_F_VERSION_1};
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes served per request: a driver asking for more gets a short (valid) answer.
 const MAX_REQUEST: usize = 64 * 1024;
+
+/// Log prefix.
+const WHO: &str = "virtio-rng";
 
 /// A virtio entropy device.
 #[derive(Debug, Default)]
@@ -84,33 +86,17 @@ impl VirtioDevice for Rng {
                 Ok(c) if c.readable.is_empty() && !c.writable.is_empty() => {
                     let n = chain::total_len(&c.writable).min(MAX_REQUEST);
                     let mut bytes = vec![0u8; n];
-                    match fill_random(&mut bytes)
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| {
-                            chain::write_at(ctx.mem, &c.writable, 0, &bytes)
-                                .map_err(|e| e.to_string())
-                        }) {
-                        Ok(()) => {
-                            self.metrics.read_bytes(n);
-                            n as u32
-                        }
-                        Err(e) => {
-                            warn!("virtio-rng: {e}");
-                            self.metrics.error();
-                            0
-                        }
+                    match fill_random(&mut bytes) {
+                        Ok(()) => chain::fill_writable(ctx.mem, &c, &bytes, &self.metrics, WHO),
+                        Err(e) => chain::refuse(&self.metrics, WHO, e),
                     }
                 }
-                Ok(_) => {
-                    warn!("virtio-rng: request with device-readable or no buffers");
-                    self.metrics.error();
-                    0
-                }
-                Err(e) => {
-                    warn!("virtio-rng: {e}");
-                    self.metrics.error();
-                    0
-                }
+                Ok(_) => chain::refuse(
+                    &self.metrics,
+                    WHO,
+                    "request with device-readable or no buffers",
+                ),
+                Err(e) => chain::refuse(&self.metrics, WHO, e),
             };
             chain::add_used(queue, ctx.mem, head, len);
         }
