@@ -21,7 +21,7 @@
 //! [`bzimage`] (vmlinux extraction), [`static_wisp`] (the static `wisp` build), [`initramfs`]
 //! (L1 and probe images), [`l2_guest`] (Tinyx), [`qemu`] (the L1 machine), [`console`] (reading
 //! the results). Environment: `WISP_CACHE`, `WISP_TESTHOST_TIMEOUT_S` (L1 deadline, default
-//! 900), `WISP_TESTHOST_ECHO` (print the L1 console live), `WISP_TESTHOST_WISP` (use this static
+//! 300), `WISP_TESTHOST_ECHO` (print the L1 console live), `WISP_TESTHOST_WISP` (use this static
 //! `wisp` instead of building one), `WISP_TESTHOST_QEMU`, `WISP_TESTHOST_BUSYBOX`.
 
 // Each integration test crate that declares `mod testhost;` uses a different subset.
@@ -61,7 +61,7 @@ use qemu::QemuConfig;
 const TAIL_LINES: usize = 60;
 /// The hang guard for one L1 boot, unless the builder or `$WISP_TESTHOST_TIMEOUT_S` says
 /// otherwise. It is not a performance threshold: TCG is slow and CI machines are shared.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(900);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Why a test host could not be booted or a check failed.
 #[derive(thiserror::Error)]
