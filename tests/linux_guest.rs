@@ -56,10 +56,6 @@ fn scenarios() -> Vec<Scenario> {
         boot("bzimage-1cpu", "/guest/bzImage", 1),
         boot("bzimage-2cpu", "/guest/bzImage", 2),
         Scenario {
-            extra_cmdline: "wisp_l2=exit",
-            ..boot("panic", "/guest/vmlinux", 1)
-        },
-        Scenario {
             extra_cmdline: "wisp_l2=poweroff",
             ..boot("poweroff", "/guest/vmlinux", 1)
         },
@@ -68,6 +64,12 @@ fn scenarios() -> Vec<Scenario> {
         mem_mib,
         ..boot(&format!("mem-{mem_mib}"), "/guest/vmlinux", 1)
     }));
+    // Last: a guest panic under nested TCG has, rarely, frozen L1 itself; then only this
+    // scenario's test fails.
+    all.push(Scenario {
+        extra_cmdline: "wisp_l2=exit",
+        ..boot("panic", "/guest/vmlinux", 1)
+    });
     all
 }
 

@@ -248,9 +248,19 @@ impl TestHost {
                 "has no /dev/kvm (insmod failed for: {:?})",
                 t.failed_modules
             )
-        } else if !t.done {
-            "stopped before its script finished".to_owned()
         } else {
+            // A script that did not finish (a hung L2 can freeze nested TCG, seen rarely) is
+            // not a boot failure: the runs that completed are judged by their tests, and asking
+            // for a missing run fails with the console tail.
+            if !t.done {
+                eprintln!(
+                    "testhost: the L1 script did not finish ({}); judging the runs it completed",
+                    match self.console.status {
+                        None => format!("QEMU killed at the {:?} deadline", self.console.elapsed),
+                        Some(status) => format!("QEMU {status}"),
+                    }
+                );
+            }
             return Ok(());
         };
         let ending = match self.console.status {
