@@ -13,7 +13,7 @@
 use super::host_tsc::{host_tsc_khz, tsc_source};
 use super::{metric, virtio_net, virtio_vsock};
 use crate::launch::{Input, Launched};
-use crate::peers::{describe, GUEST_LINE, GUEST_MEM_MIB, QEMU_ARGS};
+use crate::peers::{describe, Peer, GUEST_LINE, GUEST_MEM_MIB};
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
 use crate::setup::Setup;
 use std::collections::BTreeMap;
@@ -276,32 +276,22 @@ impl Guest {
         }
     }
 
+    /// The `cold` suite's command for the same VMM, plus the disk.
     fn command(&self, setup: &Setup, image: &Path, cmdline: &str) -> Command {
         match self {
             Guest::Wisp => {
-                let mut cmd = Command::new(&setup.wisp);
-                cmd.arg("run")
-                    .arg("--kernel")
-                    .arg(&setup.unikernel)
-                    .arg("--cmdline")
-                    .arg(cmdline)
-                    .arg("--mem")
-                    .arg(GUEST_MEM_MIB.to_string())
-                    .arg("--disk")
-                    .arg(format!("path={}", image.display()));
+                let mut cmd = Peer::Wisp.command(setup, cmdline);
+                cmd.arg("--disk").arg(format!("path={}", image.display()));
                 cmd
             }
             Guest::Qemu(qemu) => {
-                let mut cmd = Command::new(qemu);
-                cmd.args(QEMU_ARGS)
-                    // microvm's virtio-mmio is legacy (version 1) unless told otherwise; the
-                    // unikernel drives only version 2.
-                    .args(["-global", "virtio-mmio.force-legacy=false"])
+                let mut cmd = Peer::Qemu(qemu.clone()).command(setup, "");
+                // microvm's virtio-mmio is legacy (version 1) unless told otherwise; the
+                // unikernel drives only version 2.
+                cmd.args(["-global", "virtio-mmio.force-legacy=false"])
                     .arg("-drive")
                     .arg(format!("id=d0,file={},format=raw,if=none", image.display()))
                     .args(["-device", "virtio-blk-device,drive=d0"])
-                    .arg("-kernel")
-                    .arg(&setup.unikernel)
                     .arg("-append")
                     .arg(format!("{cmdline} {QEMU_FIRST_SLOT}"));
                 cmd
