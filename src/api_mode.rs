@@ -125,10 +125,15 @@ impl RunningApi {
                 Ok(VmmData::Empty)
             }
             VmmAction::SendCtrlAltDel => {
-                // Posted on the noxs page; a Linux guest would need an emulated keyboard.
+                // Both ways a guest can hear it: the noxs page's sysctl word (the unikernel,
+                // noxs-aware guests) and the keys on the i8042 keyboard (Linux, as in
+                // Firecracker). Refused only when the keyboard cannot take the keys.
                 self.controller
                     .sysctl()
                     .post(wisp_devices::noxs_page::Sysctl::PowerOff);
+                self.controller
+                    .send_ctrl_alt_del()
+                    .map_err(|e| VmmActionError::bad_request(e.to_string()))?;
                 Ok(VmmData::Empty)
             }
             VmmAction::FlushMetrics => self.flush_metrics(),

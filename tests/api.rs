@@ -272,6 +272,34 @@ fn a_running_guest_is_paused_and_resumed_and_its_config_is_frozen() {
     assert!(config.contains("\"boot_args\":\"idle\""), "{config}");
 }
 
+/// SendCtrlAltDel queues the chord on the i8042 keyboard. The unikernel runs no keyboard
+/// driver, so the keys pile up: once the controller's buffer cannot hold another chord the
+/// action is refused with a fault message, and the VM runs on (a Linux guest that reads the
+/// keyboard restarts instead: tests/linux_api.rs).
+#[test]
+fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
+    let scratch = Scratch::new("cad");
+    let wisp = Wisp::start(&scratch.0.join("api.sock"));
+    let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
+    let (status, body) = wisp.curl("PUT", "/actions", Some(cad));
+    assert_eq!(status, 400, "before start: {body}");
+    let boot = format!(
+        r#"{{"kernel_image_path": {}, "boot_args": "idle"}}"#,
+        json_path(&unikernel())
+    );
+    assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(wisp.curl("PUT", "/actions", Some(start)).0, 204);
+    wisp.wait_for_line("idle: halting");
+
+    assert_eq!(wisp.curl("PUT", "/actions", Some(cad)).0, 204);
+    assert_eq!(wisp.curl("PUT", "/actions", Some(cad)).0, 204);
+    let (status, body) = wisp.curl("PUT", "/actions", Some(cad));
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not reading the i8042"), "{body}");
+    assert_eq!(wisp.state(), "Running");
+}
+
 #[test]
 fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
     let scratch = Scratch::new("noboot");

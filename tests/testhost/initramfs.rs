@@ -37,6 +37,12 @@ pub enum InitramfsError {
     },
     #[error("cannot write the initramfs: {0}")]
     Cpio(#[from] CpioError),
+    #[error("cannot find the libraries of {path}: {source}")]
+    Libraries {
+        path: PathBuf,
+        #[source]
+        source: wisp_tinyx::elf::ElfError,
+    },
 }
 
 type Archive = CpioWriter<BufWriter<File>>;
@@ -71,6 +77,27 @@ pub struct HostFile {
     /// Absolute path inside the image.
     pub dst: String,
     pub perm: u32,
+}
+
+/// A dynamically linked host program (e.g. `/usr/bin/curl`) at its own path, with its loader
+/// and every library it needs (Tinyx's `DT_NEEDED` closure) at theirs, so it runs unchanged.
+pub fn host_program(path: &Path) -> Result<Vec<HostFile>, InitramfsError> {
+    let libraries =
+        wisp_tinyx::elf::library_closure(path).map_err(|source| InitramfsError::Libraries {
+            path: path.to_owned(),
+            source,
+        })?;
+    let mut files = vec![HostFile {
+        src: path.to_owned(),
+        dst: path.display().to_string(),
+        perm: 0o755,
+    }];
+    files.extend(libraries.into_iter().map(|lib| HostFile {
+        dst: lib.display().to_string(),
+        src: lib,
+        perm: 0o755,
+    }));
+    Ok(files)
 }
 
 /// True when `elf` is an ELF executable without a program interpreter (`PT_INTERP`), i.e.

@@ -59,6 +59,14 @@ impl L2Guest {
     }
 }
 
+/// The Tinyx kernel built with keyboard.config as well (i8042, atkbd, VT): the ELF `vmlinux`
+/// of a guest that acts on Ctrl-Alt-Del. Built on first use, then from the cache.
+pub fn keyboard_vmlinux() -> Result<PathBuf, L2GuestError> {
+    let kernel = wisp_tinyx::kernel::build_kernel_from(&wisp_tinyx::kernel::keyboard_fragments())
+        .map_err(|e| L2GuestError::Tinyx(e.into()))?;
+    Ok(kernel.vmlinux)
+}
+
 fn build_probe_initramfs() -> Result<PathBuf, L2GuestError> {
     build_cached("l2-probe", initramfs::build_l2_probe)
 }

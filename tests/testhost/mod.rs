@@ -44,12 +44,15 @@ use std::time::Duration;
 pub use console::CommandRun;
 pub use initramfs::HostFile;
 pub use l1_kernel::L1Kernel;
+#[allow(unused_imports)]
 pub use l2_guest::L2Guest;
 // For tests that build their own guest images (linux_virtio.rs); unused by the others.
 #[allow(unused_imports)]
 pub use initramfs::static_busybox;
 #[allow(unused_imports)]
 pub use l2_guest::initramfs_with_init;
+#[allow(unused_imports)]
+pub use l2_guest::keyboard_vmlinux;
 pub use qemu::Console;
 pub use static_wisp::static_wisp;
 
@@ -102,6 +105,7 @@ impl fmt::Debug for TestHostError {
 #[derive(Debug, Clone)]
 pub struct TestHostBuilder {
     files: Vec<HostFile>,
+    programs: Vec<PathBuf>,
     script: String,
     modules: Vec<String>,
     with_wisp: bool,
@@ -119,6 +123,7 @@ impl TestHost {
             .map_or(DEFAULT_TIMEOUT, Duration::from_secs);
         TestHostBuilder {
             files: Vec::new(),
+            programs: Vec::new(),
             script: String::new(),
             modules: Vec::new(),
             with_wisp: true,
@@ -147,6 +152,13 @@ impl TestHostBuilder {
             dst: dst.to_owned(),
             perm: 0o755,
         });
+        self
+    }
+
+    /// Copies the host's dynamically linked program `path` into L1 at the same path, with its
+    /// dynamic loader and libraries (L1 has no libc of its own).
+    pub fn host_program(mut self, path: impl Into<PathBuf>) -> Self {
+        self.programs.push(path.into());
         self
     }
 
@@ -184,6 +196,9 @@ impl TestHostBuilder {
             extra_modules.extend(kernel.extra_module(name)?);
         }
         let mut files = self.files;
+        for program in &self.programs {
+            files.extend(initramfs::host_program(program)?);
+        }
         if self.with_wisp {
             files.push(HostFile {
                 src: static_wisp()?,

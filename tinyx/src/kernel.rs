@@ -18,6 +18,8 @@ use crate::source::{find_source, unpacked_tree, KernelSource, SourceError};
 pub const MICROVM_FRAGMENT: &str = include_str!("../configs/microvm.config");
 /// The application fragment shipped with the crate (also in `configs/`).
 pub const APP_FRAGMENT: &str = include_str!("../configs/app.config");
+/// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
+pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
 /// Errors building a kernel.
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,17 @@ pub fn default_fragments() -> Vec<FragmentSource> {
             text: APP_FRAGMENT.into(),
         },
     ]
+}
+
+/// The default fragments plus keyboard.config: a kernel that restarts on the Ctrl-Alt-Del
+/// Wisp's `SendCtrlAltDel` injects (the default one has no keyboard, which #3 keeps off).
+pub fn keyboard_fragments() -> Vec<FragmentSource> {
+    let mut fragments = default_fragments();
+    fragments.push(FragmentSource {
+        name: "keyboard.config".into(),
+        text: KEYBOARD_FRAGMENT.into(),
+    });
+    fragments
 }
 
 /// Builds (or takes from the cache) a kernel from fragment files, applied in order.

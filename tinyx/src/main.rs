@@ -5,15 +5,16 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
-use wisp_tinyx::kernel::build_kernel;
+use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments};
 use wisp_tinyx::minimize::{minimize, MinimizeRequest, Strategy};
 use wisp_tinyx::qemu::{boot, QemuBoot};
 use wisp_tinyx::{default_guest, GuestError};
 
 const USAGE: &str = "usage:
-  tinyx kernel [--fragment FILE]... [--out DIR]
+  tinyx kernel [--fragment FILE]... [--keyboard] [--out DIR]
       build (or take from the cache) vmlinux + bzImage; default fragments:
-      microvm.config + app.config
+      microvm.config + app.config; --keyboard adds keyboard.config (i8042 keyboard
+      and VT, so the guest acts on the API's SendCtrlAltDel)
   tinyx initramfs [--app BIN] [--init SCRIPT] [--add SRC:DST]... --out FILE
   tinyx guest
       build (or take from the cache) the default kernel + initramfs; print paths
@@ -106,7 +107,18 @@ fn cmd_kernel(args: &Args) -> Result<(), CliError> {
         .into_iter()
         .map(PathBuf::from)
         .collect();
-    let k = build_kernel(&fragments)?;
+    let k = if args.flag("--keyboard") {
+        if !fragments.is_empty() {
+            return Err(CliError::Usage(
+                "--keyboard extends the default fragments; give keyboard.config as a \
+                 --fragment after your own instead"
+                    .into(),
+            ));
+        }
+        build_kernel_from(&keyboard_fragments())?
+    } else {
+        build_kernel(&fragments)?
+    };
     let (vmlinux, bzimage) = match args.one("--out") {
         Some(out) => {
             let out = PathBuf::from(out);
@@ -251,7 +263,12 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
         .split_first()
         .ok_or_else(|| CliError::Usage("no command".into()))?;
     match cmd.as_str() {
-        "kernel" => cmd_kernel(&Args::parse(rest, &[], &["--fragment", "--out"])?).map(|_| true),
+        "kernel" => cmd_kernel(&Args::parse(
+            rest,
+            &["--keyboard"],
+            &["--fragment", "--out"],
+        )?)
+        .map(|_| true),
         "initramfs" => cmd_initramfs(&Args::parse(
             rest,
             &[],

@@ -1,8 +1,10 @@
 //! The kernel recipe refuses a `.config` that does not honour its fragments, names
 //! the options, and leaves no cache entry behind.
 
+use wisp_tinyx::fragment::{Fragment, OptionValue};
 use wisp_tinyx::kernel::{
-    build_kernel_from, cache_entry, default_fragments, FragmentSource, KernelError,
+    build_kernel_from, cache_entry, default_fragments, keyboard_fragments, FragmentSource,
+    KernelError,
 };
 
 #[test]
@@ -48,4 +50,40 @@ fn cache_key_changes_with_fragment_content() {
     changed[1].text.push_str("CONFIG_AIO=y\n");
     assert_ne!(a, cache_entry(&changed).unwrap());
     assert_eq!(a, cache_entry(&default_fragments()).unwrap());
+}
+
+/// keyboard.config, applied last, turns back on what microvm.config turns off for the keyboard
+/// path, leaves the rest of the recipe alone, and is a cache entry of its own.
+#[test]
+fn keyboard_fragment_turns_the_keyboard_path_back_on() {
+    let parsed: Vec<Fragment> = keyboard_fragments()
+        .iter()
+        .map(|f| Fragment::parse(&f.text, &f.name).expect("fragment parses"))
+        .collect();
+    let merged = Fragment::merged(&parsed);
+    let base = Fragment::merged(
+        &default_fragments()
+            .iter()
+            .map(|f| Fragment::parse(&f.text, &f.name).expect("fragment parses"))
+            .collect::<Vec<_>>(),
+    );
+    for option in ["INPUT", "SERIO", "SERIO_I8042", "KEYBOARD_ATKBD", "VT"] {
+        // Off there, or left to follow its (off) dependencies.
+        assert_ne!(
+            base.get(option),
+            Some(&OptionValue::Yes),
+            "{option} in the default"
+        );
+        assert_eq!(
+            merged.get(option),
+            Some(&OptionValue::Yes),
+            "{option} with keyboard"
+        );
+    }
+    assert_eq!(merged.get("HID_SUPPORT"), Some(&OptionValue::Off));
+    assert_eq!(merged.get("VIRTIO_MMIO"), Some(&OptionValue::Yes));
+    assert_ne!(
+        cache_entry(&keyboard_fragments()).expect("kernel source"),
+        cache_entry(&default_fragments()).expect("kernel source")
+    );
 }

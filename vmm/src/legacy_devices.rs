@@ -1,5 +1,5 @@
-//! The devices every microVM has — COM1 (IRQ 4 as an irqfd), the i8042 (reset) and the boot
-//! timer — and the VMM loop's exit doorbells. None depends on the guest's configuration, so a
+//! The devices every microVM has — COM1 (IRQ 4 as an irqfd), the i8042 (reset, and a keyboard
+//! on IRQ 1 for Ctrl-Alt-Del) and the boot timer — and the VMM loop's exit doorbells. None depends on the guest's configuration, so a
 //! prepared shell makes them ahead of time; create only points the console and the boot timer
 //! at their consumers.
 
@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_devices::boot_timer::BootTimer;
-use wisp_devices::i8042::{I8042, I8042_PORT, I8042_PORT_COUNT};
+use wisp_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_COUNT};
 use wisp_devices::serial::{
     ConsoleOutput, ConsoleWatch, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
 };
@@ -44,6 +44,8 @@ fn eventfd(what: &'static str) -> Result<EventFd, LegacyDeviceError> {
 /// The legacy devices, the VMM loop and how the VM's end is signalled.
 pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialConsole>>,
+    /// The i8042, for injecting keys (`SendCtrlAltDel`).
+    pub i8042: Arc<Mutex<I8042>>,
     pub boot_timer: Arc<Mutex<BootTimer>>,
     /// What the console watches for (panic, halt).
     pub watch: ConsoleWatch,
@@ -52,7 +54,7 @@ pub struct LegacyDevices {
 }
 
 impl LegacyDevices {
-    /// Creates the devices, puts them on `devices`' buses and wires COM1's IRQ into KVM.
+    /// Creates the devices, puts them on `devices`' buses and wires their IRQs into KVM.
     pub fn new(vm: &VmFd, devices: &mut DeviceManager) -> Result<Self, LegacyDeviceError> {
         let watch = ConsoleWatch {
             panicked: Arc::new(AtomicBool::new(false)),
@@ -78,12 +80,18 @@ impl LegacyDevices {
                 what: "the i8042 reset doorbell",
                 source,
             })?;
-        devices.add_pio(
-            "i8042",
-            I8042_PORT,
-            I8042_PORT_COUNT,
-            Arc::new(Mutex::new(I8042::new(EventFdTrigger::new(reset_trigger)))),
-        )?;
+        let kbd_irq = eventfd("the keyboard IRQ")?;
+        vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
+            .map_err(|source| DeviceManagerError::Kvm {
+                name: "i8042",
+                what: "KVM_IRQFD",
+                source,
+            })?;
+        let i8042 = Arc::new(Mutex::new(I8042::new(
+            EventFdTrigger::new(reset_trigger),
+            Some(EventFdTrigger::new(kbd_irq)),
+        )));
+        devices.add_pio("i8042", I8042_PORT, I8042_PORT_COUNT, i8042.clone())?;
         let boot_timer = Arc::new(Mutex::new(BootTimer::new(Instant::now(), None)));
         devices.add_mmio("boot timer", BOOT_TIMER_START, 0x1000, boot_timer.clone())?;
 
@@ -100,6 +108,7 @@ impl LegacyDevices {
         ))));
         Ok(LegacyDevices {
             serial,
+            i8042,
             boot_timer,
             watch,
             exit,

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
 use wisp_api::VmConfig;
+use wisp_devices::i8042::{I8042Error, I8042};
 use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
 use wisp_devices::serial::ConsoleOutput;
 
@@ -54,6 +55,8 @@ pub enum MicroVmError {
     EventLoop(#[source] event_manager::Error),
     #[error("the {0} lock is poisoned")]
     Poisoned(&'static str),
+    #[error("Ctrl-Alt-Del not delivered: {0}")]
+    Keyboard(#[from] I8042Error),
 }
 
 /// What the host side of a microVM is wired to.
@@ -76,6 +79,7 @@ pub struct VmController {
     control: VcpuControl,
     exit: VmExitSignal,
     sysctl: SysctlWord,
+    i8042: Arc<Mutex<I8042>>,
 }
 
 impl VmController {
@@ -90,6 +94,16 @@ impl VmController {
     /// Ends the VM from the host side.
     pub fn stop(&self) {
         self.exit.send(VmExit::Stopped)
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the guest's keyboard (IRQ 1). A Linux guest with
+    /// the i8042/atkbd drivers and VT restarts (or signals init) — with `reboot=k` the VM ends.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), MicroVmError> {
+        let mut i8042 = self
+            .i8042
+            .lock()
+            .map_err(|_| MicroVmError::Poisoned("i8042"))?;
+        Ok(i8042.send_ctrl_alt_del()?)
     }
 
     /// The noxs page's sysctl word, for host requests to the guest.
@@ -155,6 +169,7 @@ impl MicroVm {
         } = shell;
         let LegacyDevices {
             serial,
+            i8042,
             boot_timer,
             watch,
             exit,
@@ -245,6 +260,7 @@ impl MicroVm {
                 control,
                 exit,
                 sysctl,
+                i8042,
             },
             panicked: watch.panicked,
             virtio,
