@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: installs what it needs, then runs every test of the workspace,
 # including the end-to-end ones that boot real guests on /dev/kvm, the Tinyx kernel under
-# QEMU TCG and Linux guests inside the real-KVM test host.
+# QEMU TCG and Linux guests inside the real-KVM test host, and finally a bounded
+# coverage-guided fuzz run of the API's request parser and JSON models (cargo-fuzz,
+# $WISP_FUZZ_SECS seconds per target, default 20). Arguments go to `cargo test` and skip
+# the fuzz run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
-exec cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets "$@"
+if [ $# -eq 0 ]; then
+    api/fuzz/run.sh "${WISP_FUZZ_SECS:-20}"
+fi
