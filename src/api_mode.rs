@@ -5,10 +5,11 @@
 use crate::logger;
 use crate::run::{dup_stream, EXIT_GUEST_FAILURE, EXIT_VMM_ERROR};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use vmm_sys_util::timerfd::TimerFd;
 use wisp_api::metrics::append_json_line;
 use wisp_api::{
     api_channel, spawn_api_server, ApiReceiver, ApiRequest, ApiServerHandle, HostLimits, VmConfig,
@@ -24,6 +25,10 @@ type VmmResult = Result<VmmData, VmmActionError>;
 type DriveHandles = Vec<(String, Arc<Mutex<MmioTransport>>)>;
 /// Per-device counters by "kind:id", for FlushMetrics.
 type DeviceCounters = Vec<(String, Arc<DeviceMetrics>)>;
+
+/// How often a running VM appends a metrics line on its own (Firecracker's period), besides
+/// FlushMetrics and the last line at exit.
+const METRICS_PERIOD: Duration = Duration::from_secs(60);
 
 fn build_vm(start: Instant, config: &VmConfig) -> Result<MicroVm, String> {
     let stdout = dup_stream(std::io::stdout().as_fd())
@@ -88,6 +93,8 @@ pub struct RunningApi {
     drives: DriveHandles,
     devices: DeviceCounters,
     server: Option<ApiServerHandle>,
+    /// Fires every [`METRICS_PERIOD`] while a metrics path is configured.
+    metrics_timer: Option<TimerFd>,
 }
 
 impl RunningApi {
@@ -107,7 +114,32 @@ impl RunningApi {
             drives,
             devices,
             server,
+            metrics_timer: None,
         }
+    }
+
+    /// Appends a metrics line if a metrics path is configured (at exit; errors are logged:
+    /// there is nobody left to answer).
+    pub fn flush_metrics_if_configured(&self) {
+        if self.resources.vm_config().metrics.is_some() {
+            if let Err(e) = self.flush_metrics() {
+                log::error!("cannot write metrics: {}", e.message);
+            }
+        }
+    }
+
+    /// Arms the periodic flush; `None` when no metrics path is configured or no timer can be
+    /// made (FlushMetrics and the line at exit still work).
+    fn periodic_metrics_timer(&self) -> Option<TimerFd> {
+        self.resources.vm_config().metrics.as_ref()?;
+        let mut timer = TimerFd::new()
+            .map_err(|e| log::warn!("no periodic metrics: {e}"))
+            .ok()?;
+        timer
+            .reset(METRICS_PERIOD, Some(METRICS_PERIOD))
+            .map_err(|e| log::warn!("no periodic metrics: {e}"))
+            .ok()?;
+        Some(timer)
     }
 
     fn execute(&mut self, action: &VmmAction) -> VmmResult {
@@ -197,9 +229,24 @@ impl MutEventSubscriber for RunningApi {
         if let Err(e) = ops.add(Events::new(self.receiver.wake_fd(), EventSet::IN)) {
             log::error!("cannot serve the API while running: {e}");
         }
+        self.metrics_timer = self.periodic_metrics_timer();
+        if let Some(timer) = &self.metrics_timer {
+            if let Err(e) = ops.add(Events::new(timer, EventSet::IN)) {
+                log::warn!("no periodic metrics: {e}");
+            }
+        }
     }
 
-    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if let Some(timer) = &mut self.metrics_timer {
+            if events.fd() == timer.as_raw_fd() {
+                if let Err(e) = timer.wait() {
+                    log::warn!("metrics timer: {e}");
+                }
+                self.flush_metrics_if_configured();
+                return;
+            }
+        }
         for ApiRequest { action, reply } in self.receiver.drain() {
             let result = match self.resources.apply(&action, self.state) {
                 Some(result) => result,
@@ -285,9 +332,15 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
     let Some(mut vm) = vm else {
         return 0;
     };
-    let api = RunningApi::new(&vm, receiver, resources, server);
-    vm.add_subscriber(Arc::new(Mutex::new(api)));
-    match vm.run() {
+    let api = Arc::new(Mutex::new(RunningApi::new(
+        &vm, receiver, resources, server,
+    )));
+    vm.add_subscriber(api.clone());
+    let run = vm.run();
+    if let Ok(api) = api.lock() {
+        api.flush_metrics_if_configured();
+    }
+    match run {
         Ok(exit) if exit.is_clean() => 0,
         Ok(exit) => {
             report!("wisp: guest failed: {exit}");

@@ -300,6 +300,52 @@ fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
     assert_eq!(wisp.state(), "Running");
 }
 
+/// PUT /metrics, then FlushMetrics appends a JSON line with counters per API request kind and
+/// per device (the line wisp appends when the VM ends: tests/config_file.rs).
+#[test]
+fn flush_metrics_appends_api_and_device_counters() {
+    let scratch = Scratch::new("metrics");
+    let wisp = Wisp::start(&scratch.0.join("api.sock"));
+    let metrics = scratch.0.join("metrics.json");
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let (status, body) = wisp.curl("PUT", "/actions", Some(flush));
+    assert_eq!(status, 400, "no metrics path yet: {body}");
+    let put_metrics = format!(r#"{{"metrics_path": {}}}"#, json_path(&metrics));
+    assert_eq!(wisp.curl("PUT", "/metrics", Some(&put_metrics)).0, 204);
+    assert_eq!(wisp.curl("PUT", "/entropy", Some("{}")).0, 204);
+    let boot = format!(
+        r#"{{"kernel_image_path": {}, "boot_args": "rng idle"}}"#,
+        json_path(&unikernel())
+    );
+    assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
+    let start = r#"{"action_type": "InstanceStart"}"#;
+    assert_eq!(wisp.curl("PUT", "/actions", Some(start)).0, 204);
+    wisp.wait_for_line("idle: halting");
+    assert_eq!(wisp.curl("GET", "/nowhere", None).0, 404);
+    assert_eq!(wisp.curl("PUT", "/actions", Some(flush)).0, 204);
+
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let endpoints = &line["api"]["endpoints"];
+    assert_eq!(endpoints["put_metrics"]["count"], 1, "{line}");
+    assert_eq!(endpoints["put_boot_source"]["count"], 1, "{line}");
+    // FlushMetrics before /metrics failed; InstanceStart; this FlushMetrics is counted as it
+    // is answered, so at least the first two.
+    assert!(
+        endpoints["put_actions"]["count"].as_u64().unwrap() >= 2,
+        "{line}"
+    );
+    assert!(
+        endpoints["put_actions"]["fails"].as_u64().unwrap() >= 1,
+        "{line}"
+    );
+    assert_eq!(line["api"]["not_found"], 1, "{line}");
+    assert!(
+        line["devices"]["rng:rng"]["bytes_read"].as_u64().unwrap() > 0,
+        "{line}"
+    );
+}
+
 #[test]
 fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
     let scratch = Scratch::new("noboot");

@@ -2,9 +2,10 @@
 //! QEMU/TCG → Debian kernel with kvm_amd (L1) → `wisp --api-sock` → Tinyx Linux (L2).
 //!
 //! Inside L1, tests/testhost/l1_api.sh starts `wisp --api-sock` and drives it with the host's
-//! own `curl --unix-socket` (copied into L1 with its libraries): PUT /boot-source,
-//! /machine-config and /actions InstanceStart, a refused second InstanceStart, PATCH /vm
-//! Paused/Resumed with GET / after each, GET /vm/config, and finally SendCtrlAltDel. The guest
+//! own `curl --unix-socket` (copied into L1 with its libraries): PUT /boot-source, /drives,
+//! /machine-config and /actions InstanceStart, a refused second InstanceStart, PATCH /drives
+//! (a new backing file, which the guest then reads), PATCH /vm Paused/Resumed with GET / after
+//! each, GET /vm/config, and finally SendCtrlAltDel. The guest
 //! is Tinyx built with keyboard.config (i8042, atkbd, VT) and tests/testhost/l2_keyboard_init.sh,
 //! which reports the keyboard the kernel found and then waits forever: only the injected
 //! Ctrl-Alt-Del — scancodes on wisp's emulated i8042, IRQ 1 — makes the kernel restart, which
@@ -132,6 +133,27 @@ fn curl_configures_and_starts_a_linux_guest() -> Result<(), TestHostError> {
     guest_ready(run)?;
     expect_step(run, "vm-config", "200", "/guest/vmlinux-kbd")?;
     expect_step(run, "vm-config", "200", "\"mem_size_mib\":128")?;
+    Ok(())
+}
+
+/// PATCH /drives after boot swaps the disk's backing file: the guest, reading its disk with
+/// O_DIRECT, sees the first image's bytes and then the second's.
+#[test]
+fn curl_swaps_the_backing_file_of_a_running_guests_disk() -> Result<(), TestHostError> {
+    let run = scenario()?;
+    expect_step(run, "drive", "204", "")?;
+    guest_ready(run)?;
+    if !run.stdout.contains("API event disk-A-seen") {
+        return Err(check_failed(run, "the guest never read the first image"));
+    }
+    expect_step(run, "drive-swap", "204", "")?;
+    if !run.stdout.contains("API event disk-B-seen") {
+        return Err(check_failed(
+            run,
+            "the guest did not read the new backing file after PATCH /drives",
+        ));
+    }
+    expect_step(run, "vm-config", "200", "/tmp/disk-B.img")?;
     Ok(())
 }
 

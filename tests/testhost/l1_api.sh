@@ -1,7 +1,8 @@
 # The REST API scenario of tests/linux_api.rs, run inside L1 as `sh /testhost/api.sh CMDLINE`.
 #
 # Starts `wisp --api-sock`, configures and starts a Linux guest with curl over the Unix socket,
-# pauses and resumes it, sends Ctrl-Alt-Del and waits for wisp to end. Prints one
+# swaps its disk's backing file (PATCH /drives), pauses and resumes it, sends Ctrl-Alt-Del and
+# waits for wisp to end. Prints one
 # `API step=NAME http=STATUS body=JSON` line per request and `API event ...` lines, then the
 # guest's console.
 CMDLINE=$1
@@ -35,6 +36,12 @@ wait_for() {
     done
 }
 
+# Two 1 MiB disk images that differ in their first 16 bytes.
+for name in A B; do
+    dd if=/dev/zero of=/tmp/disk-$name.img bs=1024 count=1024 2>/dev/null
+    printf "WISP-DISK-$name-0001" | dd of=/tmp/disk-$name.img conv=notrunc 2>/dev/null
+done
+
 wisp --api-sock $SOCK > $GUEST_OUT 2> $WISP_ERR < /dev/null &
 WISP=$!
 i=0
@@ -45,6 +52,8 @@ done
 
 api boot-source PUT /boot-source \
     "{\"kernel_image_path\":\"/guest/vmlinux-kbd\",\"initrd_path\":\"/guest/keyboard.cpio\",\"boot_args\":\"$CMDLINE\"}"
+api drive PUT /drives/disk0 \
+    '{"drive_id":"disk0","path_on_host":"/tmp/disk-A.img","is_root_device":false,"is_read_only":true}'
 api machine-config PUT /machine-config '{"vcpu_count":1,"mem_size_mib":128}'
 api start PUT /actions '{"action_type":"InstanceStart"}'
 api start-again PUT /actions '{"action_type":"InstanceStart"}'
@@ -52,6 +61,15 @@ if wait_for $GUEST_OUT "WISP-L2 ready" 1500; then
     echo "API event guest-ready uptime=$(up)"
 else
     echo "API event guest-not-ready uptime=$(up)"
+fi
+if wait_for $GUEST_OUT "WISP-L2 disk=WISP-DISK-A" 300; then
+    echo "API event disk-A-seen uptime=$(up)"
+fi
+api drive-swap PATCH /drives/disk0 '{"drive_id":"disk0","path_on_host":"/tmp/disk-B.img"}'
+if wait_for $GUEST_OUT "WISP-L2 disk=WISP-DISK-B" 300; then
+    echo "API event disk-B-seen uptime=$(up)"
+else
+    echo "API event disk-B-not-seen uptime=$(up)"
 fi
 api pause PATCH /vm '{"state":"Paused"}'
 api state-paused GET /
