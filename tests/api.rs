@@ -4,6 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
+mod common;
+
+use common::Scratch;
+
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -23,24 +27,6 @@ fn unikernel() -> PathBuf {
         None => {
             panic!("WISP_UNIKERNEL must be set at build time (the root build.rs builds guest/)")
         }
-    }
-}
-
-/// A scratch directory removed on drop (the root package has no tempfile dev-dependency).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("wisp-api-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -190,7 +176,7 @@ fn json_path(p: &Path) -> String {
 
 #[test]
 fn configure_and_start_the_unikernel_over_the_api() {
-    let scratch = Scratch::new("start");
+    let scratch = Scratch::new("api-start");
     let mut wisp = Wisp::start(&scratch.0.join("api.sock"));
     assert_eq!(wisp.state(), "Not started");
 
@@ -234,7 +220,7 @@ fn configure_and_start_the_unikernel_over_the_api() {
 /// lifecycle can be driven deterministically.
 #[test]
 fn a_running_guest_is_paused_and_resumed_and_its_config_is_frozen() {
-    let scratch = Scratch::new("pause");
+    let scratch = Scratch::new("api-pause");
     let wisp = Wisp::start(&scratch.0.join("api.sock"));
     let boot = format!(
         r#"{{"kernel_image_path": {}, "boot_args": "idle"}}"#,
@@ -281,7 +267,7 @@ fn a_running_guest_is_paused_and_resumed_and_its_config_is_frozen() {
 /// keyboard restarts instead: tests/linux_api.rs).
 #[test]
 fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
-    let scratch = Scratch::new("cad");
+    let scratch = Scratch::new("api-cad");
     let wisp = Wisp::start(&scratch.0.join("api.sock"));
     let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
     let (status, body) = wisp.curl("PUT", "/actions", Some(cad));
@@ -307,7 +293,7 @@ fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
 /// per device (the line wisp appends when the VM ends: tests/config_file.rs).
 #[test]
 fn flush_metrics_appends_api_and_device_counters() {
-    let scratch = Scratch::new("metrics");
+    let scratch = Scratch::new("api-metrics");
     let wisp = Wisp::start(&scratch.0.join("api.sock"));
     let metrics = scratch.0.join("metrics.json");
     let flush = r#"{"action_type": "FlushMetrics"}"#;
@@ -351,7 +337,7 @@ fn flush_metrics_appends_api_and_device_counters() {
 
 #[test]
 fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
-    let scratch = Scratch::new("noboot");
+    let scratch = Scratch::new("api-noboot");
     let wisp = Wisp::start(&scratch.0.join("api.sock"));
     let (status, body) = wisp.curl(
         "PUT",
@@ -372,7 +358,7 @@ fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
 
 #[test]
 fn a_second_wisp_refuses_a_live_api_socket() {
-    let scratch = Scratch::new("twice");
+    let scratch = Scratch::new("api-twice");
     let sock = scratch.0.join("api.sock");
     let first = Wisp::start(&sock);
     let out = Command::new(env!("CARGO_BIN_EXE_wisp"))

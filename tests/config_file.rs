@@ -9,28 +9,10 @@
 
 mod common;
 
-use common::{run_with_deadline, unikernel, wisp, Outcome};
+use common::{run_with_deadline, unikernel, wisp, Outcome, Scratch};
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
-
-/// A scratch directory, removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(name: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(format!("wisp-config-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Scratch(dir)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn boot_from(dir: &Path, config: &Value) -> Outcome {
     let file = dir.join("vm.json");
@@ -46,7 +28,7 @@ fn has_line(out: &Outcome, line: &str) -> bool {
 
 #[test]
 fn a_config_file_boots_the_unikernel_with_every_resource_in_it() {
-    let scratch = Scratch::new("full");
+    let scratch = Scratch::new("config-full");
     let disk = scratch.0.join("disk.img");
     let mut image = vec![0u8; 1 << 20];
     image[..16].copy_from_slice(&(0x10u8..0x20).collect::<Vec<_>>());
@@ -102,7 +84,7 @@ fn a_config_file_boots_the_unikernel_with_every_resource_in_it() {
 
 #[test]
 fn a_bad_config_file_is_one_clear_error() {
-    let scratch = Scratch::new("bad");
+    let scratch = Scratch::new("config-bad");
     let missing = scratch.0.join("no-such-vmlinux");
     let cases = [
         (

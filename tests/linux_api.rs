@@ -16,10 +16,9 @@
 
 mod testhost;
 
-use std::sync::OnceLock;
-
 use testhost::{
-    check_failed, initramfs_with_init, keyboard_vmlinux, CommandRun, TestHost, TestHostError,
+    check_failed, initramfs_with_init, keyboard_vmlinux, shared_host, CommandRun, TestHost,
+    TestHostError,
 };
 
 /// As in linux_guest.rs, without any i8042 option.
@@ -50,13 +49,9 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
         .boot()
 }
 
-/// The shared L1 boot; a failure to boot fails every test with the same message.
+/// The shared L1 boot.
 fn host() -> &'static TestHost {
-    static HOST: OnceLock<Result<TestHost, String>> = OnceLock::new();
-    match HOST.get_or_init(|| boot_shared_host().map_err(|e| e.to_string())) {
-        Ok(host) => host,
-        Err(e) => panic!("{e}"),
-    }
+    shared_host(boot_shared_host)
 }
 
 fn scenario() -> Result<&'static CommandRun, TestHostError> {

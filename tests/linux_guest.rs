@@ -8,9 +8,7 @@
 
 mod testhost;
 
-use std::sync::OnceLock;
-
-use testhost::{check_failed, CommandRun, L2Guest, TestHost, TestHostError};
+use testhost::{check_failed, shared_host, CommandRun, L2Guest, TestHost, TestHostError};
 use wisp_tinyx::initramfs::{DEFAULT_APP_MARKER, INIT_MARKER};
 
 /// Guest command line: `quiet` because every console byte is a nested exit under TCG;
@@ -102,13 +100,9 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
         .boot()
 }
 
-/// The shared L1 boot; a failure to boot fails every test with the same message.
+/// The shared L1 boot.
 fn host() -> &'static TestHost {
-    static HOST: OnceLock<Result<TestHost, String>> = OnceLock::new();
-    match HOST.get_or_init(|| boot_shared_host().map_err(|e| e.to_string())) {
-        Ok(host) => host,
-        Err(e) => panic!("{e}"),
-    }
+    shared_host(boot_shared_host)
 }
 
 fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {

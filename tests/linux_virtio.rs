@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use testhost::{
-    check_failed, initramfs_with_init, static_busybox, CommandRun, HostFile, L2Guest, TestHost,
-    TestHostError,
+    check_failed, initramfs_with_init, shared_host, static_busybox, CommandRun, HostFile, L2Guest,
+    TestHost, TestHostError,
 };
 
 /// See linux_guest.rs: `quiet` (console bytes are nested exits under TCG), `panic=-1` and
@@ -255,13 +255,9 @@ fn boot_with_images(dir: &Path) -> Result<TestHost, TestHostError> {
         .boot()
 }
 
-/// The shared L1 boot; a failure to boot fails every test with the same message.
+/// The shared L1 boot.
 fn host() -> &'static TestHost {
-    static HOST: OnceLock<Result<TestHost, String>> = OnceLock::new();
-    match HOST.get_or_init(|| boot_shared_host().map_err(|e| e.to_string())) {
-        Ok(host) => host,
-        Err(e) => panic!("{e}"),
-    }
+    shared_host(boot_shared_host)
 }
 
 fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {

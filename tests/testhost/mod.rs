@@ -39,6 +39,7 @@ mod static_wisp;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 pub use console::CommandRun;
@@ -352,6 +353,16 @@ impl TestHost {
             .iter()
             .find(|l| l.text.contains(marker))
             .map(|l| l.at)
+    }
+}
+
+/// The one L1 boot the tests of this test binary share (each binary compiles this module
+/// anew), made by `boot` on first use; a failure to boot fails every test with its message.
+pub fn shared_host(boot: fn() -> Result<TestHost, TestHostError>) -> &'static TestHost {
+    static HOST: OnceLock<Result<TestHost, String>> = OnceLock::new();
+    match HOST.get_or_init(|| boot().map_err(|e| e.to_string())) {
+        Ok(host) => host,
+        Err(e) => panic!("{e}"),
     }
 }
 

@@ -41,6 +41,18 @@ fn eventfd(what: &'static str) -> Result<EventFd, LegacyDeviceError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|source| LegacyDeviceError::EventFd { what, source })
 }
 
+/// An eventfd KVM turns into an edge on interrupt line `gsi` (an irqfd) for device `name`.
+fn irqfd(vm: &VmFd, name: &'static str, gsi: u32) -> Result<EventFd, LegacyDeviceError> {
+    let evt = eventfd("an interrupt eventfd")?;
+    vm.register_irqfd(&evt, gsi)
+        .map_err(|source| DeviceManagerError::Kvm {
+            name,
+            what: "KVM_IRQFD",
+            source,
+        })?;
+    Ok(evt)
+}
+
 /// The legacy devices, the VMM loop and how the VM's end is signalled.
 pub struct LegacyDevices {
     pub serial: Arc<Mutex<SerialConsole>>,
@@ -60,13 +72,7 @@ impl LegacyDevices {
             panicked: Arc::new(AtomicBool::new(false)),
             halted: Arc::new(eventfd("the guest halt doorbell")?),
         };
-        let serial_irq = eventfd("the serial IRQ")?;
-        vm.register_irqfd(&serial_irq, COM1_IRQ)
-            .map_err(|source| DeviceManagerError::Kvm {
-                name: "serial",
-                what: "KVM_IRQFD",
-                source,
-            })?;
+        let serial_irq = irqfd(vm, "serial", COM1_IRQ)?;
         // Output goes nowhere until the guest's console is known (`SerialConsole::set_output`).
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             EventFdTrigger::new(serial_irq),
@@ -80,13 +86,7 @@ impl LegacyDevices {
                 what: "the i8042 reset doorbell",
                 source,
             })?;
-        let kbd_irq = eventfd("the keyboard IRQ")?;
-        vm.register_irqfd(&kbd_irq, I8042_KBD_IRQ)
-            .map_err(|source| DeviceManagerError::Kvm {
-                name: "i8042",
-                what: "KVM_IRQFD",
-                source,
-            })?;
+        let kbd_irq = irqfd(vm, "i8042", I8042_KBD_IRQ)?;
         let i8042 = Arc::new(Mutex::new(I8042::new(
             EventFdTrigger::new(reset_trigger),
             Some(EventFdTrigger::new(kbd_irq)),
