@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{run_with_deadline, unikernel, wisp, Outcome, TempFile};
+use common::{run_with_deadline, unikernel, wisp, NetNs, Outcome, TempFile};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
@@ -73,50 +73,6 @@ fn guest_gets_entropy_from_the_host() {
         .find(|l| l.starts_with("rng: ") && l.len() == 5 + 64)
         .unwrap_or_else(|| panic!("no random bytes: {out:#?}"));
     assert_ne!(&line[5..], "0".repeat(64));
-}
-
-/// A network namespace with a tap device whose host side is 10.0.2.1/24.
-struct NetNs {
-    name: String,
-    tap: String,
-}
-
-impl NetNs {
-    fn new(tag: &str) -> NetNs {
-        let name = format!("wisp{tag}{}", std::process::id());
-        let tap = format!("wtap{}", std::process::id() % 100_000);
-        let ns = NetNs { name, tap };
-        for args in [
-            vec!["netns", "add", &ns.name],
-            vec!["-n", &ns.name, "tuntap", "add", &ns.tap, "mode", "tap"],
-            vec!["-n", &ns.name, "addr", "add", "10.0.2.1/24", "dev", &ns.tap],
-            vec!["-n", &ns.name, "link", "set", &ns.tap, "up"],
-        ] {
-            let st = Command::new("ip")
-                .args(&args)
-                .status()
-                .expect("ip (iproute2)");
-            assert!(st.success(), "ip {args:?} failed");
-        }
-        ns
-    }
-
-    fn host_mac(&self) -> String {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.name, "cat"])
-            .arg(format!("/sys/class/net/{}/address", self.tap))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for NetNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
 }
 
 #[test]

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::unikernel;
+use common::{unikernel, NetNs};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use wisp_api::control_page::{layout, ControlCommand, ControlPage, ShellState};
 use wisp_api::seqpacket::SeqpacketConn;
 use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
-use wisp_api::{BootSource, MachineConfig, VmConfig};
+use wisp_api::{BootSource, MachineConfig, NetworkInterface, VmConfig};
 
 struct Wispd {
     child: Child,
@@ -26,11 +26,25 @@ struct Wispd {
 
 impl Wispd {
     fn start(name: &str, pool: usize, shell_mem: u32) -> Wispd {
+        Self::start_in(None, name, pool, shell_mem)
+    }
+
+    /// wispd (and so its shells) inside the network namespace `netns`, if given.
+    fn start_in(netns: Option<&str>, name: &str, pool: usize, shell_mem: u32) -> Wispd {
         let dir = std::env::temp_dir().join(format!("wisp-wispd-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("wispd.sock");
-        let child = Command::new(env!("CARGO_BIN_EXE_wispd"))
+        // `ip netns exec` enters the namespace and execs wispd: the child pid is wispd's.
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wispd")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_wispd")),
+        };
+        let child = cmd
             .arg("--socket")
             .arg(&socket)
             .args([
@@ -128,7 +142,11 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn unikernel_config(dir: &Path, cmdline: &str) -> PathBuf {
-    let config = VmConfig {
+    write_config(dir, &unikernel_vm(cmdline))
+}
+
+fn unikernel_vm(cmdline: &str) -> VmConfig {
+    VmConfig {
         boot_source: Some(BootSource {
             kernel_image_path: unikernel(),
             initrd_path: None,
@@ -140,9 +158,12 @@ fn unikernel_config(dir: &Path, cmdline: &str) -> PathBuf {
             smt: false,
         },
         ..Default::default()
-    };
+    }
+}
+
+fn write_config(dir: &Path, config: &VmConfig) -> PathBuf {
     let path = dir.join("vm.json");
-    std::fs::write(&path, serde_json::to_vec(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_vec(config).unwrap()).unwrap();
     path
 }
 
@@ -220,6 +241,46 @@ fn ctl_creates_lists_pauses_resumes_and_destroys_unikernel_vms() {
     assert!(!ok && err.contains("no VM vm-2"), "{err}");
     let (_, list, _) = w.ctl(&["list"]);
     assert_eq!(list.lines().count(), 1, "only the header is left: {list}");
+}
+
+/// A network interface goes through the control page like the other devices: wispd, in a
+/// network namespace with a tap, creates a VM from a prepared shell whose guest ARPs the host
+/// over that tap with the MAC the configuration gave.
+#[test]
+fn a_vm_created_through_wispd_reaches_the_host_over_a_tap() {
+    let ns = NetNs::new("wispd");
+    let w = Wispd::start_in(Some(&ns.name), "net", 1, 64);
+    let guest_mac = "52:54:00:aa:bb:02";
+    let mut vm = unikernel_vm("noxs net idle");
+    vm.network_interfaces.push(NetworkInterface {
+        iface_id: "eth0".into(),
+        host_dev_name: ns.tap.clone(),
+        guest_mac: Some(guest_mac.into()),
+    });
+    let config = write_config(&w.dir, &vm);
+    let (ok, out, err) = w.ctl(&[
+        "create",
+        "--config",
+        config.to_str().unwrap(),
+        "--wait-boot",
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(!out.contains("cold start"), "a prepared shell fits: {out}");
+    let want = format!("net: arp reply from {}", ns.host_mac());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, console, _) = w.ctl(&["console", "vm-1"]);
+        if console.contains(&want) {
+            assert!(console.contains("noxs: 1 devices"), "{console}");
+            assert!(
+                console.contains(&format!("net: mac={guest_mac}")),
+                "{console}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "want {want:?}: {console}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -99,17 +99,34 @@ pub fn validate_tap_name(name: &str) -> Result<(), VmmActionError> {
 
 /// A MAC address written as six colon-separated hex bytes, e.g. `06:00:ac:10:00:02`.
 pub fn validate_mac(mac: &str) -> Result<(), VmmActionError> {
-    let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6
-        && parts
-            .iter()
-            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()));
-    if !ok {
+    if parse_mac(mac).is_none() {
         return Err(VmmActionError::bad_request(format!(
             "guest_mac `{mac}` is not a MAC address like 06:00:ac:10:00:02"
         )));
     }
     Ok(())
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff" (either case).
+pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = text.split(':');
+    for byte in mac.iter_mut() {
+        let part = parts.next()?;
+        if part.len() != 2 || !part.chars().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// Writes a MAC address as "aa:bb:cc:dd:ee:ff".
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 /// The file a path names, for comparing two paths; the path itself when it cannot be resolved.
@@ -134,6 +151,14 @@ mod tests {
         assert!(validate_mac("06:00:AC:10:00:02").is_ok());
         assert!(validate_mac("06:00:ac:10:00").is_err());
         assert!(validate_mac("06:00:ac:10:00:0g").is_err());
+        assert!(validate_mac("06:00:ac:10:00:+2").is_err());
+        assert_eq!(
+            parse_mac("02:00:00:0A:ff:01"),
+            Some([2, 0, 0, 0x0a, 0xff, 1])
+        );
+        assert_eq!(parse_mac("02:00:00:0a:ff:01:07"), None);
+        assert_eq!(parse_mac("02:00:00:0a:ff:1"), None);
+        assert_eq!(format_mac(&[2, 0, 0, 0x0a, 0xff, 1]), "02:00:00:0a:ff:01");
     }
 
     #[test]

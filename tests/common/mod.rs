@@ -121,3 +121,48 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// A network namespace with a tap device whose host side is 10.0.2.1/24.
+pub struct NetNs {
+    pub name: String,
+    pub tap: String,
+}
+
+impl NetNs {
+    pub fn new(tag: &str) -> NetNs {
+        let name = format!("wisp{tag}{}", std::process::id());
+        let tap = format!("wtap{}", std::process::id() % 100_000);
+        let ns = NetNs { name, tap };
+        for args in [
+            vec!["netns", "add", &ns.name],
+            vec!["-n", &ns.name, "tuntap", "add", &ns.tap, "mode", "tap"],
+            vec!["-n", &ns.name, "addr", "add", "10.0.2.1/24", "dev", &ns.tap],
+            vec!["-n", &ns.name, "link", "set", &ns.tap, "up"],
+        ] {
+            let st = Command::new("ip")
+                .args(&args)
+                .status()
+                .expect("ip (iproute2)");
+            assert!(st.success(), "ip {args:?} failed");
+        }
+        ns
+    }
+
+    /// The MAC address of the tap's host side.
+    pub fn host_mac(&self) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, "cat"])
+            .arg(format!("/sys/class/net/{}/address", self.tap))
+            .output()
+            .expect("read the tap's address");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

@@ -8,6 +8,7 @@ use kvm_ioctls::VmFd;
 use linux_loader::cmdline::Cmdline;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
+use wisp_api::validate::parse_mac;
 use wisp_api::VmConfig;
 use wisp_devices::virtio::block::BlockError;
 use wisp_devices::virtio::net::NetError;
@@ -51,20 +52,6 @@ pub struct VirtioHandle {
     /// The drive or interface id from the configuration ("vsock" / "rng" for those).
     pub id: String,
     pub transport: Arc<Mutex<MmioTransport>>,
-}
-
-/// Parses "aa:bb:cc:dd:ee:ff".
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in mac.iter_mut() {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
 }
 
 fn attach(
@@ -192,21 +179,4 @@ pub fn attach_virtio_devices(
 /// The event-loop subscriber of each device.
 pub fn subscribers(handles: &[VirtioHandle]) -> impl Iterator<Item = Subscriber> + '_ {
     handles.iter().map(|h| h.transport.clone() as Subscriber)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mac_addresses_parse_strictly() {
-        assert_eq!(
-            parse_mac("02:00:00:0a:ff:01"),
-            Some([2, 0, 0, 0x0a, 0xff, 1])
-        );
-        assert_eq!(parse_mac("02:00:00:0a:ff"), None);
-        assert_eq!(parse_mac("02:00:00:0a:ff:01:07"), None);
-        assert_eq!(parse_mac("02:00:00:0a:ff:1"), None);
-        assert_eq!(parse_mac("zz:00:00:0a:ff:01"), None);
-    }
 }

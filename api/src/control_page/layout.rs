@@ -43,7 +43,9 @@ pub const DEVICES_MAX: usize = 4;
 /// Within a device entry.
 pub const DEV_OFF_KIND: usize = 0;
 pub const DEV_OFF_FLAGS: usize = 4;
+/// Kind-specific parameter (8 bytes): vsock's guest CID (u32), or net's guest MAC (6 bytes).
 pub const DEV_OFF_CID: usize = 8;
+pub const DEV_OFF_MAC: usize = 8;
 pub const DEV_OFF_ID: usize = 16;
 pub const DEV_ID_MAX: usize = 32;
 pub const DEV_OFF_PATH: usize = 48;
@@ -55,5 +57,7 @@ pub const DEV_KIND_VSOCK: u32 = 3;
 pub const DEV_KIND_RNG: u32 = 4;
 pub const DEV_FLAG_READ_ONLY: u32 = 1;
 pub const DEV_FLAG_ROOT: u32 = 2;
+/// Net: the entry carries a guest MAC (otherwise the device picks one).
+pub const DEV_FLAG_MAC: u32 = 4;
 
 const _: () = assert!(OFF_DEVICES + DEVICES_MAX * DEVICE_ENTRY_SIZE <= PAGE_SIZE);

@@ -28,8 +28,8 @@ pub enum ControlPageError {
     },
     #[error("the control page holds at most {DEVICES_MAX} devices")]
     TooManyDevices,
-    #[error("network interfaces cannot be passed on the control page yet")]
-    NetUnsupported,
+    #[error("guest MAC `{0}` is not a MAC address like 06:00:ac:10:00:02")]
+    BadMac(String),
 }
 
 /// One mapped control page (either side).

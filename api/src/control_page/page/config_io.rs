@@ -2,8 +2,9 @@
 //! shell. Fixed-size fields, no serialisation format.
 
 use super::{ControlPage, ControlPageError};
-use crate::config::{BootSource, Drive, Entropy, MachineConfig, VmConfig, Vsock};
+use crate::config::{BootSource, Drive, Entropy, MachineConfig, NetworkInterface, VmConfig, Vsock};
 use crate::control_page::layout::*;
+use crate::validate::{format_mac, parse_mac};
 use std::path::{Path, PathBuf};
 
 /// Largest guest the page describes (1 TiB) and most vCPUs (the KVM limit we support).
@@ -45,18 +46,16 @@ impl ControlPage {
             Some(OFF_CMDLINE_LEN),
             boot.boot_args.as_deref().unwrap_or(""),
         )?;
-        if !config.network_interfaces.is_empty() {
-            return Err(ControlPageError::NetUnsupported);
-        }
         let mut n = 0;
-        let mut entry = |kind: u32, flags: u32, cid: u32, id: &str, path: &str| {
+        // `param`: the entry's 8 kind-specific bytes (vsock CID, net MAC).
+        let mut entry = |kind: u32, flags: u32, param: [u8; 8], id: &str, path: &str| {
             if n >= DEVICES_MAX {
                 return Err(ControlPageError::TooManyDevices);
             }
             let base = OFF_DEVICES + n * DEVICE_ENTRY_SIZE;
             self.store32(base + DEV_OFF_KIND, kind);
             self.store32(base + DEV_OFF_FLAGS, flags);
-            self.store32(base + DEV_OFF_CID, cid);
+            self.write_bytes(base + DEV_OFF_CID, &param);
             self.write_str("device id", base + DEV_OFF_ID, DEV_ID_MAX, None, id)?;
             self.write_str("device path", base + DEV_OFF_PATH, DEV_PATH_MAX, None, path)?;
             n += 1;
@@ -71,22 +70,43 @@ impl ControlPage {
             entry(
                 DEV_KIND_BLOCK,
                 flags,
-                0,
+                [0; 8],
                 &d.drive_id,
                 path_str("drive path", &d.path_on_host)?,
             )?;
         }
+        for iface in &config.network_interfaces {
+            let (flags, param) = match &iface.guest_mac {
+                Some(text) => {
+                    let mac =
+                        parse_mac(text).ok_or_else(|| ControlPageError::BadMac(text.clone()))?;
+                    let mut param = [0u8; 8];
+                    param[..6].copy_from_slice(&mac);
+                    (DEV_FLAG_MAC, param)
+                }
+                None => (0, [0; 8]),
+            };
+            entry(
+                DEV_KIND_NET,
+                flags,
+                param,
+                &iface.iface_id,
+                &iface.host_dev_name,
+            )?;
+        }
         if let Some(v) = &config.vsock {
+            let mut param = [0u8; 8];
+            param[..4].copy_from_slice(&v.guest_cid.to_le_bytes());
             entry(
                 DEV_KIND_VSOCK,
                 0,
-                v.guest_cid,
+                param,
                 "vsock",
                 path_str("vsock path", &v.uds_path)?,
             )?;
         }
         if config.entropy.is_some() {
-            entry(DEV_KIND_RNG, 0, 0, "rng", "")?;
+            entry(DEV_KIND_RNG, 0, [0; 8], "rng", "")?;
         }
         self.store32(OFF_DEVICE_COUNT, n as u32);
         Ok(())
@@ -153,6 +173,18 @@ impl ControlPage {
                     is_root_device: flags & DEV_FLAG_ROOT != 0,
                     is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
                 }),
+                DEV_KIND_NET => {
+                    let guest_mac = (flags & DEV_FLAG_MAC != 0).then(|| {
+                        let mut mac = [0u8; 6];
+                        mac.copy_from_slice(&self.read_bytes(base + DEV_OFF_MAC, 6));
+                        format_mac(&mac)
+                    });
+                    config.network_interfaces.push(NetworkInterface {
+                        iface_id: id,
+                        host_dev_name: path,
+                        guest_mac,
+                    })
+                }
                 DEV_KIND_VSOCK => {
                     config.vsock = Some(Vsock {
                         guest_cid: self.load32(base + DEV_OFF_CID),
@@ -200,6 +232,11 @@ mod tests {
                 path_on_host: "/img/root.ext4".into(),
                 is_root_device: true,
                 is_read_only: true,
+            }],
+            network_interfaces: vec![NetworkInterface {
+                iface_id: "eth0".into(),
+                host_dev_name: "tap0".into(),
+                guest_mac: Some("06:00:ac:10:00:02".into()),
             }],
             vsock: Some(Vsock {
                 guest_cid: 3,
@@ -300,6 +337,21 @@ mod tests {
         assert!(matches!(
             page.write_config(&c),
             Err(ControlPageError::TooManyDevices)
+        ));
+    }
+
+    #[test]
+    fn an_interface_without_a_mac_round_trips_and_a_bad_mac_is_refused_on_write() {
+        let wispd = ControlPage::create().unwrap();
+        let shell = shell_view(&wispd).unwrap();
+        let mut c = sample();
+        c.network_interfaces[0].guest_mac = None;
+        wispd.write_config(&c).unwrap();
+        assert_eq!(shell.read_config().unwrap(), c);
+        c.network_interfaces[0].guest_mac = Some("06:00:ac:10:00".into());
+        assert!(matches!(
+            wispd.write_config(&c),
+            Err(ControlPageError::BadMac(_))
         ));
     }
 }
