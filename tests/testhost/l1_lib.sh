@@ -9,8 +9,16 @@ run() {
     _timeout=$2
     shift 2
     echo "### TESTHOST run-begin $_name uptime=$(cut -d' ' -f1 /proc/uptime)"
+    # A heartbeat while CMD runs: the harness takes a console silent for 60 s as a frozen L1.
+    ( while :; do
+        sleep 20
+        echo "### TESTHOST heartbeat $_name uptime=$(cut -d' ' -f1 /proc/uptime)"
+    done ) &
+    _beat=$!
     timeout -s KILL "$_timeout" "$@" > "/tmp/$_name.out" 2> "/tmp/$_name.err" < /dev/null
     _rc=$?
+    kill "$_beat" 2>/dev/null
+    wait "$_beat" 2>/dev/null
     _end=$(cut -d' ' -f1 /proc/uptime)
     echo "### TESTHOST stdout $_name"
     cat "/tmp/$_name.out"

@@ -43,15 +43,34 @@ pub struct ConsoleLine {
     pub text: String,
 }
 
+/// What the L1 kernel prints when its CPUs stop making progress: RCU stall and soft-lockup
+/// reports. Under QEMU's TCG emulation of nested SVM an L1 CPU sometimes never gets back from
+/// running L2 (its own timer and IPIs do not make the emulated VMRUN exit; seen in roughly one
+/// L1 boot in ten here, at any L2 scenario). A userspace VMM in L1 cannot cause that, so the
+/// harness stops such a machine at once instead of waiting for the deadline.
+const STALL_SIGNATURES: &[&str] = &[
+    "rcu: INFO: rcu_preempt detected stalls",
+    "rcu: INFO: rcu_sched detected stalls",
+    "watchdog: BUG: soft lockup",
+];
+
+/// A console silent this long means a frozen L1 as well: the same emulator fault can stop
+/// every L1 CPU before the kernel reports anything. A healthy L1 prints at least a line per
+/// L2 run (`run-begin`, KVM's WRMSR note, `run-end`), seconds apart.
+const SILENCE: Duration = Duration::from_secs(60);
+
 /// Everything the L1 machine printed, and how it ended.
 #[derive(Debug, Clone)]
 pub struct Console {
     pub lines: Vec<ConsoleLine>,
     /// QEMU's own stderr (TCG feature warnings, errors).
     pub stderr: String,
-    /// QEMU's exit status, `None` when it was killed at the deadline.
+    /// QEMU's exit status, `None` when it was killed (deadline or stall).
     pub status: Option<ExitStatus>,
     pub elapsed: Duration,
+    /// The L1 kernel reported stalled CPUs (see [`STALL_SIGNATURES`]) or the console stayed
+    /// silent for [`SILENCE`], and QEMU was killed.
+    pub stalled: bool,
 }
 
 /// Kills and reaps QEMU if it is still running when dropped.
@@ -98,28 +117,22 @@ pub fn run(config: &QemuConfig) -> Result<Console, QemuError> {
     let binary =
         std::env::var("WISP_TESTHOST_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into());
     let mut cmd = Command::new(&binary);
-    cmd.args([
-        "-accel",
-        "tcg,thread=multi",
-        "-cpu",
-        "EPYC,+svm",
-        "-M",
-        "pc",
-    ])
-    .args(["-nographic", "-no-reboot", "-net", "none"])
-    .arg("-smp")
-    .arg(config.cpus.to_string())
-    .arg("-m")
-    .arg(config.mem_mib.to_string())
-    .arg("-kernel")
-    .arg(&config.kernel)
-    .arg("-initrd")
-    .arg(&config.initrd)
-    .arg("-append")
-    .arg(&config.append)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    let accel = std::env::var("WISP_TESTHOST_ACCEL").unwrap_or_else(|_| "tcg,thread=multi".into());
+    cmd.args(["-accel", &accel, "-cpu", "EPYC,+svm", "-M", "pc"])
+        .args(["-nographic", "-no-reboot", "-net", "none"])
+        .arg("-smp")
+        .arg(config.cpus.to_string())
+        .arg("-m")
+        .arg(config.mem_mib.to_string())
+        .arg("-kernel")
+        .arg(&config.kernel)
+        .arg("-initrd")
+        .arg(&config.initrd)
+        .arg("-append")
+        .arg(&config.append)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = Running(cmd.spawn().map_err(|source| QemuError::Spawn {
         binary: binary.clone(),
@@ -156,24 +169,34 @@ pub fn run(config: &QemuConfig) -> Result<Console, QemuError> {
     let deadline = start + config.timeout;
     let mut lines = Vec::new();
     let mut timed_out = false;
+    let mut stalled = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
+        match rx.recv_timeout(left.min(SILENCE)) {
             Ok(line) => {
                 if echo {
                     eprintln!("[L1 {:7.3}] {}", line.at.as_secs_f64(), line.text);
                 }
                 log::debug!("L1: {}", line.text);
+                stalled = STALL_SIGNATURES.iter().any(|s| line.text.contains(s));
                 lines.push(line);
+                if stalled {
+                    break;
+                }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                timed_out = true;
+                if Instant::now() >= deadline {
+                    timed_out = true;
+                } else {
+                    log::warn!("L1 console silent for {SILENCE:?}");
+                    stalled = true;
+                }
                 break;
             }
         }
     }
-    let status = if timed_out {
+    let status = if timed_out || stalled {
         let _ = child.0.kill();
         None
     } else {
@@ -190,5 +213,6 @@ pub fn run(config: &QemuConfig) -> Result<Console, QemuError> {
         stderr,
         status,
         elapsed,
+        stalled,
     })
 }
