@@ -8,7 +8,7 @@
 
 mod testhost;
 
-use testhost::{check_failed, shared_host, CommandRun, L2Guest, TestHost, TestHostError};
+use testhost::{check_failed, shared_host, value, CommandRun, L2Guest, TestHost, TestHostError};
 use wisp_tinyx::initramfs::{DEFAULT_APP_MARKER, INIT_MARKER};
 
 /// Guest command line: `quiet` because every console byte is a nested exit under TCG;
@@ -103,11 +103,6 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
 /// The shared L1 boot.
 fn host() -> &'static TestHost {
     shared_host(boot_shared_host)
-}
-
-fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {
-    run.value(key)
-        .ok_or_else(|| check_failed(run, format!("no {key}= in the output")))
 }
 
 /// `wisp` booted the guest to its /init, which saw `vcpus` CPUs, reported the boot time and

@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use testhost::{
-    check_failed, initramfs_with_init, shared_host, static_busybox, CommandRun, HostFile, L2Guest,
-    TestHost, TestHostError,
+    check_failed, initramfs_with_init, shared_host, static_busybox, value, CommandRun, HostFile,
+    L2Guest, TestHost, TestHostError,
 };
 
 /// See linux_guest.rs: `quiet` (console bytes are nested exits under TCG), `panic=-1` and
@@ -258,11 +258,6 @@ fn boot_with_images(dir: &Path) -> Result<TestHost, TestHostError> {
 /// The shared L1 boot.
 fn host() -> &'static TestHost {
     shared_host(boot_shared_host)
-}
-
-fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {
-    run.value(key)
-        .ok_or_else(|| check_failed(run, format!("no {key}= in the output")))
 }
 
 /// `key=` has exactly the value `want`.

@@ -414,6 +414,12 @@ pub fn shared_host(boot: fn() -> Result<TestHost, TestHostError>) -> &'static Te
     }
 }
 
+/// The value of the first `key=VALUE` word in a run's output, or a failed check naming the key.
+pub fn value<'a>(run: &'a CommandRun, key: &str) -> Result<&'a str, TestHostError> {
+    run.value(key)
+        .ok_or_else(|| check_failed(run, format!("no {key}= in the output")))
+}
+
 /// A failed check on a command run, with the run's output in the message.
 pub fn check_failed(run: &CommandRun, check: impl Into<String>) -> TestHostError {
     TestHostError::Check {
