@@ -1,11 +1,12 @@
-//! The noxs control page: a versioned, fixed-layout shared-memory page (a memfd) between
-//! `wispd` and one prepared `wisp` shell, plus one eventfd doorbell each way. `wispd` writes a
-//! command and the VM configuration, bumps the sequence number and rings; the shell acts and
-//! acknowledges. No HTTP, no serialisation, no central store on the create path (LightVM's
-//! noxs, DESIGN.md §5). Layout and protocol: control_page.md.
+//! The noxs control page: a versioned, fixed-layout shared-memory region (a sealed memfd)
+//! between `wispd` and one prepared `wisp` shell, plus one eventfd doorbell each way. `wispd`
+//! writes a command and the whole VM configuration, bumps the sequence number and rings; the
+//! shell acts and acknowledges. No HTTP, no serialisation, no central store on the create path
+//! (LightVM's noxs, docs/design.md §5). Layout and protocol: control_page.md.
 //!
 //! Both sides treat the page as hostile: every access is atomic (a peer writing concurrently
-//! cannot cause undefined behaviour, only garbage), and everything read is validated.
+//! cannot cause undefined behaviour, only garbage), everything read is validated, and the
+//! memfd is sealed so that neither side can resize it under the other.
 
 pub mod layout;
 mod page;

@@ -1,4 +1,4 @@
-//! `ControlPage`: the mapping and its typed, validated accessors.
+//! `ControlPage`: the mapping, its seals and its typed, validated accessors.
 
 use super::layout::*;
 use super::{ControlCommand, ShellState, Timestamp};
@@ -6,12 +6,26 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
+/// The seals a page must carry before it is shared: its size can never change (a shell that
+/// shrank it would make `wispd` take SIGBUS on its next access), and the seals themselves are
+/// final.
+const REQUIRED_SEALS: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPageError {
     #[error("cannot create the control page memfd: {0}")]
     Create(#[source] std::io::Error),
+    #[error("cannot seal the control page memfd: {0}")]
+    Seal(#[source] std::io::Error),
     #[error("cannot map the control page: {0}")]
     Map(#[source] std::io::Error),
+    #[error(
+        "the control page is not sealed against resizing (seals {0:#x}): \
+         refusing a page its peer could shrink"
+    )]
+    NotSealed(libc::c_int),
+    #[error("the control page is {0} bytes, not {REGION_SIZE}")]
+    BadSize(u64),
     #[error("control page has a wrong magic {0:#x} (not a Wisp control page)")]
     BadMagic(u64),
     #[error("control page version {0} is not supported (this shell speaks {VERSION})")]
@@ -26,10 +40,24 @@ pub enum ControlPageError {
         len: usize,
         max: usize,
     },
-    #[error("the control page holds at most {DEVICES_MAX} devices")]
-    TooManyDevices,
+    #[error(
+        "the configuration has {0} virtio devices (drives, network interfaces, vsock and \
+         entropy together); a VM has at most {DEVICES_MAX}, one IRQ each"
+    )]
+    TooManyDevices(usize),
+    #[error("the device table lists more than one {0} device")]
+    Duplicate(&'static str),
     #[error("guest MAC `{0}` is not a MAC address like 06:00:ac:10:00:02")]
     BadMac(String),
+    #[error("request id {0:?} is not printable ASCII")]
+    BadRequestId(String),
+    #[error("{device}: {source}")]
+    Device {
+        /// Which device: "drive `root`" when writing, "device table entry 3" when reading.
+        device: String,
+        #[source]
+        source: Box<ControlPageError>,
+    },
 }
 
 /// One mapped control page (either side).
@@ -45,25 +73,37 @@ unsafe impl Send for ControlPage {}
 unsafe impl Sync for ControlPage {}
 
 impl ControlPage {
-    /// `wispd`'s side: a new zeroed page in a fresh memfd.
+    /// `wispd`'s side: a new zeroed page in a fresh memfd, sized and sealed so that neither
+    /// side can ever resize it.
     pub fn create() -> Result<ControlPage, ControlPageError> {
+        let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
         // SAFETY: the name is a valid NUL-terminated string; the flags are plain bits.
-        let fd = unsafe { libc::memfd_create(c"wisp-control".as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(c"wisp-control".as_ptr(), flags) };
         if fd < 0 {
             return Err(ControlPageError::Create(std::io::Error::last_os_error()));
         }
         // SAFETY: memfd_create returned a fresh fd that nothing else owns.
         let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
-        file.set_len(PAGE_SIZE as u64)
+        file.set_len(REGION_SIZE as u64)
             .map_err(ControlPageError::Create)?;
+        // SAFETY: fcntl on an fd we own, with an int argument, as F_ADD_SEALS takes.
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, REQUIRED_SEALS) } < 0 {
+            return Err(ControlPageError::Seal(std::io::Error::last_os_error()));
+        }
         let page = ControlPage::map(file)?;
         page.store64(OFF_MAGIC, MAGIC);
         page.store32(OFF_VERSION, VERSION);
         Ok(page)
     }
 
-    /// The shell's side: maps the page passed as `fd` and checks magic and version.
+    /// The shell's side: maps the page passed as `fd` after checking that it is sealed against
+    /// resizing and has the right size, then checks magic and version.
     pub fn open(fd: OwnedFd) -> Result<ControlPage, ControlPageError> {
+        // SAFETY: fcntl on an fd we own; F_GET_SEALS takes no argument.
+        let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+        if seals < 0 || seals & REQUIRED_SEALS != REQUIRED_SEALS {
+            return Err(ControlPageError::NotSealed(seals.max(0)));
+        }
         let page = ControlPage::map(File::from(fd))?;
         let magic = page.load64(OFF_MAGIC);
         if magic != MAGIC {
@@ -78,17 +118,15 @@ impl ControlPage {
 
     fn map(file: File) -> Result<ControlPage, ControlPageError> {
         let len = file.metadata().map_err(ControlPageError::Map)?.len();
-        if len < PAGE_SIZE as u64 {
-            return Err(ControlPageError::OutOfRange {
-                field: "page size",
-                value: len,
-            });
+        if len != REGION_SIZE as u64 {
+            return Err(ControlPageError::BadSize(len));
         }
-        // SAFETY: maps PAGE_SIZE bytes of a file we hold open; the result is checked below.
+        // SAFETY: maps REGION_SIZE bytes of a file we hold open, whose size is sealed at
+        // exactly that (checked above); the result is checked below.
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                PAGE_SIZE,
+                REGION_SIZE,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
                 file.as_raw_fd(),
@@ -110,21 +148,21 @@ impl ControlPage {
     }
 
     fn atomic8(&self, off: usize) -> &AtomicU8 {
-        assert!(off < PAGE_SIZE);
+        assert!(off < REGION_SIZE);
         // SAFETY: `off` is inside the live, page-aligned mapping; AtomicU8 has no alignment
         // requirement, and all accesses to the page are atomic.
         unsafe { AtomicU8::from_ptr(self.base.add(off)) }
     }
 
     fn atomic32(&self, off: usize) -> &AtomicU32 {
-        assert!(off.is_multiple_of(4) && off + 4 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(4) && off + 4 <= REGION_SIZE);
         // SAFETY: in bounds and 4-byte aligned (the mapping is page-aligned, `off` a multiple
         // of 4); all accesses to the page are atomic.
         unsafe { AtomicU32::from_ptr(self.base.add(off).cast()) }
     }
 
     fn atomic64(&self, off: usize) -> &AtomicU64 {
-        assert!(off.is_multiple_of(8) && off + 8 <= PAGE_SIZE);
+        assert!(off.is_multiple_of(8) && off + 8 <= REGION_SIZE);
         // SAFETY: in bounds and 8-byte aligned; all accesses to the page are atomic.
         unsafe { AtomicU64::from_ptr(self.base.add(off).cast()) }
     }
@@ -157,28 +195,43 @@ impl ControlPage {
             .collect()
     }
 
-    fn write_str(
+    /// Stores `bytes` in the field at `off` (at most `max` bytes) and its length at `len_off`.
+    fn write_field(
         &self,
         what: &'static str,
         off: usize,
         max: usize,
-        len_off: Option<usize>,
-        s: &str,
+        len_off: usize,
+        bytes: &[u8],
     ) -> Result<(), ControlPageError> {
-        if s.len() > max {
+        if bytes.len() > max {
             return Err(ControlPageError::TooLong {
                 what,
-                len: s.len(),
+                len: bytes.len(),
                 max,
             });
         }
-        self.write_bytes(off, s.as_bytes());
-        match len_off {
-            Some(l) => self.store32(l, s.len() as u32),
-            // NUL-padded field.
-            None => self.write_bytes(off + s.len(), &vec![0; max - s.len()]),
-        }
+        self.write_bytes(off, bytes);
+        self.store32(len_off, bytes.len() as u32);
         Ok(())
+    }
+
+    /// The bytes of the field at `off`, after checking its length word against `max`.
+    fn read_field(
+        &self,
+        field: &'static str,
+        off: usize,
+        max: usize,
+        len_off: usize,
+    ) -> Result<Vec<u8>, ControlPageError> {
+        let len = self.load32(len_off) as usize;
+        if len > max {
+            return Err(ControlPageError::OutOfRange {
+                field,
+                value: len as u64,
+            });
+        }
+        Ok(self.read_bytes(off, len))
     }
 
     fn read_str(
@@ -186,27 +239,9 @@ impl ControlPage {
         field: &'static str,
         off: usize,
         max: usize,
-        len_off: Option<usize>,
+        len_off: usize,
     ) -> Result<String, ControlPageError> {
-        let bytes = match len_off {
-            Some(l) => {
-                let len = self.load32(l) as usize;
-                if len > max {
-                    return Err(ControlPageError::OutOfRange {
-                        field,
-                        value: len as u64,
-                    });
-                }
-                self.read_bytes(off, len)
-            }
-            None => {
-                let mut b = self.read_bytes(off, max);
-                if let Some(end) = b.iter().position(|c| *c == 0) {
-                    b.truncate(end);
-                }
-                b
-            }
-        };
+        let bytes = self.read_field(field, off, max, len_off)?;
         String::from_utf8(bytes).map_err(|_| ControlPageError::NotUtf8(field))
     }
 
@@ -271,31 +306,77 @@ impl ControlPage {
         )
     }
 
+    /// Stores the message of a failed command, cut at `ERROR_MAX` bytes (on a char boundary).
     pub fn set_error(&self, message: &str) {
         let mut end = message.len().min(ERROR_MAX);
         while !message.is_char_boundary(end) {
             end -= 1;
         }
-        let _ = self.write_str(
+        let _ = self.write_field(
             "error",
             OFF_ERROR,
             ERROR_MAX,
-            Some(OFF_ERROR_LEN),
-            &message[..end],
+            OFF_ERROR_LEN,
+            &message.as_bytes()[..end],
         );
     }
 
     pub fn error(&self) -> String {
-        self.read_str("error", OFF_ERROR, ERROR_MAX, Some(OFF_ERROR_LEN))
+        self.read_str("error", OFF_ERROR, ERROR_MAX, OFF_ERROR_LEN)
             .unwrap_or_else(|e| e.to_string())
     }
+
+    /// `wispd`: the id of the request a Create serves (from `wisp ctl`, for the shell's logs):
+    /// printable ASCII, at most `REQUEST_ID_MAX` bytes; anything else is refused.
+    pub fn set_request_id(&self, id: &str) -> Result<(), ControlPageError> {
+        if !is_printable_ascii(id.as_bytes()) {
+            return Err(ControlPageError::BadRequestId(id.to_string()));
+        }
+        self.write_field(
+            "request id",
+            OFF_REQUEST_ID,
+            REQUEST_ID_MAX,
+            OFF_REQUEST_ID_LEN,
+            id.as_bytes(),
+        )
+    }
+
+    /// The shell: the request id `wispd` stored, or an empty string when there is none or the
+    /// field holds something other than a printable ASCII id (a peer's garbage never reaches
+    /// a log line).
+    pub fn request_id(&self) -> String {
+        match self.read_str(
+            "request id",
+            OFF_REQUEST_ID,
+            REQUEST_ID_MAX,
+            OFF_REQUEST_ID_LEN,
+        ) {
+            Ok(id) if is_printable_ascii(id.as_bytes()) => id,
+            Ok(_) => {
+                log::warn!("control page: the request id is not printable ASCII; ignored");
+                String::new()
+            }
+            Err(e) => {
+                log::warn!("control page: {e}; request id ignored");
+                String::new()
+            }
+        }
+    }
+}
+
+fn is_printable_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| (0x20..=0x7e).contains(b))
 }
 
 impl Drop for ControlPage {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly the mapping made in `map`; no reference into it outlives self.
-        unsafe { libc::munmap(self.base.cast(), PAGE_SIZE) };
+        unsafe { libc::munmap(self.base.cast(), REGION_SIZE) };
     }
 }
 
 mod config_io;
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;

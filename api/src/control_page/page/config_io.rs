@@ -1,114 +1,263 @@
 //! The VM configuration on the control page: written by `wispd`, read and validated by the
-//! shell. Fixed-size fields, no serialisation format.
+//! shell. Fixed-size fields with length words, no serialisation format. The page carries all of
+//! `VmConfig`; a configuration it cannot hold is refused whole, naming the field, before
+//! anything is written, and whatever a write accepts reads back equal.
 
 use super::{ControlPage, ControlPageError};
-use crate::config::{BootSource, Drive, Entropy, MachineConfig, NetworkInterface, VmConfig, Vsock};
+use crate::config::{
+    BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
+    VmConfig, Vsock,
+};
 use crate::control_page::layout::*;
-use crate::validate::{format_mac, parse_mac};
+use crate::validate::parse_mac;
+use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
-/// Largest guest the page describes (1 TiB) and most vCPUs (the KVM limit we support).
-const MAX_MEM_MIB: u64 = 1 << 20;
-const MAX_VCPUS: u64 = 255;
+/// One device table entry, checked and ready to store.
+struct Entry<'a> {
+    kind: u32,
+    flags: u32,
+    cid: u32,
+    mac: &'a [u8],
+    id: &'a [u8],
+    path: &'a [u8],
+}
 
-fn path_str<'a>(what: &'static str, p: &'a Path) -> Result<&'a str, ControlPageError> {
-    p.to_str().ok_or(ControlPageError::NotUtf8(what))
+/// Everything `write_config` stores, each field already checked against its size.
+struct Plan<'a> {
+    flags: u32,
+    mem_mib: u32,
+    vcpus: u32,
+    kernel: &'a [u8],
+    initrd: &'a [u8],
+    cmdline: &'a [u8],
+    log_level: u32,
+    log_path: &'a [u8],
+    metrics_path: &'a [u8],
+    devices: Vec<Entry<'a>>,
+}
+
+fn fit<'a>(what: &'static str, bytes: &'a [u8], max: usize) -> Result<&'a [u8], ControlPageError> {
+    if bytes.len() > max {
+        return Err(ControlPageError::TooLong {
+            what,
+            len: bytes.len(),
+            max,
+        });
+    }
+    Ok(bytes)
+}
+
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}
+
+fn in_device(device: String) -> impl FnOnce(ControlPageError) -> ControlPageError {
+    move |source| ControlPageError::Device {
+        device,
+        source: Box::new(source),
+    }
+}
+
+fn level_code(level: LogLevel) -> u32 {
+    match level {
+        LogLevel::Off => LOG_LEVEL_OFF,
+        LogLevel::Error => LOG_LEVEL_ERROR,
+        LogLevel::Warning => LOG_LEVEL_WARNING,
+        LogLevel::Info => LOG_LEVEL_INFO,
+        LogLevel::Debug => LOG_LEVEL_DEBUG,
+        LogLevel::Trace => LOG_LEVEL_TRACE,
+    }
+}
+
+fn level_from_code(code: u32) -> Option<LogLevel> {
+    [
+        LogLevel::Off,
+        LogLevel::Error,
+        LogLevel::Warning,
+        LogLevel::Info,
+        LogLevel::Debug,
+        LogLevel::Trace,
+    ]
+    .into_iter()
+    .find(|l| level_code(*l) == code)
+}
+
+/// The device table for `config`: drives, network interfaces, vsock, entropy, in that order.
+fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError> {
+    let count = config.drives.len()
+        + config.network_interfaces.len()
+        + usize::from(config.vsock.is_some())
+        + usize::from(config.entropy.is_some());
+    if count > DEVICES_MAX {
+        return Err(ControlPageError::TooManyDevices(count));
+    }
+    let mut entries = Vec::with_capacity(count);
+    for d in &config.drives {
+        let at = in_device(format!("drive `{}`", d.drive_id));
+        let checked = (|| {
+            Ok(Entry {
+                kind: DEV_KIND_BLOCK,
+                flags: if d.is_read_only {
+                    DEV_FLAG_READ_ONLY
+                } else {
+                    0
+                } | if d.is_root_device { DEV_FLAG_ROOT } else { 0 },
+                cid: 0,
+                mac: &[],
+                id: fit("drive_id", d.drive_id.as_bytes(), DEV_ID_MAX)?,
+                path: fit("path_on_host", path_bytes(&d.path_on_host), DEV_PATH_MAX)?,
+            })
+        })();
+        entries.push(checked.map_err(at)?);
+    }
+    for iface in &config.network_interfaces {
+        let at = in_device(format!("network interface `{}`", iface.iface_id));
+        let checked = (|| {
+            let mac = match &iface.guest_mac {
+                // A MAC parses only as 17 ASCII bytes, so it always fills the field exactly.
+                Some(text) if parse_mac(text).is_some() => text.as_bytes(),
+                Some(text) => return Err(ControlPageError::BadMac(text.clone())),
+                None => &[],
+            };
+            Ok(Entry {
+                kind: DEV_KIND_NET,
+                flags: if mac.is_empty() { 0 } else { DEV_FLAG_MAC },
+                cid: 0,
+                mac,
+                id: fit("iface_id", iface.iface_id.as_bytes(), DEV_ID_MAX)?,
+                path: fit(
+                    "host_dev_name",
+                    iface.host_dev_name.as_bytes(),
+                    DEV_PATH_MAX,
+                )?,
+            })
+        })();
+        entries.push(checked.map_err(at)?);
+    }
+    if let Some(v) = &config.vsock {
+        let path = fit("uds_path", path_bytes(&v.uds_path), DEV_PATH_MAX)
+            .map_err(in_device("vsock".to_string()))?;
+        entries.push(Entry {
+            kind: DEV_KIND_VSOCK,
+            flags: 0,
+            cid: v.guest_cid,
+            mac: &[],
+            id: &[],
+            path,
+        });
+    }
+    if config.entropy.is_some() {
+        entries.push(Entry {
+            kind: DEV_KIND_RNG,
+            flags: 0,
+            cid: 0,
+            mac: &[],
+            id: &[],
+            path: &[],
+        });
+    }
+    Ok(entries)
+}
+
+fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
+    let mc = &config.machine_config;
+    if mc.mem_size_mib == 0 || mc.mem_size_mib > MEM_MIB_MAX {
+        return Err(ControlPageError::OutOfRange {
+            field: "mem_size_mib",
+            value: u64::from(mc.mem_size_mib),
+        });
+    }
+    if mc.vcpu_count == 0 {
+        return Err(ControlPageError::OutOfRange {
+            field: "vcpu_count",
+            value: 0,
+        });
+    }
+    let mut flags = if mc.smt { CFG_SMT } else { 0 };
+    let (mut kernel, mut initrd, mut cmdline): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
+    if let Some(boot) = &config.boot_source {
+        flags |= CFG_BOOT_SOURCE;
+        let k = path_bytes(&boot.kernel_image_path);
+        kernel = fit("kernel_image_path", k, KERNEL_MAX)?;
+        if let Some(p) = &boot.initrd_path {
+            flags |= CFG_INITRD;
+            initrd = fit("initrd_path", path_bytes(p), INITRD_MAX)?;
+        }
+        if let Some(args) = &boot.boot_args {
+            flags |= CFG_BOOT_ARGS;
+            cmdline = fit("boot_args", args.as_bytes(), CMDLINE_MAX)?;
+        }
+    }
+    let (mut log_level, mut log_path): (u32, &[u8]) = (0, &[]);
+    if let Some(logger) = &config.logger {
+        flags |= CFG_LOGGER
+            | if logger.show_level {
+                CFG_LOG_SHOW_LEVEL
+            } else {
+                0
+            }
+            | if logger.show_log_origin {
+                CFG_LOG_SHOW_ORIGIN
+            } else {
+                0
+            };
+        log_level = level_code(logger.level);
+        log_path = fit("log_path", path_bytes(&logger.log_path), LOG_PATH_MAX)?;
+    }
+    let mut metrics_path: &[u8] = &[];
+    if let Some(metrics) = &config.metrics {
+        flags |= CFG_METRICS;
+        metrics_path = fit(
+            "metrics_path",
+            path_bytes(&metrics.metrics_path),
+            METRICS_PATH_MAX,
+        )?;
+    }
+    Ok(Plan {
+        flags,
+        mem_mib: mc.mem_size_mib,
+        vcpus: u32::from(mc.vcpu_count),
+        kernel,
+        initrd,
+        cmdline,
+        log_level,
+        log_path,
+        metrics_path,
+        devices: device_entries(config)?,
+    })
 }
 
 impl ControlPage {
-    /// Writes `config` for a Create command.
+    /// Writes `config` for a Create command. A configuration the page cannot hold is refused
+    /// with an error naming the field, and then nothing on the page has changed.
     pub fn write_config(&self, config: &VmConfig) -> Result<(), ControlPageError> {
-        let boot = config.boot_source.clone().unwrap_or_default();
-        self.store32(OFF_MEM_MIB, config.machine_config.mem_size_mib);
-        self.store32(OFF_VCPUS, u32::from(config.machine_config.vcpu_count));
-        self.write_str(
-            "kernel path",
-            OFF_KERNEL,
-            KERNEL_MAX,
-            Some(OFF_KERNEL_LEN),
-            path_str("kernel path", &boot.kernel_image_path)?,
-        )?;
-        let initrd = match &boot.initrd_path {
-            Some(p) => path_str("initrd path", p)?,
-            None => "",
+        let plan = plan(config)?;
+        // Every field was checked above: from here on nothing can fail.
+        let put = |off: usize, len_off: usize, bytes: &[u8]| {
+            self.write_bytes(off, bytes);
+            self.store32(len_off, bytes.len() as u32);
         };
-        self.write_str(
-            "initrd path",
-            OFF_INITRD,
-            INITRD_MAX,
-            Some(OFF_INITRD_LEN),
-            initrd,
-        )?;
-        self.write_str(
-            "command line",
-            OFF_CMDLINE,
-            CMDLINE_MAX,
-            Some(OFF_CMDLINE_LEN),
-            boot.boot_args.as_deref().unwrap_or(""),
-        )?;
-        let mut n = 0;
-        // `param`: the entry's 8 kind-specific bytes (vsock CID, net MAC).
-        let mut entry = |kind: u32, flags: u32, param: [u8; 8], id: &str, path: &str| {
-            if n >= DEVICES_MAX {
-                return Err(ControlPageError::TooManyDevices);
-            }
-            let base = OFF_DEVICES + n * DEVICE_ENTRY_SIZE;
-            self.store32(base + DEV_OFF_KIND, kind);
-            self.store32(base + DEV_OFF_FLAGS, flags);
-            self.write_bytes(base + DEV_OFF_CID, &param);
-            self.write_str("device id", base + DEV_OFF_ID, DEV_ID_MAX, None, id)?;
-            self.write_str("device path", base + DEV_OFF_PATH, DEV_PATH_MAX, None, path)?;
-            n += 1;
-            Ok(())
-        };
-        for d in &config.drives {
-            let flags = if d.is_read_only {
-                DEV_FLAG_READ_ONLY
-            } else {
-                0
-            } | if d.is_root_device { DEV_FLAG_ROOT } else { 0 };
-            entry(
-                DEV_KIND_BLOCK,
-                flags,
-                [0; 8],
-                &d.drive_id,
-                path_str("drive path", &d.path_on_host)?,
-            )?;
+        self.store32(OFF_CONFIG_FLAGS, plan.flags);
+        self.store32(OFF_MEM_MIB, plan.mem_mib);
+        self.store32(OFF_VCPUS, plan.vcpus);
+        put(OFF_KERNEL, OFF_KERNEL_LEN, plan.kernel);
+        put(OFF_INITRD, OFF_INITRD_LEN, plan.initrd);
+        put(OFF_CMDLINE, OFF_CMDLINE_LEN, plan.cmdline);
+        self.store32(OFF_LOG_LEVEL, plan.log_level);
+        put(OFF_LOG_PATH, OFF_LOG_PATH_LEN, plan.log_path);
+        put(OFF_METRICS_PATH, OFF_METRICS_PATH_LEN, plan.metrics_path);
+        for (i, e) in plan.devices.iter().enumerate() {
+            let base = OFF_DEVICES + i * DEVICE_ENTRY_SIZE;
+            self.store32(base + DEV_OFF_KIND, e.kind);
+            self.store32(base + DEV_OFF_FLAGS, e.flags);
+            self.store32(base + DEV_OFF_CID, e.cid);
+            self.write_bytes(base + DEV_OFF_MAC, e.mac);
+            put(base + DEV_OFF_ID, base + DEV_OFF_ID_LEN, e.id);
+            put(base + DEV_OFF_PATH, base + DEV_OFF_PATH_LEN, e.path);
         }
-        for iface in &config.network_interfaces {
-            let (flags, param) = match &iface.guest_mac {
-                Some(text) => {
-                    let mac =
-                        parse_mac(text).ok_or_else(|| ControlPageError::BadMac(text.clone()))?;
-                    let mut param = [0u8; 8];
-                    param[..6].copy_from_slice(&mac);
-                    (DEV_FLAG_MAC, param)
-                }
-                None => (0, [0; 8]),
-            };
-            entry(
-                DEV_KIND_NET,
-                flags,
-                param,
-                &iface.iface_id,
-                &iface.host_dev_name,
-            )?;
-        }
-        if let Some(v) = &config.vsock {
-            let mut param = [0u8; 8];
-            param[..4].copy_from_slice(&v.guest_cid.to_le_bytes());
-            entry(
-                DEV_KIND_VSOCK,
-                0,
-                param,
-                "vsock",
-                path_str("vsock path", &v.uds_path)?,
-            )?;
-        }
-        if config.entropy.is_some() {
-            entry(DEV_KIND_RNG, 0, [0; 8], "rng", "")?;
-        }
-        self.store32(OFF_DEVICE_COUNT, n as u32);
+        self.store32(OFF_DEVICE_COUNT, plan.devices.len() as u32);
         Ok(())
     }
 
@@ -129,229 +278,190 @@ impl ControlPage {
         Ok(v)
     }
 
+    fn read_path(
+        &self,
+        field: &'static str,
+        off: usize,
+        max: usize,
+        len_off: usize,
+    ) -> Result<PathBuf, ControlPageError> {
+        let bytes = self.read_field(field, off, max, len_off)?;
+        Ok(PathBuf::from(OsString::from_vec(bytes)))
+    }
+
     /// Reads and validates the configuration of a Create command.
     pub fn read_config(&self) -> Result<VmConfig, ControlPageError> {
-        let mem_size_mib = self.bounded("memory", OFF_MEM_MIB, 1, MAX_MEM_MIB)?;
-        let vcpu_count = self.bounded("vcpus", OFF_VCPUS, 1, MAX_VCPUS)? as u8;
-        let kernel = self.read_str("kernel path", OFF_KERNEL, KERNEL_MAX, Some(OFF_KERNEL_LEN))?;
-        if kernel.is_empty() {
+        let flags = self.load32(OFF_CONFIG_FLAGS);
+        let depends = [
+            (CFG_INITRD | CFG_BOOT_ARGS, CFG_BOOT_SOURCE),
+            (CFG_LOG_SHOW_LEVEL | CFG_LOG_SHOW_ORIGIN, CFG_LOGGER),
+        ];
+        let orphan = depends
+            .iter()
+            .any(|(child, parent)| flags & child != 0 && flags & parent == 0);
+        if flags & !CFG_ALL != 0 || orphan {
             return Err(ControlPageError::OutOfRange {
-                field: "kernel path length",
-                value: 0,
+                field: "config flags",
+                value: u64::from(flags),
             });
         }
-        let initrd = self.read_str("initrd path", OFF_INITRD, INITRD_MAX, Some(OFF_INITRD_LEN))?;
-        let cmdline = self.read_str(
-            "command line",
-            OFF_CMDLINE,
-            CMDLINE_MAX,
-            Some(OFF_CMDLINE_LEN),
-        )?;
-        let count = self.bounded("device count", OFF_DEVICE_COUNT, 0, DEVICES_MAX as u64)?;
+        let has = |bit: u32| flags & bit != 0;
+        let mem_size_mib = self.bounded("memory", OFF_MEM_MIB, 1, u64::from(MEM_MIB_MAX))?;
+        let vcpus = self.bounded("vcpus", OFF_VCPUS, 1, u64::from(VCPUS_MAX))?;
+        let boot_source = if has(CFG_BOOT_SOURCE) {
+            Some(BootSource {
+                kernel_image_path: self.read_path(
+                    "kernel path",
+                    OFF_KERNEL,
+                    KERNEL_MAX,
+                    OFF_KERNEL_LEN,
+                )?,
+                initrd_path: match has(CFG_INITRD) {
+                    true => Some(self.read_path(
+                        "initrd path",
+                        OFF_INITRD,
+                        INITRD_MAX,
+                        OFF_INITRD_LEN,
+                    )?),
+                    false => None,
+                },
+                boot_args: match has(CFG_BOOT_ARGS) {
+                    true => Some(self.read_str(
+                        "command line",
+                        OFF_CMDLINE,
+                        CMDLINE_MAX,
+                        OFF_CMDLINE_LEN,
+                    )?),
+                    false => None,
+                },
+            })
+        } else {
+            None
+        };
+        let logger = if has(CFG_LOGGER) {
+            let code = self.load32(OFF_LOG_LEVEL);
+            let level = level_from_code(code).ok_or(ControlPageError::OutOfRange {
+                field: "log level",
+                value: u64::from(code),
+            })?;
+            Some(Logger {
+                log_path: self.read_path(
+                    "log path",
+                    OFF_LOG_PATH,
+                    LOG_PATH_MAX,
+                    OFF_LOG_PATH_LEN,
+                )?,
+                level,
+                show_level: has(CFG_LOG_SHOW_LEVEL),
+                show_log_origin: has(CFG_LOG_SHOW_ORIGIN),
+            })
+        } else {
+            None
+        };
+        let metrics = if has(CFG_METRICS) {
+            Some(Metrics {
+                metrics_path: self.read_path(
+                    "metrics path",
+                    OFF_METRICS_PATH,
+                    METRICS_PATH_MAX,
+                    OFF_METRICS_PATH_LEN,
+                )?,
+            })
+        } else {
+            None
+        };
         let mut config = VmConfig {
-            boot_source: Some(BootSource {
-                kernel_image_path: PathBuf::from(kernel),
-                initrd_path: (!initrd.is_empty()).then(|| PathBuf::from(initrd)),
-                boot_args: Some(cmdline),
-            }),
+            boot_source,
             machine_config: MachineConfig {
-                vcpu_count,
+                vcpu_count: vcpus as u8,
                 mem_size_mib,
-                smt: false,
+                smt: has(CFG_SMT),
             },
+            logger,
+            metrics,
             ..Default::default()
         };
+        let count = self.bounded("device count", OFF_DEVICE_COUNT, 0, DEVICES_MAX as u64)?;
         for i in 0..count as usize {
-            let base = OFF_DEVICES + i * DEVICE_ENTRY_SIZE;
-            let flags = self.load32(base + DEV_OFF_FLAGS);
-            let id = self.read_str("device id", base + DEV_OFF_ID, DEV_ID_MAX, None)?;
-            let path = self.read_str("device path", base + DEV_OFF_PATH, DEV_PATH_MAX, None)?;
-            match self.load32(base + DEV_OFF_KIND) {
-                DEV_KIND_BLOCK => config.drives.push(Drive {
-                    drive_id: id,
-                    path_on_host: PathBuf::from(path),
-                    is_root_device: flags & DEV_FLAG_ROOT != 0,
-                    is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
-                }),
-                DEV_KIND_NET => {
-                    let guest_mac = (flags & DEV_FLAG_MAC != 0).then(|| {
-                        let mut mac = [0u8; 6];
-                        mac.copy_from_slice(&self.read_bytes(base + DEV_OFF_MAC, 6));
-                        format_mac(&mac)
-                    });
-                    config.network_interfaces.push(NetworkInterface {
-                        iface_id: id,
-                        host_dev_name: path,
-                        guest_mac,
-                    })
-                }
-                DEV_KIND_VSOCK => {
-                    config.vsock = Some(Vsock {
-                        guest_cid: self.load32(base + DEV_OFF_CID),
-                        uds_path: PathBuf::from(path),
-                    })
-                }
-                DEV_KIND_RNG => config.entropy = Some(Entropy::default()),
-                other => {
-                    return Err(ControlPageError::OutOfRange {
-                        field: "device kind",
-                        value: u64::from(other),
-                    })
-                }
-            }
+            self.read_device(OFF_DEVICES + i * DEVICE_ENTRY_SIZE, &mut config)
+                .map_err(in_device(format!("device table entry {i}")))?;
         }
         Ok(config)
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::control_page::{ControlCommand, ShellState, Timestamp};
-    use std::os::fd::OwnedFd;
-
-    fn shell_view(page: &ControlPage) -> Result<ControlPage, ControlPageError> {
-        let fd: OwnedFd = page.file().try_clone().unwrap().into();
-        ControlPage::open(fd)
-    }
-
-    fn sample() -> VmConfig {
-        VmConfig {
-            boot_source: Some(BootSource {
-                kernel_image_path: "/boot/vmlinux".into(),
-                initrd_path: Some("/boot/initrd".into()),
-                boot_args: Some("console=ttyS0 quiet".into()),
-            }),
-            machine_config: MachineConfig {
-                vcpu_count: 2,
-                mem_size_mib: 256,
-                smt: false,
-            },
-            drives: vec![Drive {
-                drive_id: "root".into(),
-                path_on_host: "/img/root.ext4".into(),
-                is_root_device: true,
-                is_read_only: true,
-            }],
-            network_interfaces: vec![NetworkInterface {
-                iface_id: "eth0".into(),
-                host_dev_name: "tap0".into(),
-                guest_mac: Some("06:00:ac:10:00:02".into()),
-            }],
-            vsock: Some(Vsock {
-                guest_cid: 3,
-                uds_path: "/run/v.sock".into(),
-            }),
-            entropy: Some(Entropy::default()),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn configuration_round_trips_between_the_two_sides() {
-        let wispd = ControlPage::create().unwrap();
-        let shell = shell_view(&wispd).unwrap();
-        wispd.write_config(&sample()).unwrap();
-        let seq = wispd.post_command(ControlCommand::Create);
-        assert_eq!(
-            shell.pending_command(),
-            Some((seq, Some(ControlCommand::Create)))
-        );
-        assert_eq!(shell.read_config().unwrap(), sample());
-        shell.set_time(Timestamp::FirstEntry, 42);
-        shell.set_state(ShellState::Running);
-        shell.acknowledge(seq, 0);
-        assert_eq!(wispd.acknowledged(seq), Some(0));
-        assert_eq!(shell.pending_command(), None);
-        assert_eq!(wispd.state(), Some(ShellState::Running));
-        assert_eq!(wispd.time(Timestamp::FirstEntry), 42);
-    }
-
-    #[test]
-    fn a_page_with_a_wrong_magic_is_refused() {
-        let page = ControlPage::create().unwrap();
-        page.store64(OFF_MAGIC, 0xdead_beef);
-        assert!(matches!(
-            shell_view(&page),
-            Err(ControlPageError::BadMagic(0xdead_beef))
-        ));
-        page.store64(OFF_MAGIC, MAGIC);
-        page.store32(OFF_VERSION, 9);
-        assert!(matches!(
-            shell_view(&page),
-            Err(ControlPageError::BadVersion(9))
-        ));
-    }
-
-    #[test]
-    fn out_of_range_lengths_and_values_are_errors_not_reads_past_the_field() {
-        let page = ControlPage::create().unwrap();
-        page.write_config(&sample()).unwrap();
-        page.store32(OFF_KERNEL_LEN, 10_000);
-        let err = page.read_config().unwrap_err();
-        assert!(
-            matches!(
-                err,
-                ControlPageError::OutOfRange {
-                    field: "kernel path",
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        page.write_config(&sample()).unwrap();
-        page.store32(OFF_VCPUS, 0);
-        assert!(page.read_config().is_err());
-        page.write_config(&sample()).unwrap();
-        page.store32(OFF_DEVICE_COUNT, 99);
-        assert!(page.read_config().is_err());
-        page.write_config(&sample()).unwrap();
-        page.store32(OFF_DEVICES, 77);
-        assert!(page.read_config().is_err());
-        page.write_config(&sample()).unwrap();
-        page.write_bytes(OFF_CMDLINE, &[0xff, 0xfe]);
-        assert!(matches!(
-            page.read_config(),
-            Err(ControlPageError::NotUtf8(_))
-        ));
-    }
-
-    #[test]
-    fn configurations_that_do_not_fit_are_refused_on_write() {
-        let page = ControlPage::create().unwrap();
-        let mut c = sample();
-        c.boot_source.as_mut().unwrap().boot_args = Some("x".repeat(CMDLINE_MAX + 1));
-        assert!(matches!(
-            page.write_config(&c),
-            Err(ControlPageError::TooLong { .. })
-        ));
-        let mut c = sample();
-        for i in 0..4 {
-            c.drives.push(Drive {
-                drive_id: format!("d{i}"),
-                path_on_host: "/x".into(),
-                is_root_device: false,
-                is_read_only: false,
+    /// Reads the device entry at `base` into `config`.
+    fn read_device(&self, base: usize, config: &mut VmConfig) -> Result<(), ControlPageError> {
+        let kind = self.load32(base + DEV_OFF_KIND);
+        let flags = self.load32(base + DEV_OFF_FLAGS);
+        let allowed = match kind {
+            DEV_KIND_BLOCK => DEV_FLAG_READ_ONLY | DEV_FLAG_ROOT,
+            DEV_KIND_NET => DEV_FLAG_MAC,
+            DEV_KIND_VSOCK | DEV_KIND_RNG => 0,
+            other => {
+                return Err(ControlPageError::OutOfRange {
+                    field: "device kind",
+                    value: u64::from(other),
+                })
+            }
+        };
+        if flags & !allowed != 0 {
+            return Err(ControlPageError::OutOfRange {
+                field: "device flags",
+                value: u64::from(flags),
             });
         }
-        assert!(matches!(
-            page.write_config(&c),
-            Err(ControlPageError::TooManyDevices)
-        ));
-    }
-
-    #[test]
-    fn an_interface_without_a_mac_round_trips_and_a_bad_mac_is_refused_on_write() {
-        let wispd = ControlPage::create().unwrap();
-        let shell = shell_view(&wispd).unwrap();
-        let mut c = sample();
-        c.network_interfaces[0].guest_mac = None;
-        wispd.write_config(&c).unwrap();
-        assert_eq!(shell.read_config().unwrap(), c);
-        c.network_interfaces[0].guest_mac = Some("06:00:ac:10:00".into());
-        assert!(matches!(
-            wispd.write_config(&c),
-            Err(ControlPageError::BadMac(_))
-        ));
+        let id = |field| self.read_str(field, base + DEV_OFF_ID, DEV_ID_MAX, base + DEV_OFF_ID_LEN);
+        let path = |field| {
+            self.read_path(
+                field,
+                base + DEV_OFF_PATH,
+                DEV_PATH_MAX,
+                base + DEV_OFF_PATH_LEN,
+            )
+        };
+        match kind {
+            DEV_KIND_BLOCK => config.drives.push(Drive {
+                drive_id: id("drive id")?,
+                path_on_host: path("drive path")?,
+                is_root_device: flags & DEV_FLAG_ROOT != 0,
+                is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
+            }),
+            DEV_KIND_NET => {
+                let guest_mac = if flags & DEV_FLAG_MAC != 0 {
+                    let bytes = self.read_bytes(base + DEV_OFF_MAC, DEV_MAC_LEN);
+                    let text = String::from_utf8(bytes)
+                        .map_err(|_| ControlPageError::NotUtf8("guest MAC"))?;
+                    if parse_mac(&text).is_none() {
+                        return Err(ControlPageError::BadMac(text));
+                    }
+                    Some(text)
+                } else {
+                    None
+                };
+                let host_dev_name = self.read_str(
+                    "tap name",
+                    base + DEV_OFF_PATH,
+                    DEV_PATH_MAX,
+                    base + DEV_OFF_PATH_LEN,
+                )?;
+                config.network_interfaces.push(NetworkInterface {
+                    iface_id: id("interface id")?,
+                    host_dev_name,
+                    guest_mac,
+                })
+            }
+            DEV_KIND_VSOCK if config.vsock.is_some() => {
+                return Err(ControlPageError::Duplicate("vsock"))
+            }
+            DEV_KIND_VSOCK => {
+                config.vsock = Some(Vsock {
+                    guest_cid: self.load32(base + DEV_OFF_CID),
+                    uds_path: path("vsock path")?,
+                })
+            }
+            _ if config.entropy.is_some() => return Err(ControlPageError::Duplicate("entropy")),
+            _ => config.entropy = Some(Entropy::default()),
+        }
+        Ok(())
     }
 }
