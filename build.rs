@@ -26,6 +26,8 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
 
     println!("cargo:rerun-if-changed=guest");
+    // The guest ABI crate the unikernel depends on.
+    println!("cargo:rerun-if-changed=abi");
 
     let mut command = Command::new(&cargo);
     command

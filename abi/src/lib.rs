@@ -16,3 +16,43 @@ pub mod control_page;
 pub mod memory_map;
 pub mod mptable;
 pub mod noxs;
+
+#[cfg(test)]
+mod tests {
+    //! The guest ABI's values as documented (guest/README.md, docs/design.md): a change here
+    //! breaks guests built against an older Wisp, so it must be deliberate.
+
+    use super::*;
+
+    #[test]
+    fn guest_visible_values_are_the_documented_ones() {
+        assert_eq!(boot_timer::BOOT_TIMER_ADDR, 0xd000_0000);
+        assert_eq!(boot_timer::BOOT_TIMER_MAGIC, 123);
+        assert_eq!(noxs::NOXS_PAGE_ADDR, 0xd000_1000);
+        assert_eq!(noxs::NOXS_MAGIC, 0x5358_4f4e);
+        assert_eq!(noxs::NOXS_VERSION, 1);
+        assert_eq!(
+            (noxs::OFF_COUNT, noxs::OFF_SYSCTL, noxs::HEADER_SIZE),
+            (8, 12, 16)
+        );
+        assert_eq!(noxs::MAX_ENTRIES, 255);
+        assert_eq!(memory_map::VIRTIO_MMIO_START, 0xd000_2000);
+        assert_eq!(memory_map::EBDA_START, 0x9fc00);
+        assert_eq!(&mptable::FLOATING_POINTER_SIGNATURE, b"_MP_");
+        assert_eq!(&mptable::CONFIG_TABLE_SIGNATURE, b"PCMP");
+    }
+
+    #[test]
+    fn every_virtio_device_gets_its_own_ioapic_pin_and_mmio_slot() {
+        let irqs = memory_map::IRQ_FIRST_DEVICE..=memory_map::IRQ_LAST_DEVICE;
+        assert_eq!(irqs.clone().count(), memory_map::MAX_VIRTIO_DEVICES);
+        assert!(irqs
+            .clone()
+            .all(|irq| irq < u32::from(mptable::IOAPIC_PINS)));
+        // Not the timer (0), keyboard (1), cascade (2) or COM1 (4).
+        assert!(!irqs.clone().any(|irq| [0, 1, 2, 4].contains(&irq)));
+        let last_slot_end = memory_map::VIRTIO_MMIO_START
+            + memory_map::MAX_VIRTIO_DEVICES as u64 * memory_map::MMIO_SLOT_SIZE;
+        assert!(last_slot_end <= memory_map::IOAPIC_START);
+    }
+}

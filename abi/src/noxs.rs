@@ -33,3 +33,4 @@ pub const SYSCTL_SUSPEND: u32 = 2;
 
 const _: () = assert!(NOXS_MAGIC == 0x5358_4f4e);
 const _: () = assert!(MAX_ENTRIES >= crate::memory_map::MAX_VIRTIO_DEVICES);
+const _: () = assert!(NOXS_PAGE_ADDR + NOXS_PAGE_SIZE <= crate::memory_map::VIRTIO_MMIO_START);

@@ -8,8 +8,8 @@ use std::time::Instant;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::MutDeviceMmio;
 
-/// The magic value the guest writes.
-pub const BOOT_TIMER_MAGIC: u8 = 123;
+/// The magic value the guest writes (guest ABI: `wisp_abi::boot_timer`).
+pub use wisp_abi::boot_timer::BOOT_TIMER_MAGIC;
 
 /// Not yet written.
 const UNSET: u64 = u64::MAX;

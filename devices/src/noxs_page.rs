@@ -1,32 +1,32 @@
 //! The noxs device page: a read-only page at a fixed guest-physical address that lists the VM's
 //! devices (type, MMIO base, IRQ) and carries a sysctl word for host requests (power-off,
-//! suspend), so a guest finds its devices without probing (LightVM's noxs, DESIGN.md §5).
+//! suspend), so a guest finds its devices without probing (LightVM's noxs, docs/design.md §5).
 //!
-//! Layout, little endian: u32 magic "NOXS" (0x5358_4f4e), u32 version (1), u32 device count,
-//! u32 sysctl, then one 16-byte entry per device: u32 virtio device type, u32 IRQ, u64 base.
-//! Guest writes are ignored except a write of 0 to the sysctl word, which acknowledges it.
+//! The layout is guest ABI, defined once in `wisp_abi::noxs` (the unikernel reads it from
+//! there too). Guest writes are ignored except a write of 0 to the sysctl word, which
+//! acknowledges it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::MutDeviceMmio;
+use wisp_abi::noxs::{
+    ENTRY_OFF_BASE, ENTRY_OFF_IRQ, ENTRY_OFF_TYPE, ENTRY_SIZE, HEADER_SIZE, MAX_ENTRIES, OFF_COUNT,
+    OFF_MAGIC, OFF_SYSCTL, OFF_VERSION, SYSCTL_NONE, SYSCTL_POWER_OFF, SYSCTL_SUSPEND,
+};
+pub use wisp_abi::noxs::{NOXS_MAGIC, NOXS_PAGE_SIZE, NOXS_VERSION};
 
-pub const NOXS_MAGIC: u32 = 0x5358_4f4e;
-pub const NOXS_VERSION: u32 = 1;
-pub const NOXS_PAGE_SIZE: u64 = 4096;
-const SYSCTL_OFFSET: u64 = 12;
-const HEADER_SIZE: usize = 16;
-const ENTRY_SIZE: usize = 16;
+const SYSCTL_OFFSET: u64 = OFF_SYSCTL as u64;
 /// Entries that fit in the page.
-pub const NOXS_MAX_DEVICES: usize = (NOXS_PAGE_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
+pub const NOXS_MAX_DEVICES: usize = MAX_ENTRIES;
 
 /// A host request the guest should act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Sysctl {
-    None = 0,
-    PowerOff = 1,
-    Suspend = 2,
+    None = SYSCTL_NONE,
+    PowerOff = SYSCTL_POWER_OFF,
+    Suspend = SYSCTL_SUSPEND,
 }
 
 /// One device as the page lists it.
@@ -60,15 +60,17 @@ impl NoxsPage {
     /// The page for `devices` (at most `NOXS_MAX_DEVICES`; more are left off the page).
     pub fn new(devices: &[NoxsEntry], sysctl: SysctlWord) -> Self {
         let listed = &devices[..devices.len().min(NOXS_MAX_DEVICES)];
-        let mut bytes = Vec::with_capacity(HEADER_SIZE + listed.len() * ENTRY_SIZE);
-        bytes.extend_from_slice(&NOXS_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&NOXS_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(listed.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&0u32.to_le_bytes());
-        for d in listed {
-            bytes.extend_from_slice(&d.device_type.to_le_bytes());
-            bytes.extend_from_slice(&d.irq.to_le_bytes());
-            bytes.extend_from_slice(&d.base.to_le_bytes());
+        let mut bytes = vec![0u8; HEADER_SIZE + listed.len() * ENTRY_SIZE];
+        let mut put = |at: usize, field: &[u8]| bytes[at..at + field.len()].copy_from_slice(field);
+        put(OFF_MAGIC, &NOXS_MAGIC.to_le_bytes());
+        put(OFF_VERSION, &NOXS_VERSION.to_le_bytes());
+        put(OFF_COUNT, &(listed.len() as u32).to_le_bytes());
+        // The sysctl word is served live from `sysctl`, not from these bytes.
+        for (i, d) in listed.iter().enumerate() {
+            let at = HEADER_SIZE + i * ENTRY_SIZE;
+            put(at + ENTRY_OFF_TYPE, &d.device_type.to_le_bytes());
+            put(at + ENTRY_OFF_IRQ, &d.irq.to_le_bytes());
+            put(at + ENTRY_OFF_BASE, &d.base.to_le_bytes());
         }
         NoxsPage { bytes, sysctl }
     }

@@ -30,8 +30,8 @@ pub const CODE32_SELECTOR: u16 = 0x18;
 /// `lgdt` limit of the boot GDT: four 8-byte descriptors (null, code64, data, code32).
 pub const GDT_LIMIT: u16 = 4 * 8 - 1;
 
-/// Start of the VMM's 32-bit MMIO gap (Wisp `vmm/src/layout.rs`); mapped uncached.
-const MMIO_GAP_START: usize = 0xd000_0000;
+/// Start of the VMM's 32-bit MMIO gap (`wisp_abi::memory_map`); mapped uncached.
+const MMIO_GAP_START: usize = wisp_abi::memory_map::MMIO_GAP_START as usize;
 
 /// Size of the boot CPU's stack.
 const BOOT_STACK_SIZE: usize = 64 * 1024;

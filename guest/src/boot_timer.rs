@@ -4,10 +4,10 @@
 
 use core::ptr;
 
-/// Guest-physical address of the boot-timer register.
-pub const BOOT_TIMER_ADDR: usize = 0xd000_0000;
+/// Guest-physical address of the boot-timer register (the host's, from `wisp_abi`).
+pub const BOOT_TIMER_ADDR: usize = wisp_abi::boot_timer::BOOT_TIMER_ADDR as usize;
 /// The byte that means "booted".
-pub const BOOT_TIMER_MAGIC: u8 = 123;
+pub use wisp_abi::boot_timer::BOOT_TIMER_MAGIC;
 
 /// Tells the VMM the unikernel has booted.
 pub fn signal() {

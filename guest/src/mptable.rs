@@ -7,22 +7,19 @@
 
 use core::fmt;
 use core::slice;
+use wisp_abi::mptable::{
+    CONFIG_HEADER_LEN, CONFIG_TABLE_SIGNATURE, CPU_FLAG_BOOTSTRAP, CPU_FLAG_ENABLED,
+    ENTRY_LOCAL_INTERRUPT, ENTRY_PROCESSOR, FLOATING_POINTER_LEN, FLOATING_POINTER_PARAGRAPHS,
+    FLOATING_POINTER_SIGNATURE, OTHER_ENTRY_LEN, PROCESSOR_ENTRY_LEN,
+};
 
 /// The most CPUs recorded (the xAPIC has 8-bit IDs; 0xff is broadcast).
 pub const MAX_CPUS: usize = 255;
 
 /// Physical address of the BIOS data area word holding the EBDA segment.
 const BDA_EBDA_SEGMENT: usize = 0x40e;
-const FLOATING_POINTER_LEN: usize = 16;
-const CONFIG_HEADER_LEN: usize = 44;
-const ENTRY_PROCESSOR: u8 = 0;
-const PROCESSOR_ENTRY_LEN: usize = 20;
-/// Bus, I/O APIC, I/O interrupt and local interrupt entries are all 8 bytes.
-const OTHER_ENTRY_LEN: usize = 8;
-const CPU_FLAG_ENABLED: u8 = 1 << 0;
-const CPU_FLAG_BOOTSTRAP: u8 = 1 << 1;
 /// The local APIC address when the table gives none.
-const DEFAULT_LAPIC_ADDR: u32 = 0xfee0_0000;
+const DEFAULT_LAPIC_ADDR: u32 = wisp_abi::memory_map::APIC_START as u32;
 
 /// Why no usable CPU list came out of the MP table.
 #[derive(Debug)]
@@ -80,7 +77,7 @@ impl MpConfig {
     fn parse(paddr: u32) -> Result<Self, MpTableError> {
         let bad = MpTableError::BadConfigTable { paddr };
         let header = phys_bytes(paddr as usize, CONFIG_HEADER_LEN);
-        if &header[0..4] != b"PCMP" {
+        if header[0..4] != CONFIG_TABLE_SIGNATURE {
             return Err(bad);
         }
         let table_len = usize::from(u16::from_le_bytes([header[4], header[5]]));
@@ -107,7 +104,7 @@ impl MpConfig {
         while let Some(&entry_type) = table.get(offset) {
             let len = match entry_type {
                 ENTRY_PROCESSOR => PROCESSOR_ENTRY_LEN,
-                1..=4 => OTHER_ENTRY_LEN,
+                1..=ENTRY_LOCAL_INTERRUPT => OTHER_ENTRY_LEN,
                 _ => return Err(MpTableError::UnknownEntry { entry_type, offset }),
             };
             let Some(entry) = table.get(offset..offset + len) else {
@@ -179,6 +176,8 @@ fn scan(start: usize, end: usize) -> Option<&'static [u8]> {
         .map(|paddr| phys_bytes(paddr, FLOATING_POINTER_LEN))
         .find(|candidate| {
             // The length byte counts 16-byte paragraphs; version 1.4 pointers are one paragraph.
-            &candidate[0..4] == b"_MP_" && candidate[8] == 1 && checksum_ok(candidate)
+            candidate[0..4] == FLOATING_POINTER_SIGNATURE
+                && candidate[8] == FLOATING_POINTER_PARAGRAPHS
+                && checksum_ok(candidate)
         })
 }

@@ -2,23 +2,21 @@
 //! VM's devices, so the unikernel finds them without probing (DESIGN.md §5; the host half is
 //! `devices/src/noxs_page.rs`).
 //!
-//! Layout, little endian: u32 magic "NOXS" (0x5358_4f4e), u32 version (1), u32 device count,
-//! u32 sysctl (host request: 0 none, 1 power-off, 2 suspend), then one 16-byte entry per
+//! The layout is the host's, from `wisp_abi::noxs`: u32 magic "NOXS", u32 version, u32 device
+//! count, u32 sysctl (host request: 0 none, 1 power-off, 2 suspend), then one 16-byte entry per
 //! device: u32 virtio device type, u32 IRQ, u64 MMIO base. Unbacked MMIO reads as all ones
 //! under Wisp and as zeros under QEMU; either fails the magic check.
 
 use core::fmt;
 use core::ptr;
+use wisp_abi::noxs::{
+    ENTRY_OFF_BASE, ENTRY_OFF_IRQ, ENTRY_OFF_TYPE, ENTRY_SIZE, HEADER_SIZE, NOXS_PAGE_SIZE,
+    OFF_COUNT, OFF_MAGIC, OFF_SYSCTL, OFF_VERSION,
+};
+pub use wisp_abi::noxs::{MAX_ENTRIES, NOXS_MAGIC, NOXS_VERSION};
 
 /// Guest-physical address of the page (identity-mapped, uncached: `boot.rs`).
-pub const NOXS_PAGE_ADDR: usize = 0xd000_1000;
-pub const NOXS_MAGIC: u32 = 0x5358_4f4e;
-pub const NOXS_VERSION: u32 = 1;
-const PAGE_SIZE: usize = 4096;
-const HEADER_SIZE: usize = 16;
-const ENTRY_SIZE: usize = 16;
-/// Entries that fit in the page; a larger count is clamped, not trusted.
-pub const MAX_ENTRIES: usize = (PAGE_SIZE - HEADER_SIZE) / ENTRY_SIZE;
+pub const NOXS_PAGE_ADDR: usize = wisp_abi::noxs::NOXS_PAGE_ADDR as usize;
 
 /// Why the page cannot be used.
 #[derive(Debug)]
@@ -55,6 +53,7 @@ pub struct DevicePage {
 }
 
 fn read_u32(offset: usize) -> u32 {
+    debug_assert!(offset + 4 <= NOXS_PAGE_SIZE as usize);
     // SAFETY: offset < 4096 (callers stay inside the page); the page is MMIO in the
     // identity-mapped, uncached window, or unbacked (reads return a fill value). Volatile:
     // the host may change the sysctl word at any time.
@@ -64,18 +63,18 @@ fn read_u32(offset: usize) -> u32 {
 impl DevicePage {
     /// Reads and checks the header.
     pub fn read() -> Result<Self, NoxsError> {
-        let magic = read_u32(0);
+        let magic = read_u32(OFF_MAGIC);
         if magic != NOXS_MAGIC {
             return Err(NoxsError::NoPage { magic });
         }
-        let version = read_u32(4);
+        let version = read_u32(OFF_VERSION);
         if version != NOXS_VERSION {
             return Err(NoxsError::UnknownVersion { version });
         }
-        let count = usize::try_from(read_u32(8)).unwrap_or(MAX_ENTRIES);
+        let count = usize::try_from(read_u32(OFF_COUNT)).unwrap_or(MAX_ENTRIES);
         Ok(DevicePage {
             count: count.min(MAX_ENTRIES),
-            sysctl: read_u32(12),
+            sysctl: read_u32(OFF_SYSCTL),
         })
     }
 
@@ -94,9 +93,10 @@ impl DevicePage {
         (0..self.count).map(|index| {
             let at = HEADER_SIZE + index * ENTRY_SIZE;
             NoxsEntry {
-                device_type: read_u32(at),
-                irq: read_u32(at + 4),
-                mmio_base: u64::from(read_u32(at + 8)) | (u64::from(read_u32(at + 12)) << 32),
+                device_type: read_u32(at + ENTRY_OFF_TYPE),
+                irq: read_u32(at + ENTRY_OFF_IRQ),
+                mmio_base: u64::from(read_u32(at + ENTRY_OFF_BASE))
+                    | (u64::from(read_u32(at + ENTRY_OFF_BASE + 4)) << 32),
             }
         })
     }

@@ -18,8 +18,8 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Guest-physical address of the boot timer: the guest writes byte 123 there when
 /// userspace starts and the VMM records the time since create (Firecracker's
-/// convention, DESIGN.md §3).
-pub const BOOT_TIMER_ADDR: u64 = 0xd000_0000;
+/// convention, docs/design.md §3). Guest ABI, from `wisp_abi::boot_timer`.
+pub const BOOT_TIMER_ADDR: u64 = wisp_abi::boot_timer::BOOT_TIMER_ADDR;
 
 /// The line `/init` prints once userspace runs; boot checks wait for it.
 pub const INIT_MARKER: &str = "tinyx: init reached";

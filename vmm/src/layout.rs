@@ -1,5 +1,6 @@
 //! The guest-physical memory map of a Wisp microVM (x86_64). This is guest ABI: the unikernel
-//! and the Tinyx init rely on the fixed addresses below (see guest/README.md).
+//! and the Tinyx init rely on the fixed addresses below (see guest/README.md); those they share
+//! with the host come from `wisp-abi`.
 //!
 //! ```text
 //! 0x0000_0500  GDT (boot segments)            0x0000_6000  PVH hvm_start_info (+ module list)
@@ -31,28 +32,18 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Initial stack pointer for the 64-bit boot protocol (grows down, below the cmdline).
 pub const BOOT_STACK_POINTER: u64 = 0x8ff0;
-/// The MP table lives in the EBDA, which the e820 map keeps out of RAM.
-pub const EBDA_START: u64 = 0x9fc00;
 /// Where high memory starts; kernels load at or above it.
 pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 
-/// The 32-bit MMIO gap below 4 GiB (as in Firecracker: 768 MiB).
-pub const MMIO_GAP_START: u64 = 0xd000_0000;
-pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
-/// The boot timer: the guest writes 123 here when it is up.
-pub const BOOT_TIMER_START: u64 = MMIO_GAP_START;
-/// The noxs device page (read-only for the guest).
-pub const NOXS_PAGE_START: u64 = MMIO_GAP_START + 0x1000;
-/// First virtio-mmio slot; slots are `MMIO_SLOT_SIZE` apart.
-pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START + 0x2000;
-pub const MMIO_SLOT_SIZE: u64 = 0x1000;
-/// Legacy IRQs (IOAPIC pins) handed to virtio devices; 4 is COM1.
-pub const IRQ_FIRST_DEVICE: u32 = 5;
-pub const IRQ_LAST_DEVICE: u32 = 23;
+/// The guest-visible MMIO map (gap, boot timer, noxs page, virtio-mmio slots, IOAPIC, local
+/// APIC), the EBDA that holds the MP table, and the legacy IRQs (IOAPIC pins) handed to
+/// virtio devices: guest ABI, defined once in `wisp-abi`.
+pub use wisp_abi::memory_map::{
+    APIC_START, BOOT_TIMER_START, EBDA_START, IOAPIC_START, IRQ_FIRST_DEVICE, IRQ_LAST_DEVICE,
+    MAX_VIRTIO_DEVICES, MMIO_GAP_END, MMIO_GAP_START, MMIO_SLOT_SIZE, NOXS_PAGE_START,
+    VIRTIO_MMIO_START,
+};
 
-/// The IOAPIC and the local APIC (fixed by the PC platform).
-pub const IOAPIC_START: u64 = 0xfec0_0000;
-pub const APIC_START: u64 = 0xfee0_0000;
 /// KVM's TSS and identity-map pages (needed by VMX real-mode emulation) sit in the gap.
 pub const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;

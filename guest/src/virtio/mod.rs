@@ -31,8 +31,8 @@ pub const DEVICE_RNG: u32 = 4;
 pub const DEVICE_VSOCK: u32 = 19;
 
 /// The identity-mapped, uncached window where the boot stub lets MMIO live (`boot.rs`).
-pub const MMIO_WINDOW_START: u64 = 0xd000_0000;
-pub const MMIO_WINDOW_END: u64 = 0x1_0000_0000;
+pub const MMIO_WINDOW_START: u64 = wisp_abi::memory_map::MMIO_GAP_START;
+pub const MMIO_WINDOW_END: u64 = wisp_abi::memory_map::MMIO_GAP_END;
 
 /// Most devices remembered from the command line (more are ignored).
 const MAX_DEVICES: usize = 32;

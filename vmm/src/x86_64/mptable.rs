@@ -4,16 +4,17 @@
 
 use crate::layout::{APIC_START, EBDA_START, IOAPIC_START};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wisp_abi::mptable::{
+    CONFIG_HEADER_LEN, CONFIG_TABLE_SIGNATURE, CPU_FLAG_BOOTSTRAP, CPU_FLAG_ENABLED, ENTRY_BUS,
+    ENTRY_IOAPIC, ENTRY_IO_INTERRUPT, ENTRY_LOCAL_INTERRUPT, ENTRY_PROCESSOR, FLOATING_POINTER_LEN,
+    FLOATING_POINTER_PARAGRAPHS, FLOATING_POINTER_SIGNATURE, IOAPIC_PINS, SPEC_REVISION,
+};
 
 /// The table must fit in the first KiB of the EBDA, where guests search for it.
 pub const MAX_CPUS: u8 = 32;
-/// IOAPIC pins (and legacy IRQs) described.
-const IOAPIC_PINS: u8 = 24;
 const APIC_VERSION: u8 = 0x14;
 const IOAPIC_VERSION: u8 = 0x11;
 const BUS_ISA: u8 = 0;
-const CPU_ENABLED: u8 = 1;
-const CPU_BSP: u8 = 2;
 const IRQ_INT: u8 = 0;
 const IRQ_NMI: u8 = 1;
 const IRQ_EXTINT: u8 = 3;
@@ -39,33 +40,43 @@ fn config_table(cpus: u8) -> Vec<u8> {
     let mut entries = Vec::new();
     let mut count: u16 = 0;
     for id in 0..cpus {
-        let flags = CPU_ENABLED | if id == 0 { CPU_BSP } else { 0 };
-        entries.extend_from_slice(&[0, id, APIC_VERSION, flags]);
+        let flags = CPU_FLAG_ENABLED | if id == 0 { CPU_FLAG_BOOTSTRAP } else { 0 };
+        entries.extend_from_slice(&[ENTRY_PROCESSOR, id, APIC_VERSION, flags]);
         entries.extend_from_slice(&CPU_SIGNATURE.to_le_bytes());
         entries.extend_from_slice(&CPU_FEATURES.to_le_bytes());
         entries.extend_from_slice(&[0; 8]);
         count += 1;
     }
-    entries.extend_from_slice(&[1, BUS_ISA]);
+    entries.extend_from_slice(&[ENTRY_BUS, BUS_ISA]);
     entries.extend_from_slice(b"ISA   ");
-    entries.extend_from_slice(&[2, ioapic_id, IOAPIC_VERSION, 1]);
+    entries.extend_from_slice(&[ENTRY_IOAPIC, ioapic_id, IOAPIC_VERSION, 1]);
     entries.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     count += 2;
     for irq in 0..IOAPIC_PINS {
         // I/O interrupt assignment: ISA IRQ n → IOAPIC pin n, conforming polarity/trigger.
-        entries.extend_from_slice(&[3, IRQ_INT, 0, 0, BUS_ISA, irq, ioapic_id, irq]);
+        let entry = [
+            ENTRY_IO_INTERRUPT,
+            IRQ_INT,
+            0,
+            0,
+            BUS_ISA,
+            irq,
+            ioapic_id,
+            irq,
+        ];
+        entries.extend_from_slice(&entry);
         count += 1;
     }
     // Local interrupts: the PIC on LINT0 (virtual wire), NMI on LINT1 of every CPU.
-    entries.extend_from_slice(&[4, IRQ_EXTINT, 0, 0, BUS_ISA, 0, 0, 0]);
-    entries.extend_from_slice(&[4, IRQ_NMI, 0, 0, BUS_ISA, 0, 0xff, 1]);
+    entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, IRQ_EXTINT, 0, 0, BUS_ISA, 0, 0, 0]);
+    entries.extend_from_slice(&[ENTRY_LOCAL_INTERRUPT, IRQ_NMI, 0, 0, BUS_ISA, 0, 0xff, 1]);
     count += 2;
 
-    let length = (44 + entries.len()) as u16;
+    let length = (CONFIG_HEADER_LEN + entries.len()) as u16;
     let mut table = Vec::with_capacity(usize::from(length));
-    table.extend_from_slice(b"PCMP");
+    table.extend_from_slice(&CONFIG_TABLE_SIGNATURE);
     table.extend_from_slice(&length.to_le_bytes());
-    table.push(4); // spec revision 1.4
+    table.push(SPEC_REVISION);
     table.push(0); // checksum, below
     table.extend_from_slice(b"WISP    "); // OEM id
     table.extend_from_slice(b"MICROVM     "); // product id
@@ -84,11 +95,12 @@ pub fn setup_mptable(mem: &GuestMemoryMmap, cpus: u8) -> Result<(), MptableError
     if cpus == 0 || cpus > MAX_CPUS {
         return Err(MptableError::TooManyCpus(cpus));
     }
-    let table_addr = EBDA_START + 16;
-    let mut fp = Vec::with_capacity(16);
-    fp.extend_from_slice(b"_MP_");
+    let table_addr = EBDA_START + FLOATING_POINTER_LEN as u64;
+    let mut fp = Vec::with_capacity(FLOATING_POINTER_LEN);
+    fp.extend_from_slice(&FLOATING_POINTER_SIGNATURE);
     fp.extend_from_slice(&(table_addr as u32).to_le_bytes());
-    fp.extend_from_slice(&[1, 4, 0, 0, 0, 0, 0, 0]); // length 1 paragraph, rev 1.4, features
+    // Length in paragraphs, revision, checksum (below), feature bytes.
+    fp.extend_from_slice(&[FLOATING_POINTER_PARAGRAPHS, SPEC_REVISION, 0, 0, 0, 0, 0, 0]);
     fp[10] = checksum(&fp);
     mem.write_slice(&fp, GuestAddress(EBDA_START))
         .map_err(MptableError::Write)?;
