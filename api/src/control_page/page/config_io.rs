@@ -53,9 +53,10 @@ fn path_bytes(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
-fn in_device(device: String) -> impl FnOnce(ControlPageError) -> ControlPageError {
+/// Puts an error in the context of one device; `device` names it, only if there is an error.
+fn in_device(device: impl FnOnce() -> String) -> impl FnOnce(ControlPageError) -> ControlPageError {
     move |source| ControlPageError::Device {
-        device,
+        device: device(),
         source: Box::new(source),
     }
 }
@@ -95,7 +96,7 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     }
     let mut entries = Vec::with_capacity(count);
     for d in &config.drives {
-        let at = in_device(format!("drive `{}`", d.drive_id));
+        let at = in_device(|| format!("drive `{}`", d.drive_id));
         let checked = (|| {
             Ok(Entry {
                 kind: DEV_KIND_BLOCK,
@@ -113,7 +114,7 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
         entries.push(checked.map_err(at)?);
     }
     for iface in &config.network_interfaces {
-        let at = in_device(format!("network interface `{}`", iface.iface_id));
+        let at = in_device(|| format!("network interface `{}`", iface.iface_id));
         let checked = (|| {
             let mac = match &iface.guest_mac {
                 // A MAC parses only as 17 ASCII bytes, so it always fills the field exactly.
@@ -138,7 +139,7 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     }
     if let Some(v) = &config.vsock {
         let path = fit("uds_path", path_bytes(&v.uds_path), DEV_PATH_MAX)
-            .map_err(in_device("vsock".to_string()))?;
+            .map_err(in_device(|| "vsock".to_string()))?;
         entries.push(Entry {
             kind: DEV_KIND_VSOCK,
             flags: 0,
@@ -384,7 +385,7 @@ impl ControlPage {
         let count = self.bounded("device count", OFF_DEVICE_COUNT, 0, DEVICES_MAX as u64)?;
         for i in 0..count as usize {
             self.read_device(OFF_DEVICES + i * DEVICE_ENTRY_SIZE, &mut config)
-                .map_err(in_device(format!("device table entry {i}")))?;
+                .map_err(in_device(|| format!("device table entry {i}")))?;
         }
         Ok(config)
     }
