@@ -74,6 +74,24 @@ impl Vm {
         Ok(())
     }
 
+    /// Removes every slot `register_memory` made for `mem` (a slot of size 0 deletes it, KVM
+    /// API). Called after the vCPUs are joined and before the mapping may go away.
+    pub fn unregister_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: 0,
+                userspace_addr: 0,
+                flags: 0,
+            };
+            // SAFETY: deleting a slot hands KVM no memory; afterwards KVM no longer refers to
+            // the region it had.
+            unsafe { self.fd.set_user_memory_region(desc) }.map_err(VmError::SetMemory)?;
+        }
+        Ok(())
+    }
+
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
