@@ -80,8 +80,7 @@ impl PreparedVm {
             });
         }
         let mem = create_guest_memory(mem_mib)?;
-        let vm = Vm::new()?;
-        vm.register_memory(&mem)?;
+        let vm = Vm::with_memory(&mem)?;
         let supported_cpuid = vm
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
