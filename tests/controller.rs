@@ -216,7 +216,13 @@ fn a_thousand_pause_resume_cycles_race_guest_exits_and_requests() {
             let vm = vm.clone();
             thread::spawn(move || {
                 let mut answered = 0;
-                while !matches!(vm.state(), VmState::Halted | VmState::Failed) && answered < 200 {
+                while answered < 200 {
+                    match vm.call(VmmAction::GetVmInfo) {
+                        Ok(VmmData::InstanceInfo(info)) if !info.state.has_ended() => {}
+                        // The VM ended (or its loop did, and the channel with it).
+                        Ok(VmmData::InstanceInfo(_)) | Err(VmmActionError::VmmGone) => break,
+                        other => panic!("GET / answered {other:?}"),
+                    }
                     answered += 1;
                 }
                 answered
@@ -245,7 +251,7 @@ fn a_thousand_pause_resume_cycles_race_guest_exits_and_requests() {
         if !ended {
             vm.call(VmmAction::StopMicroVm).unwrap();
         }
-        assert!(reader.join().unwrap() > 0);
+        reader.join().unwrap();
         let vm = Arc::try_unwrap(vm).ok().unwrap();
         let (outcome, _) = vm.join();
         assert!(
@@ -253,6 +259,7 @@ fn a_thousand_pause_resume_cycles_race_guest_exits_and_requests() {
             "{outcome:?}"
         );
     }
+    eprintln!("{done} pause/resume cycles over {vms} VMs");
 }
 
 /// Teardown order: after `shutdown` every vCPU thread is joined (the guest's counter stands
