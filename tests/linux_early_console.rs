@@ -5,15 +5,14 @@
 //! when the kernel then dies wisp ends with a clear one-line error, not a hang or a panic. Full
 //! Linux boots are tested on real KVM inside the test host (tests/linux_guest.rs).
 
-mod common;
-
-use common::{run_with_deadline, wisp};
+use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, Outcome};
 
 const EARLY: &str = "earlyprintk=serial,ttyS0,115200 console=ttyS0 reboot=k panic=-1";
 
-fn boot_to_early_console(kernel: &std::path::Path) -> common::Outcome {
-    let mut cmd = wisp();
+fn boot_to_early_console(kernel: &std::path::Path) -> Outcome {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp"));
     cmd.args(["run", "--mem", "256", "--cmdline", EARLY, "--kernel"])
         .arg(kernel);
     run_with_deadline(cmd, b"", Duration::from_secs(60))

@@ -1,11 +1,19 @@
 //! `wisp run` on real /dev/kvm with the Wisp unikernel: boot, console, boot timer, SMP, memory
 //! map, clean and unclean exits, and every bad input with its one-line error.
 
-mod common;
-
-use common::{run_with_deadline, unikernel, wisp, wisp_run, TempFile};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, unikernel, Outcome, Scratch, TempFile};
+
+/// The binary under test.
+const WISP: &str = env!("CARGO_BIN_EXE_wisp");
+
+/// `wisp run --kernel KERNEL ARGS...` with a 20 s deadline.
+fn wisp_run(kernel: &Path, args: &[&str]) -> Outcome {
+    wisp_test_support::wisp_run(WISP, kernel, args)
+}
 
 #[test]
 fn unikernel_boots_prints_its_line_and_exits_cleanly() {
@@ -65,7 +73,7 @@ fn guest_sees_the_memory_size_it_was_given() {
 
 #[test]
 fn host_input_reaches_the_guest_console() {
-    let mut cmd = wisp();
+    let mut cmd = Command::new(WISP);
     cmd.args(["run", "--cmdline", "echo", "--kernel"])
         .arg(unikernel());
     let out = run_with_deadline(cmd, b"ping-from-host\nq", Duration::from_secs(20));
@@ -86,7 +94,7 @@ fn triple_fault_ends_wisp_with_the_exit_reason_and_rip() {
 }
 
 /// Asserts a one-line error on stderr that mentions `needle`, exit status 1, no panic.
-fn assert_one_line_error(out: &common::Outcome, needle: &str) {
+fn assert_one_line_error(out: &Outcome, needle: &str) {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let err = out.stderr.trim();
     assert_eq!(err.lines().count(), 1, "exactly one line: {out:#?}");
@@ -105,11 +113,9 @@ fn missing_kernel_is_one_line_naming_the_file() {
 
 #[test]
 fn unreadable_kernel_is_one_line_naming_the_file() {
-    let dir = std::env::temp_dir().join(format!("wisp-test-dir-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = wisp_run(&dir, &[]);
-    std::fs::remove_dir(&dir).unwrap();
-    assert_one_line_error(&out, &dir.display().to_string());
+    let dir = Scratch::new("kernel-is-a-dir");
+    let out = wisp_run(&dir.0, &[]);
+    assert_one_line_error(&out, &dir.0.display().to_string());
 }
 
 #[test]
@@ -171,7 +177,7 @@ fn no_permission_on_dev_kvm_is_one_clear_line() {
         eprintln!("skipping: /dev/kvm is world-accessible on this host");
         return;
     }
-    let mut cmd = wisp();
+    let mut cmd = Command::new(WISP);
     cmd.args(["run", "--kernel"])
         .arg(unikernel())
         .uid(65534)
