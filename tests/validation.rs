@@ -3,12 +3,10 @@
 //! no guest ever runs.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{unikernel, wisp_run, Scratch};
+use wisp_test_support::{unikernel, wisp_run, Scratch};
 
 fn refused(args: &[&str], expect: &str) {
-    let out = wisp_run(&unikernel(), args);
+    let out = wisp_run(env!("CARGO_BIN_EXE_wisp"), &unikernel(), args);
     assert_eq!(out.code(), Some(1), "{args:?}: {}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{args:?}: one line, got {lines:?}");
