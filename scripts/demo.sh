@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if ! [ -d /sys/module/kvm_pvm ]; then scripts/install-deps.sh; fi
 cargo build --release --bin wisp
+cargo build --release -p wisp-tinyx --bin tinyx   # builds the Linux demo guest (not linked into wisp)
 exec target/release/wisp demo

@@ -7,8 +7,13 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::Instant;
-use wisp_api::{BootSource, Entropy, MachineConfig, VmConfig};
-use wisp_vmm::{MicroVm, MicroVmOptions, VmExit};
+use wisp_api::{
+    new_request_id, BootSource, Entropy, HostLimits, MachineConfig, VmConfig, VmResources,
+    VmmAction,
+};
+use wisp_vmm::vmm_loop::{lock, VmmLoopError};
+use wisp_vmm::x86_64::mptable::MAX_CPUS;
+use wisp_vmm::{Controller, ControllerHooks, MicroVmOptions, Outcome, VmmLoop};
 
 /// Exit status when the VMM could not build or run the VM.
 pub const EXIT_VMM_ERROR: i32 = 1;
@@ -55,7 +60,8 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
     })
 }
 
-/// Builds and runs `config`; returns the process exit status.
+/// Builds and runs `config` through the controller (one `ConfigureAll`, then `InstanceStart`:
+/// the same validation as every other front end); returns the process exit status.
 pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
     let (stdout, stdin) = match (
         dup_stream(std::io::stdout().as_fd()),
@@ -81,28 +87,60 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
         on_boot,
         on_first_entry: None,
     };
-    let vm = match MicroVm::build(config, opts) {
-        Ok(vm) => vm,
+    let controller = Controller::new(
+        VmResources::new(host_limits()),
+        opts,
+        ControllerHooks::default(),
+    );
+    let vmm = match VmmLoop::new(controller) {
+        Ok(vmm) => vmm,
         Err(e) => {
             report!("wisp: error: {e}");
             return EXIT_VMM_ERROR;
         }
     };
+    let request_id = new_request_id();
+    {
+        let shared = vmm.controller();
+        let mut controller = lock(&shared);
+        for action in [
+            VmmAction::ConfigureAll(Box::new(config.clone())),
+            VmmAction::StartMicroVm,
+        ] {
+            if let Err(e) = controller.handle(&request_id, action) {
+                report!("wisp: error: {e}");
+                return EXIT_VMM_ERROR;
+            }
+        }
+    }
     let terminal = RawTerminal::enable(libc::STDIN_FILENO);
-    let outcome = vm.run();
+    let outcome = vmm.run();
     drop(terminal);
+    exit_status(outcome)
+}
+
+/// The host's limits the configuration is validated against.
+pub fn host_limits() -> HostLimits {
+    HostLimits {
+        max_vcpus: MAX_CPUS,
+    }
+}
+
+/// The process exit status for how the VMM ended, with its one line on stderr.
+pub fn exit_status(outcome: Result<Outcome, VmmLoopError>) -> i32 {
     match outcome {
-        Ok(exit) if exit.is_clean() => {
+        Ok(Outcome::Exited(exit)) if exit.is_clean() => {
             log::info!("{exit}");
             0
         }
-        Ok(exit @ (VmExit::GuestPanic | VmExit::TripleFault { .. } | VmExit::Error(_))) => {
+        Ok(Outcome::Exited(exit)) => {
             report!("wisp: guest failed: {exit}");
             EXIT_GUEST_FAILURE
         }
-        Ok(exit) => {
-            report!("wisp: guest stopped: {exit}");
-            EXIT_GUEST_FAILURE
+        Ok(Outcome::NothingToRun) => 0,
+        Ok(Outcome::StartFailed(e)) => {
+            report!("wisp: error: cannot start the microVM: {e}");
+            EXIT_VMM_ERROR
         }
         Err(e) => {
             report!("wisp: error: {e}");

@@ -1,41 +1,46 @@
-//! `wisp shell`: a prepared VM shell owned by `wispd` (DESIGN.md §5). It prepares the VM off
-//! the critical path, parks on its doorbell, and on Create reads the configuration from the
-//! control page, loads the guest, starts it and acknowledges — no HTTP, no JSON.
+//! `wisp shell`: a prepared VM shell owned by `wispd` (docs/design.md §5). It prepares the VM
+//! off the critical path and parks on its doorbell; the control page is then one more front end
+//! of the controller: Create, Pause, Resume and Destroy become `VmmAction`s, and the page's
+//! STATE word is written from the controller's state (a listener), never on its own.
 
-use crate::api_mode::RunningApi;
 use crate::cli::ShellArgs;
+use crate::run::{host_limits, EXIT_VMM_ERROR};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
-use wisp_api::{
-    api_channel, spawn_api_server, ApiReceiver, ApiServerHandle, HostLimits, VmResources,
+use wisp_api::{api_channel, new_request_id, spawn_api_server, VmResources, VmState, VmmAction};
+use wisp_vmm::vmm_loop::{lock, SharedController};
+use wisp_vmm::{
+    ApiFrontEnd, Controller, ControllerHooks, MicroVmOptions, Outcome, PreparedVm, VmmLoop,
 };
-use wisp_vmm::x86_64::mptable::MAX_CPUS;
-use wisp_vmm::{MicroVm, MicroVmOptions, PreparedVm, VmController};
 
 /// Result codes acknowledged on the page.
 const RESULT_OK: i32 = 0;
 const RESULT_FAILED: i32 = 1;
 const RESULT_BAD_COMMAND: i32 = 2;
 
-struct Shell {
+/// The shell's half of the control page: the page and its two doorbells.
+#[derive(Clone)]
+struct Page {
     page: Arc<ControlPage>,
-    doorbell: EventFd,
-    ack: EventFd,
+    ack: Arc<EventFd>,
 }
 
-impl Shell {
+impl Page {
     fn ring(&self) {
         if let Err(e) = self.ack.write(1) {
             log::error!("shell: cannot ring wispd: {e}");
         }
     }
 
-    fn fail(&self, seq: Option<u32>, message: &str) -> i32 {
+    /// Reports a failure on the page (and stderr), acknowledging `seq` if a command failed.
+    fn fail(&self, seq: Option<u32>, message: &str) {
         report!("wisp shell: {message}");
         self.page.set_error(message);
         self.page.set_state(ShellState::Failed);
@@ -43,7 +48,22 @@ impl Shell {
             self.page.acknowledge(seq, RESULT_FAILED);
         }
         self.ring();
-        1
+    }
+
+    fn answer(&self, seq: u32, result: i32) {
+        self.page.acknowledge(seq, result);
+        self.ring();
+    }
+}
+
+/// The page's state for the controller's (NotStarted is the shell's own Prepared/Configuring).
+fn shell_state(state: VmState) -> Option<ShellState> {
+    match state {
+        VmState::NotStarted => None,
+        VmState::Running => Some(ShellState::Running),
+        VmState::Paused => Some(ShellState::Paused),
+        VmState::Halted => Some(ShellState::Halted),
+        VmState::Failed => Some(ShellState::Failed),
     }
 }
 
@@ -54,12 +74,29 @@ fn inherited(fd: i32) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
+/// The guest console's file, 0600 (console text is the guest's business).
+fn open_console(args: &ShellArgs) -> std::io::Result<Box<dyn Write + Send>> {
+    match &args.console {
+        Some(path) => {
+            let file: File = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(path)?;
+            Ok(Box::new(file))
+        }
+        None => Ok(Box::new(std::io::sink())),
+    }
+}
+
 pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
-    let page = match ControlPage::open(inherited(args.control)) {
+    let control = match ControlPage::open(inherited(args.control)) {
         Ok(p) => Arc::new(p),
         Err(e) => {
             report!("wisp shell: error: {e}");
-            return 1;
+            return EXIT_VMM_ERROR;
         }
     };
     // SAFETY: as `inherited`: the doorbell and ack eventfds are ours alone.
@@ -69,10 +106,9 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
             EventFd::from_raw_fd(args.ack),
         )
     };
-    let shell = Shell {
-        page,
-        doorbell,
-        ack,
+    let page = Page {
+        page: control,
+        ack: Arc::new(ack),
     };
 
     // The VM's own REST socket is bound while preparing, off the create path; requests that
@@ -86,173 +122,195 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
                     .map_err(|e| e.to_string())
             }) {
             Ok(api) => Some(api),
-            Err(e) => return shell.fail(None, &format!("cannot serve the REST API: {e}")),
+            Err(e) => {
+                page.fail(None, &format!("cannot serve the REST API: {e}"));
+                return EXIT_VMM_ERROR;
+            }
         },
         None => None,
     };
+    let console = match open_console(args) {
+        Ok(c) => c,
+        Err(e) => {
+            page.fail(None, &format!("cannot open the console file: {e}"));
+            return EXIT_VMM_ERROR;
+        }
+    };
     let prepared = match PreparedVm::prepare(args.mem, args.vcpus) {
         Ok(p) => p,
-        Err(e) => return shell.fail(None, &format!("cannot prepare the VM: {e}")),
-    };
-    shell
-        .page
-        .set_shell_info(std::process::id(), args.mem, u32::from(args.vcpus));
-    shell.page.set_time(Timestamp::Prepared, monotonic_ns());
-    shell.page.set_state(ShellState::Prepared);
-    shell.ring();
-
-    loop {
-        if shell.doorbell.read().is_err() {
-            return shell.fail(None, "doorbell closed before a create");
+        Err(e) => {
+            page.fail(None, &format!("cannot prepare the VM: {e}"));
+            return EXIT_VMM_ERROR;
         }
-        let Some((seq, command)) = shell.page.pending_command() else {
-            continue;
-        };
-        match command {
-            Some(ControlCommand::Create) => return create(start, shell, seq, prepared, args, api),
-            Some(ControlCommand::Destroy) => {
-                shell.page.set_state(ShellState::Halted);
-                shell.page.acknowledge(seq, RESULT_OK);
-                shell.ring();
-                return 0;
-            }
-            _ => {
-                shell.page.acknowledge(seq, RESULT_BAD_COMMAND);
-                shell.ring();
-            }
-        }
-    }
-}
-
-fn create(
-    start: Instant,
-    shell: Shell,
-    seq: u32,
-    prepared: PreparedVm,
-    args: &ShellArgs,
-    api: Option<(ApiReceiver, ApiServerHandle)>,
-) -> i32 {
-    let t0 = Instant::now();
-    shell.page.set_state(ShellState::Configuring);
-    let config = match shell.page.read_config() {
-        Ok(c) => c,
-        Err(e) => return shell.fail(Some(seq), &format!("rejected the control page: {e}")),
     };
-    let console: Box<dyn std::io::Write + Send> = match &args.console {
-        Some(path) => match File::create(path) {
-            Ok(f) => Box::new(f),
-            Err(e) => {
-                return shell.fail(Some(seq), &format!("cannot open {}: {e}", path.display()))
-            }
-        },
-        None => Box::new(std::io::sink()),
-    };
-    let boot_page = shell.page.clone();
-    let entry_page = shell.page.clone();
+    // The boot vCPU stamps its first entry and the boot timer on the page itself, and rings
+    // wispd each time so it never has to poll for them.
+    let (boot_page, entry_page) = (page.clone(), page.clone());
     let opts = MicroVmOptions {
         start,
         console_out: console,
         console_in: None,
         on_boot: Some(Box::new(move |_| {
-            boot_page.set_time(Timestamp::BootTimer, monotonic_ns())
+            boot_page
+                .page
+                .set_time(Timestamp::BootTimer, monotonic_ns());
+            boot_page.ring();
         })),
         on_first_entry: Some(Box::new(move |_| {
-            entry_page.set_time(Timestamp::FirstEntry, monotonic_ns())
+            entry_page
+                .page
+                .set_time(Timestamp::FirstEntry, monotonic_ns());
+            entry_page.ring();
         })),
     };
-    let mut vm = match MicroVm::configure(prepared, &config, opts) {
-        Ok(vm) => vm,
-        Err(e) => return shell.fail(Some(seq), &e.to_string()),
-    };
-    shell.page.set_time(Timestamp::Configured, monotonic_ns());
-    let t_configured = t0.elapsed();
-    let controller = vm.controller();
-    if let Err(e) = vm.start() {
-        return shell.fail(Some(seq), &e.to_string());
-    }
-    // The boot vCPU stamps its first entry on the page itself; waiting for it here would
-    // only take a CPU away from it.
-    shell.page.set_state(ShellState::Running);
-    shell.page.acknowledge(seq, RESULT_OK);
-    shell.ring();
-    log::debug!("shell: create took {t_configured:?} to configure");
-
-    let page = shell.page.clone();
-    let control = Arc::new(Mutex::new(ShellControl { shell, controller }));
-    vm.add_subscriber(control.clone());
-    if let Some((receiver, server)) = api {
-        match VmResources::from_config(
-            config,
-            HostLimits {
-                max_vcpus: MAX_CPUS,
-            },
-        ) {
-            Ok(resources) => {
-                let running = RunningApi::new(&vm, receiver, resources, Some(server));
-                vm.add_subscriber(Arc::new(Mutex::new(running)));
-            }
-            Err(e) => log::warn!("shell: no REST API for this VM: {e}"),
+    let mut controller = Controller::new(
+        VmResources::new(host_limits()),
+        opts,
+        ControllerHooks::default(),
+    )
+    .with_shell(prepared);
+    let state_page = page.clone();
+    controller.add_state_listener(Box::new(move |state| {
+        if let Some(s) = shell_state(state) {
+            state_page.page.set_state(s);
         }
-    }
-    let outcome = vm.run();
-    let Ok(control) = control.lock() else {
-        return 1;
+    }));
+    let mut vmm = match VmmLoop::new(controller) {
+        Ok(vmm) => vmm,
+        Err(e) => {
+            page.fail(None, &e.to_string());
+            return EXIT_VMM_ERROR;
+        }
     };
-    match outcome {
-        Ok(exit) if exit.is_clean() => {
-            page.set_state(ShellState::Halted);
-            control.shell.ring();
+    let front_end = ControlPageFrontEnd {
+        page: page.clone(),
+        doorbell,
+        controller: vmm.controller(),
+    };
+    vmm.add_subscriber(Arc::new(Mutex::new(front_end)));
+    let _server = api.map(|(receiver, server)| {
+        let rest = ApiFrontEnd::new(receiver, vmm.controller());
+        vmm.add_subscriber(Arc::new(Mutex::new(rest)));
+        server
+    });
+
+    page.page
+        .set_shell_info(std::process::id(), args.mem, u32::from(args.vcpus));
+    page.page.set_time(Timestamp::Prepared, monotonic_ns());
+    page.page.set_state(ShellState::Prepared);
+    page.ring();
+
+    match vmm.run() {
+        Ok(Outcome::Exited(exit)) if exit.is_clean() => {
+            page.ring();
             0
         }
-        Ok(exit) => control.shell.fail(None, &format!("guest failed: {exit}")),
-        Err(e) => control.shell.fail(None, &e.to_string()),
+        Ok(Outcome::Exited(exit)) => {
+            page.fail(None, &format!("guest failed: {exit}"));
+            1
+        }
+        // Already reported on the page by the front end.
+        Ok(Outcome::StartFailed(_)) => 1,
+        Ok(Outcome::NothingToRun) => {
+            page.page.set_state(ShellState::Halted);
+            page.ring();
+            0
+        }
+        Err(e) => {
+            page.fail(None, &e.to_string());
+            1
+        }
     }
 }
 
-/// Later commands (pause, resume, destroy) arrive on the doorbell while the VM runs.
-struct ShellControl {
-    shell: Shell,
-    controller: VmController,
+/// The control page as a front end: wispd's commands, read when it rings the doorbell.
+struct ControlPageFrontEnd {
+    page: Page,
+    doorbell: EventFd,
+    controller: SharedController,
 }
 
-impl MutEventSubscriber for ShellControl {
+impl ControlPageFrontEnd {
+    /// Create: read and validate the page's configuration, then start — the whole of it
+    /// through the controller, so the page gets exactly the checks REST gets.
+    fn create(&self, seq: u32, request_id: &str) {
+        let t0 = Instant::now();
+        let page = &self.page.page;
+        if lock(&self.controller).state() != VmState::NotStarted {
+            // This shell already hosts its guest; another create is wispd's mistake.
+            page.set_error("create refused: this shell already hosts a guest");
+            return self.page.answer(seq, RESULT_BAD_COMMAND);
+        }
+        page.set_state(ShellState::Configuring);
+        let config = match page.read_config() {
+            Ok(c) => c,
+            Err(e) => return self.fail_create(seq, &format!("rejected the control page: {e}")),
+        };
+        let mut controller = lock(&self.controller);
+        if let Err(e) = controller.handle(request_id, VmmAction::ConfigureAll(Box::new(config))) {
+            drop(controller);
+            return self.fail_create(seq, &e.to_string());
+        }
+        page.set_time(Timestamp::Configured, monotonic_ns());
+        if let Err(e) = controller.handle(request_id, VmmAction::StartMicroVm) {
+            drop(controller);
+            return self.fail_create(seq, &e.to_string());
+        }
+        drop(controller);
+        self.page.answer(seq, RESULT_OK);
+        log::debug!("[{request_id}] shell: create took {:?}", t0.elapsed());
+    }
+
+    /// A create that failed ends this shell: it cannot host another guest.
+    fn fail_create(&self, seq: u32, message: &str) {
+        self.page.fail(Some(seq), message);
+        lock(&self.controller).finish(Outcome::StartFailed(message.to_string()));
+    }
+
+    /// Pause, Resume, Destroy: one action each.
+    fn lifecycle(&self, seq: u32, request_id: &str, action: VmmAction) {
+        let mut controller = lock(&self.controller);
+        let result =
+            if action == VmmAction::StopMicroVm && controller.state() == VmState::NotStarted {
+                // A prepared shell destroyed before any create simply ends.
+                controller.finish(Outcome::NothingToRun);
+                self.page.page.set_state(ShellState::Halted);
+                Ok(wisp_api::VmmData::Empty)
+            } else {
+                controller.handle(request_id, action)
+            };
+        drop(controller);
+        match result {
+            Ok(_) => self.page.answer(seq, RESULT_OK),
+            Err(e) => {
+                self.page.page.set_error(&e.to_string());
+                self.page.answer(seq, RESULT_FAILED);
+            }
+        }
+    }
+}
+
+impl MutEventSubscriber for ControlPageFrontEnd {
     fn init(&mut self, ops: &mut EventOps) {
-        if let Err(e) = ops.add(Events::new(&self.shell.doorbell, EventSet::IN)) {
+        if let Err(e) = ops.add(Events::new(&self.doorbell, EventSet::IN)) {
             log::error!("shell: cannot watch the doorbell: {e}");
         }
     }
 
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
-        let _ = self.shell.doorbell.read();
-        let Some((seq, command)) = self.shell.page.pending_command() else {
+        let _ = self.doorbell.read();
+        let Some((seq, command)) = self.page.page.pending_command() else {
             return;
         };
-        let page = &self.shell.page;
-        let result = match command {
-            Some(ControlCommand::Pause) => match self.controller.pause() {
-                Ok(()) => {
-                    page.set_state(ShellState::Paused);
-                    RESULT_OK
-                }
-                Err(e) => {
-                    page.set_error(&e.to_string());
-                    RESULT_FAILED
-                }
-            },
-            Some(ControlCommand::Resume) => {
-                self.controller.resume();
-                page.set_state(ShellState::Running);
-                RESULT_OK
-            }
+        let request_id = new_request_id();
+        match command {
+            Some(ControlCommand::Create) => self.create(seq, &request_id),
+            Some(ControlCommand::Pause) => self.lifecycle(seq, &request_id, VmmAction::Pause),
+            Some(ControlCommand::Resume) => self.lifecycle(seq, &request_id, VmmAction::Resume),
             Some(ControlCommand::Destroy) => {
-                self.controller.resume();
-                self.controller.stop();
-                page.set_state(ShellState::Halted);
-                RESULT_OK
+                self.lifecycle(seq, &request_id, VmmAction::StopMicroVm)
             }
-            _ => RESULT_BAD_COMMAND,
-        };
-        page.acknowledge(seq, result);
-        self.shell.ring();
+            _ => self.page.answer(seq, RESULT_BAD_COMMAND),
+        }
     }
 }

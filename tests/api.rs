@@ -4,31 +4,22 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
-
-use common::Scratch;
-
-use std::io::{BufRead, BufReader, Write};
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use wisp_test_support::{curl, unikernel, Scratch};
+
+/// The binary under test.
+const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 
 const HELLO: &str = "hello from wisp unikernel";
 /// Hang guards only (a broken build must fail, not hang); no assertion is about speed.
 const SOCKET_GUARD: Duration = Duration::from_secs(30);
 const GUEST_GUARD: Duration = Duration::from_secs(60);
-
-fn unikernel() -> PathBuf {
-    // option_env!, not env!: this file must compile before the root build.rs sets the variable.
-    match option_env!("WISP_UNIKERNEL") {
-        Some(path) => PathBuf::from(path),
-        None => {
-            panic!("WISP_UNIKERNEL must be set at build time (the root build.rs builds guest/)")
-        }
-    }
-}
 
 /// A running `wisp --api-sock`, its stdout lines arriving on a channel.
 struct Wisp {
@@ -39,7 +30,7 @@ struct Wisp {
 
 impl Wisp {
     fn start(sock: &Path) -> Wisp {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wisp"))
+        let mut child = Command::new(WISP)
             .arg("--api-sock")
             .arg(sock)
             .stdin(Stdio::null())
@@ -80,18 +71,28 @@ impl Wisp {
     fn state(&self) -> String {
         let (status, body) = self.curl("GET", "/", None);
         assert_eq!(status, 200, "{body}");
-        serde_json_lite::parse(&body).state
+        let info: Value = serde_json::from_str(&body).unwrap();
+        info["state"].as_str().unwrap().to_owned()
     }
 
-    fn wait_for_exit(&mut self) {
+    fn wait_for_exit(&mut self) -> ExitStatus {
         let start = Instant::now();
-        while self.child.try_wait().unwrap().is_none() {
-            assert!(
-                start.elapsed() < GUEST_GUARD,
-                "wisp stopped answering but did not exit"
-            );
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(start.elapsed() < GUEST_GUARD, "wisp did not exit");
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// InstanceStart for a guest configured with `idle`, then waits until it has printed its
+    /// line and halted: from then on it runs until wisp stops it.
+    fn start_idle_guest(&self) {
+        let (status, body) = self.curl("PUT", "/actions", Some(INSTANCE_START));
+        assert_eq!(status, 204, "{body}");
+        self.wait_for_line(HELLO);
+        self.wait_for_line("idle: halting");
     }
 
     fn wait_for_line(&self, want: &str) -> Vec<String> {
@@ -115,128 +116,66 @@ impl Drop for Wisp {
     }
 }
 
-/// `GET /`'s `state` without a JSON dependency in the root package.
-mod serde_json_lite {
-    pub struct Value {
-        pub state: String,
-    }
-
-    pub fn parse(body: &str) -> Value {
-        let key = "\"state\":\"";
-        let at = body
-            .find(key)
-            .unwrap_or_else(|| panic!("no state in {body}"))
-            + key.len();
-        let end = body[at..].find('"').unwrap() + at;
-        Value {
-            state: body[at..end].to_string(),
-        }
-    }
+/// `PUT /boot-source`'s body: the unikernel with `boot_args` (its commands).
+fn unikernel_boot(boot_args: &str) -> String {
+    json!({"kernel_image_path": unikernel(), "boot_args": boot_args}).to_string()
 }
 
-fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "--unix-socket"])
-        .arg(sock)
-        .args(["-X", method, "-w", "\n%{http_code}"])
-        .arg(format!("http://localhost{path}"));
-    if body.is_some() {
-        cmd.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            "@-",
-        ]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("curl must be installed (apt-get install -y curl)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.unwrap_or("").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    let code = code
-        .parse()
-        .unwrap_or_else(|_| panic!("curl failed: {}", String::from_utf8_lossy(&out.stderr)));
-    (code, body.to_string())
-}
+const INSTANCE_START: &str = r#"{"action_type": "InstanceStart"}"#;
 
-fn json_path(p: &Path) -> String {
-    // Paths here are ours (temp dir, build output): no quotes or backslashes to escape.
-    format!("\"{}\"", p.display())
-}
-
+/// `idle` on the unikernel's command line keeps it running until the host stops it, so the
+/// state and the refusal of a second start are checked on a guest that is surely running.
 #[test]
 fn configure_and_start_the_unikernel_over_the_api() {
     let scratch = Scratch::new("api-start");
-    let mut wisp = Wisp::start(&scratch.0.join("api.sock"));
+    let wisp = Wisp::start(&scratch.join("api.sock"));
     assert_eq!(wisp.state(), "Not started");
 
-    let boot = format!(
-        r#"{{"kernel_image_path": {}, "boot_args": ""}}"#,
-        json_path(&unikernel())
-    );
+    let boot = unikernel_boot("idle");
     assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
     let mc = r#"{"vcpu_count": 1, "mem_size_mib": 32}"#;
     assert_eq!(wisp.curl("PUT", "/machine-config", Some(mc)).0, 204);
     let (status, config) = wisp.curl("GET", "/vm/config", None);
     assert_eq!(status, 200);
-    assert!(config.contains("\"mem_size_mib\":32"), "{config}");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!(config["machine-config"]["mem_size_mib"], 32, "{config}");
 
-    let start = r#"{"action_type": "InstanceStart"}"#;
-    let (status, body) = wisp.curl("PUT", "/actions", Some(start));
-    assert_eq!(status, 204, "{body}");
-    wisp.wait_for_line(HELLO);
-
-    // The guest may power off right after its line. While wisp still answers, the state and
-    // the refusal of a second start must be right; once it stops serving, it must exit.
-    let (status, body) = wisp.curl("GET", "/", None);
-    // Refused connection, or the server still up for a moment after the VMM thread ended.
-    let going_away =
-        |status: u16, body: &str| status == 0 || (status == 500 && body.contains("not running"));
-    if going_away(status, &body) {
-        wisp.wait_for_exit();
-        return;
-    }
-    assert_eq!(status, 200, "{body}");
-    let state = serde_json_lite::parse(&body).state;
-    assert!(state == "Running" || state == "Halted", "state {state}");
-    let (status, body) = wisp.curl("PUT", "/actions", Some(start));
-    assert!(
-        status == 400 || going_away(status, &body),
-        "second InstanceStart answered {status} {body}"
-    );
+    wisp.start_idle_guest();
+    assert_eq!(wisp.state(), "Running");
+    let (status, body) = wisp.curl("PUT", "/actions", Some(INSTANCE_START));
+    assert_eq!(status, 400, "second InstanceStart: {body}");
+    assert!(body.contains("already been started"), "{body}");
+    assert_eq!(wisp.state(), "Running");
 }
 
-/// `idle` on the unikernel's command line keeps it running until the host stops it, so the
-/// lifecycle can be driven deterministically.
+/// With nothing on its command line the unikernel prints its line and powers off: wisp, which
+/// served the API until then, ends with status 0.
+#[test]
+fn wisp_exits_cleanly_when_the_guest_started_over_the_api_powers_off() {
+    let scratch = Scratch::new("api-poweroff");
+    let mut wisp = Wisp::start(&scratch.join("api.sock"));
+    assert_eq!(
+        wisp.curl("PUT", "/boot-source", Some(&unikernel_boot("")))
+            .0,
+        204
+    );
+    let (status, body) = wisp.curl("PUT", "/actions", Some(INSTANCE_START));
+    assert_eq!(status, 204, "{body}");
+    wisp.wait_for_line(HELLO);
+    let status = wisp.wait_for_exit();
+    assert_eq!(status.code(), Some(0), "wisp ended with {status}");
+}
+
+/// An `idle` guest (see above) drives the lifecycle deterministically. (The refusal of a
+/// second start is checked above.)
 #[test]
 fn a_running_guest_is_paused_and_resumed_and_its_config_is_frozen() {
     let scratch = Scratch::new("api-pause");
-    let wisp = Wisp::start(&scratch.0.join("api.sock"));
-    let boot = format!(
-        r#"{{"kernel_image_path": {}, "boot_args": "idle"}}"#,
-        json_path(&unikernel())
-    );
+    let wisp = Wisp::start(&scratch.join("api.sock"));
+    let boot = unikernel_boot("idle");
     assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
-    let start = r#"{"action_type": "InstanceStart"}"#;
-    let (status, body) = wisp.curl("PUT", "/actions", Some(start));
-    assert_eq!(status, 204, "{body}");
-    wisp.wait_for_line(HELLO);
-    wisp.wait_for_line("idle: halting");
-    assert_eq!(wisp.state(), "Running");
+    wisp.start_idle_guest();
 
-    let (status, body) = wisp.curl("PUT", "/actions", Some(start));
-    assert_eq!(status, 400);
-    assert!(body.contains("already been started"), "{body}");
     let (status, body) = wisp.curl("PUT", "/boot-source", Some(&boot));
     assert_eq!(status, 400);
     assert!(
@@ -268,18 +207,13 @@ fn a_running_guest_is_paused_and_resumed_and_its_config_is_frozen() {
 #[test]
 fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
     let scratch = Scratch::new("api-cad");
-    let wisp = Wisp::start(&scratch.0.join("api.sock"));
+    let wisp = Wisp::start(&scratch.join("api.sock"));
     let cad = r#"{"action_type": "SendCtrlAltDel"}"#;
     let (status, body) = wisp.curl("PUT", "/actions", Some(cad));
     assert_eq!(status, 400, "before start: {body}");
-    let boot = format!(
-        r#"{{"kernel_image_path": {}, "boot_args": "idle"}}"#,
-        json_path(&unikernel())
-    );
+    let boot = unikernel_boot("idle");
     assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
-    let start = r#"{"action_type": "InstanceStart"}"#;
-    assert_eq!(wisp.curl("PUT", "/actions", Some(start)).0, 204);
-    wisp.wait_for_line("idle: halting");
+    wisp.start_idle_guest();
 
     assert_eq!(wisp.curl("PUT", "/actions", Some(cad)).0, 204);
     assert_eq!(wisp.curl("PUT", "/actions", Some(cad)).0, 204);
@@ -294,22 +228,17 @@ fn send_ctrl_alt_del_is_refused_when_the_guest_never_reads_the_keyboard() {
 #[test]
 fn flush_metrics_appends_api_and_device_counters() {
     let scratch = Scratch::new("api-metrics");
-    let wisp = Wisp::start(&scratch.0.join("api.sock"));
-    let metrics = scratch.0.join("metrics.json");
+    let wisp = Wisp::start(&scratch.join("api.sock"));
+    let metrics = scratch.join("metrics.json");
     let flush = r#"{"action_type": "FlushMetrics"}"#;
     let (status, body) = wisp.curl("PUT", "/actions", Some(flush));
     assert_eq!(status, 400, "no metrics path yet: {body}");
-    let put_metrics = format!(r#"{{"metrics_path": {}}}"#, json_path(&metrics));
+    let put_metrics = json!({"metrics_path": metrics}).to_string();
     assert_eq!(wisp.curl("PUT", "/metrics", Some(&put_metrics)).0, 204);
     assert_eq!(wisp.curl("PUT", "/entropy", Some("{}")).0, 204);
-    let boot = format!(
-        r#"{{"kernel_image_path": {}, "boot_args": "rng idle"}}"#,
-        json_path(&unikernel())
-    );
+    let boot = unikernel_boot("rng idle");
     assert_eq!(wisp.curl("PUT", "/boot-source", Some(&boot)).0, 204);
-    let start = r#"{"action_type": "InstanceStart"}"#;
-    assert_eq!(wisp.curl("PUT", "/actions", Some(start)).0, 204);
-    wisp.wait_for_line("idle: halting");
+    wisp.start_idle_guest();
     assert_eq!(wisp.curl("GET", "/nowhere", None).0, 404);
     assert_eq!(wisp.curl("PUT", "/actions", Some(flush)).0, 204);
 
@@ -338,7 +267,7 @@ fn flush_metrics_appends_api_and_device_counters() {
 #[test]
 fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
     let scratch = Scratch::new("api-noboot");
-    let wisp = Wisp::start(&scratch.0.join("api.sock"));
+    let wisp = Wisp::start(&scratch.join("api.sock"));
     let (status, body) = wisp.curl(
         "PUT",
         "/actions",
@@ -359,9 +288,9 @@ fn instance_start_without_a_boot_source_is_refused_and_wisp_keeps_serving() {
 #[test]
 fn a_second_wisp_refuses_a_live_api_socket() {
     let scratch = Scratch::new("api-twice");
-    let sock = scratch.0.join("api.sock");
+    let sock = scratch.join("api.sock");
     let first = Wisp::start(&sock);
-    let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
+    let out = Command::new(WISP)
         .arg("--api-sock")
         .arg(&sock)
         .stdin(Stdio::null())

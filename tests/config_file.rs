@@ -7,17 +7,16 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{run_with_deadline, unikernel, wisp, Outcome, Scratch};
 use serde_json::{json, Value};
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, unikernel, Outcome, Scratch};
 
 fn boot_from(dir: &Path, config: &Value) -> Outcome {
     let file = dir.join("vm.json");
     std::fs::write(&file, serde_json::to_vec_pretty(config).unwrap()).unwrap();
-    let mut cmd = wisp();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp"));
     cmd.arg("--config-file").arg(&file);
     run_with_deadline(cmd, b"", Duration::from_secs(60))
 }
@@ -29,12 +28,12 @@ fn has_line(out: &Outcome, line: &str) -> bool {
 #[test]
 fn a_config_file_boots_the_unikernel_with_every_resource_in_it() {
     let scratch = Scratch::new("config-full");
-    let disk = scratch.0.join("disk.img");
+    let disk = scratch.join("disk.img");
     let mut image = vec![0u8; 1 << 20];
     image[..16].copy_from_slice(&(0x10u8..0x20).collect::<Vec<_>>());
     std::fs::write(&disk, &image).unwrap();
-    let log = scratch.0.join("wisp.log");
-    let metrics = scratch.0.join("metrics.json");
+    let log = scratch.join("wisp.log");
+    let metrics = scratch.join("metrics.json");
     let config = json!({
         "boot-source": {
             "kernel_image_path": unikernel(),
@@ -85,7 +84,7 @@ fn a_config_file_boots_the_unikernel_with_every_resource_in_it() {
 #[test]
 fn a_bad_config_file_is_one_clear_error() {
     let scratch = Scratch::new("config-bad");
-    let missing = scratch.0.join("no-such-vmlinux");
+    let missing = scratch.join("no-such-vmlinux");
     let cases = [
         (
             json!({"boot-source": {"kernel_image_path": missing}}),

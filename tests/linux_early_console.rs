@@ -5,15 +5,14 @@
 //! when the kernel then dies wisp ends with a clear one-line error, not a hang or a panic. Full
 //! Linux boots are tested on real KVM inside the test host (tests/linux_guest.rs).
 
-mod common;
-
-use common::{run_with_deadline, wisp};
+use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, Outcome};
 
 const EARLY: &str = "earlyprintk=serial,ttyS0,115200 console=ttyS0 reboot=k panic=-1";
 
-fn boot_to_early_console(kernel: &std::path::Path) -> common::Outcome {
-    let mut cmd = wisp();
+fn boot_to_early_console(kernel: &std::path::Path) -> Outcome {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wisp"));
     cmd.args(["run", "--mem", "256", "--cmdline", EARLY, "--kernel"])
         .arg(kernel);
     run_with_deadline(cmd, b"", Duration::from_secs(60))
@@ -29,7 +28,13 @@ fn tinyx_vmlinux_prints_linux_version_over_our_serial_port() {
     );
     // The kernel saw the memory map we gave it.
     assert!(out.stdout.contains("BIOS-e820"), "{out:#?}");
-    if out.status.is_some() && out.code() != Some(0) {
+    // Wisp ends either way, never hangs: a kernel that runs to its panic (no root filesystem)
+    // reboots (`panic=-1 reboot=k`) and wisp exits 0; one that PVM stops ends wisp with an error.
+    assert!(
+        out.status.is_some(),
+        "wisp was still running at the deadline: {out:#?}"
+    );
+    if out.code() != Some(0) {
         // Where PVM stops the kernel, wisp says so in one line with the exit reason and RIP.
         let err = out.stderr.trim();
         assert_eq!(err.lines().count(), 1, "{out:#?}");

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+use wisp_test_support::Scratch;
 
 use testhost::{
     check_failed, initramfs_with_init, shared_host, static_busybox, value, CommandRun, HostFile,
@@ -224,11 +225,9 @@ fn script() -> String {
 }
 
 fn boot_shared_host() -> Result<TestHost, TestHostError> {
-    let dir = std::env::temp_dir().join(format!("wisp-linux-virtio-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create the test's temporary directory");
-    let host = boot_with_images(&dir);
-    let _ = std::fs::remove_dir_all(&dir);
-    host
+    // The images are copied into L1's initramfs: the directory goes when the boot is done.
+    let dir = Scratch::new("linux-virtio");
+    boot_with_images(&dir.0)
 }
 
 /// Builds the guest images in `dir` and boots L1 with them.

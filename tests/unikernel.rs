@@ -1,11 +1,23 @@
 //! `wisp run` on real /dev/kvm with the Wisp unikernel: boot, console, boot timer, SMP, memory
 //! map, clean and unclean exits, and every bad input with its one-line error.
 
-mod common;
-
-use common::{run_with_deadline, unikernel, wisp, wisp_run, TempFile};
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, unikernel, Outcome, Scratch, TempFile};
+
+/// The binary under test.
+const WISP: &str = env!("CARGO_BIN_EXE_wisp");
+
+/// `wisp run --kernel KERNEL ARGS...` with a 20 s deadline.
+fn wisp_run(kernel: &Path, args: &[&str]) -> Outcome {
+    wisp_test_support::wisp_run(WISP, kernel, args)
+}
 
 #[test]
 fn unikernel_boots_prints_its_line_and_exits_cleanly() {
@@ -65,7 +77,7 @@ fn guest_sees_the_memory_size_it_was_given() {
 
 #[test]
 fn host_input_reaches_the_guest_console() {
-    let mut cmd = wisp();
+    let mut cmd = Command::new(WISP);
     cmd.args(["run", "--cmdline", "echo", "--kernel"])
         .arg(unikernel());
     let out = run_with_deadline(cmd, b"ping-from-host\nq", Duration::from_secs(20));
@@ -86,7 +98,7 @@ fn triple_fault_ends_wisp_with_the_exit_reason_and_rip() {
 }
 
 /// Asserts a one-line error on stderr that mentions `needle`, exit status 1, no panic.
-fn assert_one_line_error(out: &common::Outcome, needle: &str) {
+fn assert_one_line_error(out: &Outcome, needle: &str) {
     assert_eq!(out.code(), Some(1), "{out:#?}");
     let err = out.stderr.trim();
     assert_eq!(err.lines().count(), 1, "exactly one line: {out:#?}");
@@ -105,11 +117,9 @@ fn missing_kernel_is_one_line_naming_the_file() {
 
 #[test]
 fn unreadable_kernel_is_one_line_naming_the_file() {
-    let dir = std::env::temp_dir().join(format!("wisp-test-dir-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = wisp_run(&dir, &[]);
-    std::fs::remove_dir(&dir).unwrap();
-    assert_one_line_error(&out, &dir.display().to_string());
+    let dir = Scratch::new("kernel-is-a-dir");
+    let out = wisp_run(&dir.0, &[]);
+    assert_one_line_error(&out, &dir.0.display().to_string());
 }
 
 #[test]
@@ -162,20 +172,89 @@ fn zero_vcpus_is_refused() {
     assert_one_line_error(&out, "vcpu_count");
 }
 
+/// The unprivileged user the permission test runs wisp as (`nobody`).
+const NOBODY: libc::uid_t = 65534;
+
+/// Makes `cmd` run in a mount namespace of its own in which /dev/kvm is a root-only (0600)
+/// copy of the host's device node, and, with `as_nobody`, as `nobody`. The host's own /dev/kvm
+/// may well be world-accessible (it is on many CI hosts), so this is what makes "no
+/// permission" true on every run. Needs root, like the namespace and tap tests.
+fn with_root_only_kvm(cmd: &mut Command, scratch: &Scratch, as_nobody: bool) {
+    let rdev = std::fs::metadata("/dev/kvm")
+        .expect("/dev/kvm exists")
+        .rdev();
+    let c_path = |p: &Path| CString::new(p.as_os_str().as_bytes()).expect("a path without NUL");
+    let dir = c_path(&scratch.0);
+    let node = c_path(&scratch.join("kvm"));
+    let check = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    let setup = move || -> io::Result<()> {
+        // SAFETY: plain system calls on NUL-terminated strings that live in this closure (or
+        // are static); the child is single-threaded between fork and exec, and none of them
+        // allocates.
+        unsafe {
+            check(libc::unshare(libc::CLONE_NEWNS))?;
+            // Nothing below may propagate back to the host's mounts.
+            check(libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
+            // A fresh tmpfs, so the node is not subject to a `nodev` on the scratch directory's
+            // filesystem: the only thing keeping nobody out must be the node's mode.
+            check(libc::mount(
+                c"tmpfs".as_ptr(),
+                dir.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                std::ptr::null(),
+            ))?;
+            check(libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, rdev))?;
+            check(libc::chmod(node.as_ptr(), 0o600))?;
+            check(libc::mount(
+                node.as_ptr(),
+                c"/dev/kvm".as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ))?;
+            if as_nobody {
+                check(libc::setgroups(0, std::ptr::null()))?;
+                check(libc::setgid(NOBODY))?;
+                check(libc::setuid(NOBODY))?;
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes system calls (see inside); it touches no lock or
+    // allocator state that fork could have left inconsistent.
+    unsafe {
+        cmd.pre_exec(setup);
+    }
+}
+
 #[test]
 fn no_permission_on_dev_kvm_is_one_clear_line() {
-    // An unprivileged user cannot open /dev/kvm (root-only here): the VMM must say so.
-    let meta = std::fs::metadata("/dev/kvm").expect("/dev/kvm exists");
-    use std::os::unix::fs::PermissionsExt;
-    if meta.permissions().mode() & 0o006 != 0 {
-        eprintln!("skipping: /dev/kvm is world-accessible on this host");
-        return;
-    }
-    let mut cmd = wisp();
-    cmd.args(["run", "--kernel"])
-        .arg(unikernel())
-        .uid(65534)
-        .gid(65534);
-    let out = run_with_deadline(cmd, b"", Duration::from_secs(20));
-    assert_one_line_error(&out, "/dev/kvm");
+    let scratch = Scratch::new("kvm-0600");
+    let run = |as_nobody| {
+        let mut cmd = Command::new(WISP);
+        cmd.args(["run", "--cmdline", "", "--kernel"])
+            .arg(unikernel());
+        with_root_only_kvm(&mut cmd, &scratch, as_nobody);
+        run_with_deadline(cmd, b"", Duration::from_secs(20))
+    };
+    // The copied node is a working /dev/kvm: root boots the guest through it.
+    let out = run(false);
+    out.assert_success();
+    assert!(out.stdout.contains("hello from wisp unikernel"), "{out:#?}");
+    // nobody is refused by its mode, and the VMM says so.
+    let out = run(true);
+    assert_one_line_error(&out, "cannot open /dev/kvm: Permission denied");
 }

@@ -5,16 +5,17 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{run_with_deadline, unikernel, wisp, NetNs, Outcome, TempFile};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::process::Command;
 use std::time::Duration;
+use wisp_test_support::{run_with_deadline, unikernel, NetNs, Outcome, Scratch, TempFile};
+
+/// The binary under test.
+const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 
 fn boot(args: &[&str], cmdline: &str) -> Outcome {
-    let mut cmd = wisp();
+    let mut cmd = Command::new(WISP);
     cmd.args(["run", "--cmdline", cmdline, "--kernel"])
         .arg(unikernel())
         .args(args);
@@ -79,9 +80,8 @@ fn guest_gets_entropy_from_the_host() {
 fn guest_arps_the_host_through_a_tap_in_a_network_namespace() {
     let ns = NetNs::new("arp");
     let guest_mac = "52:54:00:aa:bb:01";
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_wisp"), "run"])
-        .arg("--kernel")
+    let mut cmd = ns.command(WISP);
+    cmd.args(["run", "--kernel"])
         .arg(unikernel())
         .args(["--net", &format!("tap={},mac={guest_mac}", ns.tap)])
         .args(["--cmdline", "net"]);
@@ -94,8 +94,7 @@ fn guest_arps_the_host_through_a_tap_in_a_network_namespace() {
 
 #[test]
 fn guest_opens_a_vsock_stream_to_a_host_unix_socket() {
-    let dir = std::env::temp_dir().join(format!("wisp-vsock-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("vsock");
     let uds = dir.join("v.sock");
     // Guest-initiated connections to host port P land on `<uds>_P` (Firecracker's convention).
     let listener = UnixListener::bind(dir.join("v.sock_1234")).unwrap();
@@ -112,7 +111,6 @@ fn guest_opens_a_vsock_stream_to_a_host_unix_socket() {
     let spec = format!("cid=3,uds={}", uds.display());
     let out = boot(&["--vsock", &spec], "vsock");
     let got = host.join().unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
     out.assert_success();
     assert_eq!(got, "hello from the unikernel\n");
     for line in [

@@ -4,9 +4,6 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-
-use common::{unikernel, NetNs};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
@@ -17,6 +14,7 @@ use wisp_api::control_page::{layout, ControlCommand, ControlPage, ShellState};
 use wisp_api::seqpacket::SeqpacketConn;
 use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
 use wisp_api::{BootSource, MachineConfig, NetworkInterface, VmConfig};
+use wisp_test_support::{unikernel, NetNs};
 
 struct Wispd {
     child: Child,

@@ -55,6 +55,11 @@ pub enum VmmAction {
     Pause,
     /// `PATCH /vm` `{"state": "Resumed"}`.
     Resume,
+    /// The whole configuration at once, before boot (`--config-file`, `wisp run`, a control
+    /// page Create): validated as one document, replacing whatever was configured.
+    ConfigureAll(Box<VmConfig>),
+    /// End the VM from the host (control page Destroy).
+    StopMicroVm,
 }
 
 impl VmmAction {
@@ -78,8 +83,17 @@ pub enum VmState {
     NotStarted,
     Running,
     Paused,
-    /// The guest has ended (power-off, reset, or a fatal exit); the process is about to exit.
+    /// The guest has ended cleanly (power-off, reset, or stopped by the host).
     Halted,
+    /// The guest ended badly (panic, triple fault, KVM error) or the VM could not start.
+    Failed,
+}
+
+impl VmState {
+    /// Whether the VM has ended (it never runs again).
+    pub fn has_ended(self) -> bool {
+        matches!(self, VmState::Halted | VmState::Failed)
+    }
 }
 
 /// `GET /` body.
@@ -119,36 +133,75 @@ pub enum ErrorKind {
     Internal,
 }
 
-/// A failed action: a kind and a message for `fault_message`.
+/// Why an action failed, typed to the edge: the REST layer maps `kind()` to a status and the
+/// message to `fault_message`; the control page and the CLI print it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct VmmActionError {
-    pub kind: ErrorKind,
-    pub message: String,
+pub enum VmmActionError {
+    /// The request itself is invalid (a configuration rule, a missing file, a bad value).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// Valid, but not in the microVM's current state.
+    #[error("{0}")]
+    NotAllowed(String),
+    /// InstanceStart failed: the VM could not be built or its vCPUs started.
+    #[error("cannot start the microVM: {0}")]
+    StartMicroVm(String),
+    /// The vCPUs did not all acknowledge a pause or resume.
+    #[error("cannot {action} the microVM: {reason}")]
+    PauseResume {
+        action: &'static str,
+        reason: String,
+    },
+    /// The keyboard cannot take Ctrl-Alt-Del now.
+    #[error("Ctrl-Alt-Del not delivered: {0}")]
+    SendCtrlAltDel(String),
+    /// A drive's backing file could not be swapped after boot.
+    #[error("cannot update drive `{drive_id}`: {reason}")]
+    UpdateDrive { drive_id: String, reason: String },
+    /// Metrics could not be written.
+    #[error("cannot write metrics: {0}")]
+    Metrics(String),
+    /// The logger could not be (re)configured.
+    #[error("cannot configure the logger: {0}")]
+    Logger(String),
+    /// The VMM thread is gone (the VM ended and the process is exiting).
+    #[error("the VMM thread is not running")]
+    VmmGone,
+    /// Any other failure inside the VMM; the message names what failed and why.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl VmmActionError {
     /// An invalid request.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        VmmActionError {
-            kind: ErrorKind::BadRequest,
-            message: message.into(),
-        }
+        VmmActionError::InvalidRequest(message.into())
     }
 
     /// A valid request that the current state does not allow.
     pub fn not_allowed(message: impl Into<String>) -> Self {
-        VmmActionError {
-            kind: ErrorKind::NotAllowedInState,
-            message: message.into(),
-        }
+        VmmActionError::NotAllowed(message.into())
     }
 
     /// A failure inside the VMM; the message should name what failed and why.
     pub fn internal(message: impl Into<String>) -> Self {
-        VmmActionError {
-            kind: ErrorKind::Internal,
-            message: message.into(),
+        VmmActionError::Internal(message.into())
+    }
+
+    /// How the failure is reported: Firecracker answers 400 for bad input, refused states
+    /// and failed starts, 500 for the VMM's own failures.
+    pub fn kind(&self) -> ErrorKind {
+        use VmmActionError as E;
+        match self {
+            E::InvalidRequest(_)
+            | E::StartMicroVm(_)
+            | E::SendCtrlAltDel(_)
+            | E::UpdateDrive { .. }
+            | E::Logger(_) => ErrorKind::BadRequest,
+            E::NotAllowed(_) => ErrorKind::NotAllowedInState,
+            E::PauseResume { .. } | E::Metrics(_) | E::VmmGone | E::Internal(_) => {
+                ErrorKind::Internal
+            }
         }
     }
 }

@@ -28,5 +28,6 @@ pub use server::{
     spawn_api_server, spawn_api_server_with, ApiServerHandle, ServerConfig, ServerError,
 };
 pub use vmm_channel::{
-    api_channel, ApiReceiver, ApiRequest, ApiSender, ChannelError, ReplySender, VmmResult,
+    api_channel, new_request_id, request_id_or_new, ApiReceiver, ApiRequest, ApiSender,
+    ChannelError, ReplySender, VmmResult,
 };

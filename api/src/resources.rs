@@ -171,6 +171,12 @@ impl VmResources {
                 VmmActionError::bad_request("cannot flush metrics: PUT /metrics first"),
             )),
             A::FlushMetrics => None,
+            A::StopMicroVm => match state {
+                VmState::Running | VmState::Paused => None,
+                other => Some(Err(VmmActionError::not_allowed(format!(
+                    "cannot stop the microVM in state {other:?}"
+                )))),
+            },
             A::Pause | A::Resume => match state {
                 VmState::Running | VmState::Paused => None,
                 other => Some(Err(VmmActionError::not_allowed(format!(
@@ -181,6 +187,15 @@ impl VmResources {
                 "{} is not allowed after the microVM started",
                 config_change_name(action)
             )))),
+            A::ConfigureAll(config) => {
+                match VmResources::from_config(config.as_ref().clone(), self.limits) {
+                    Ok(whole) => {
+                        self.config = whole.config;
+                        Some(Ok(VmmData::Empty))
+                    }
+                    Err(e) => Some(Err(VmmActionError::bad_request(e.to_string()))),
+                }
+            }
             A::ConfigureBootSource(boot) => configured(self.set_boot_source(boot)),
             A::PutMachineConfig(mc) => configured(self.set_machine_config(mc)),
             A::PatchMachineConfig(patch) if patch.is_empty() => Some(Err(
@@ -406,6 +421,7 @@ fn config_change_name(action: &VmmAction) -> &'static str {
         VmmAction::SetEntropy(_) => "configuring the entropy device",
         VmmAction::ConfigureLogger(_) => "configuring the logger",
         VmmAction::ConfigureMetrics(_) => "configuring metrics",
+        VmmAction::ConfigureAll(_) => "configuring the microVM",
         _ => "this action",
     }
 }

@@ -57,11 +57,11 @@ pub fn vmm_result(result: &VmmResult) -> ApiResponse {
         Ok(VmmData::MachineConfig(mc)) => json(StatusCode::OK, mc),
         Ok(VmmData::Version(v)) => json(StatusCode::OK, v),
         Err(e) => {
-            let status = match e.kind {
+            let status = match e.kind() {
                 ErrorKind::BadRequest | ErrorKind::NotAllowedInState => StatusCode::BAD_REQUEST,
                 ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            fault(status, e.message.clone())
+            fault(status, e.to_string())
         }
     }
 }

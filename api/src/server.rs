@@ -6,8 +6,8 @@
 use crate::metrics::{ApiMetrics, Refusal};
 use crate::response::{self, fault, ApiResponse};
 use crate::routes;
-use crate::vmm_channel::ApiSender;
-use http::{header, Request, StatusCode};
+use crate::vmm_channel::{request_id_or_new, ApiSender, ReplySender};
+use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -23,6 +23,9 @@ use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
 
+/// The header a client may set to name its request; the answer carries it (or a generated
+/// id) back, and the VMM's log lines name it.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Largest request body accepted, as in Firecracker (51200 bytes).
 pub const DEFAULT_BODY_LIMIT: usize = 50 * 1024;
 /// How long a client may take to send a request's headers, and then its body.
@@ -251,12 +254,20 @@ async fn serve_connection(stream: tokio::net::UnixStream, ctx: Arc<Context>) {
 
 async fn handle(req: Request<Incoming>, ctx: Arc<Context>) -> Result<ApiResponse, Infallible> {
     let (method, path) = (req.method().clone(), req.uri().path().to_string());
-    let answer = route_and_execute(req, &ctx).await;
-    log::debug!("API {method} {path} -> {}", answer.status());
+    let given = req
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let request_id = request_id_or_new(given);
+    let mut answer = route_and_execute(req, &request_id, &ctx).await;
+    log::debug!("[{request_id}] API {method} {path} -> {}", answer.status());
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        answer.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
     Ok(answer)
 }
 
-async fn route_and_execute(req: Request<Incoming>, ctx: &Context) -> ApiResponse {
+async fn route_and_execute(req: Request<Incoming>, request_id: &str, ctx: &Context) -> ApiResponse {
     let (endpoint, param) = match routes::resolve(req.method().as_str(), req.uri().path()) {
         Ok(found) => found,
         Err(e) => {
@@ -271,7 +282,7 @@ async fn route_and_execute(req: Request<Incoming>, ctx: &Context) -> ApiResponse
     let param = param.map(str::to_string);
     let answer = match read_body(req, ctx).await {
         Ok(body) => match routes::parse_action(endpoint, param.as_deref(), &body) {
-            Ok(action) => execute(action, ctx).await,
+            Ok(action) => execute(action, request_id.to_string(), ctx).await,
             Err(e) => response::route_error(&e),
         },
         Err(answer) => answer,
@@ -321,12 +332,21 @@ async fn read_body(req: Request<Incoming>, ctx: &Context) -> Result<bytes::Bytes
 }
 
 /// Hands the action to the VMM thread and waits for its result.
-async fn execute(action: crate::action::VmmAction, ctx: &Context) -> ApiResponse {
-    let reply = match ctx.vmm.submit(action) {
-        Ok(reply) => reply,
-        Err(e) => return fault(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-    };
-    match reply.await {
+async fn execute(
+    action: crate::action::VmmAction,
+    request_id: String,
+    ctx: &Context,
+) -> ApiResponse {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let reply = ReplySender::new(move |result| {
+        if tx.send(result).is_err() {
+            log::debug!("API client went away before its reply");
+        }
+    });
+    if let Err(e) = ctx.vmm.submit(action, request_id, reply) {
+        return fault(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    match rx.await {
         Ok(result) => response::vmm_result(&result),
         Err(_) => fault(
             StatusCode::INTERNAL_SERVER_ERROR,

@@ -165,14 +165,14 @@ mod tests {
     fn missing_file_message_names_the_file() {
         let err =
             check_file_opens("kernel image", Path::new("/nonexistent/vmlinux"), false).unwrap_err();
-        assert!(err.message.contains("/nonexistent/vmlinux"), "{err}");
-        assert!(err.message.contains("kernel image"), "{err}");
+        assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+        assert!(err.to_string().contains("kernel image"), "{err}");
     }
 
     #[test]
     fn a_directory_is_not_a_kernel() {
         let err = check_file_opens("kernel image", Path::new("/"), false).unwrap_err();
-        assert!(err.message.contains("not a regular file"), "{err}");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -1,40 +1,45 @@
 //! The channel from a front end to the VMM thread: a `std::sync::mpsc` queue of `ApiRequest`s
-//! plus an `EventFd` that the sender bumps after each push, so the VMM's epoll/event-manager
-//! loop wakes up without polling. Each request carries its own one-shot reply slot; replying is
-//! a plain non-blocking call, so the VMM thread needs no async runtime.
-//!
-//! The VMM thread's side, in full:
-//!
-//! ```no_run
-//! use std::path::Path;
-//! use wisp_api::{api_channel, spawn_api_server, HostLimits, VmResources, VmState};
-//! use wisp_api::{VmmAction, VmmActionError, VmmData};
-//!
-//! # fn execute(_: &VmmAction, _: &mut VmResources, _: &mut VmState) -> Result<VmmData, VmmActionError> { Ok(VmmData::Empty) }
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (sender, receiver) = api_channel()?;
-//! let _server = spawn_api_server(Path::new("/tmp/wisp.sock"), sender)?; // socket accepts now
-//! let mut resources = VmResources::new(HostLimits { max_vcpus: 32 }); // or ::from_config
-//! let mut state = VmState::NotStarted;
-//! // Register receiver.wake_fd() (EPOLLIN) with the event loop; when it is readable:
-//! for req in receiver.drain() {
-//!     let result = match resources.apply(&req.action, state) {
-//!         Some(answered) => answered, // reads, configuration, and refusals
-//!         // StartMicroVm (boot resources.vm_config()), Pause, Resume, SendCtrlAltDel,
-//!         // FlushMetrics, UpdateBlockDevice after boot: the VMM's own work.
-//!         None => execute(&req.action, &mut resources, &mut state),
-//!     };
-//!     req.reply.send(result);
-//! }
-//! # Ok(()) }
-//! ```
+//! plus an `EventFd` that the sender bumps after each push, so the VMM's event-manager loop
+//! wakes up without polling. Each request carries its request id and its own reply slot (a
+//! closure); replying is a plain non-blocking call, so neither side needs an async runtime.
+//! On the VMM thread, `wisp_vmm::controller` drains the queue and answers every request.
 
 use crate::action::{VmmAction, VmmActionError, VmmData};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 /// What the VMM answers to one action.
 pub type VmmResult = Result<VmmData, VmmActionError>;
+
+/// Longest request id accepted from a client (`X-Request-Id`, `wisp ctl --request-id`).
+pub const MAX_REQUEST_ID: usize = 64;
+
+/// A fresh request id for a request that arrived without one: unique within this host for the
+/// life of the process (pid, a counter, and the time).
+pub fn new_request_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!("{:x}-{:x}-{n}", std::process::id(), t)
+}
+
+/// A client's request id if it is usable (1..=64 printable ASCII characters, no spaces),
+/// else a fresh one: ids end up in log and metrics lines, so nothing else gets through.
+pub fn request_id_or_new(given: Option<&str>) -> String {
+    match given {
+        Some(id) if is_valid_request_id(id) => id.to_string(),
+        _ => new_request_id(),
+    }
+}
+
+/// Whether `id` may be used as a request id.
+pub fn is_valid_request_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_REQUEST_ID && id.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// Errors of creating or using the channel.
 #[derive(Debug, thiserror::Error)]
@@ -48,22 +53,34 @@ pub enum ChannelError {
 }
 
 /// One request for the VMM thread: run `action`, then `reply.send(result)`.
-#[derive(Debug)]
 pub struct ApiRequest {
     pub action: VmmAction,
+    /// Follows the request through every component's log lines.
+    pub request_id: String,
     pub reply: ReplySender,
 }
 
-/// The reply slot of one request.
-#[derive(Debug)]
-pub struct ReplySender(tokio::sync::oneshot::Sender<VmmResult>);
+impl std::fmt::Debug for ApiRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiRequest")
+            .field("action", &self.action)
+            .field("request_id", &self.request_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reply slot of one request: whatever the front end needs to get the result back (a
+/// oneshot for the HTTP server, a plain channel elsewhere). No async runtime down here.
+pub struct ReplySender(Box<dyn FnOnce(VmmResult) + Send>);
 
 impl ReplySender {
+    pub fn new(reply: impl FnOnce(VmmResult) + Send + 'static) -> Self {
+        ReplySender(Box::new(reply))
+    }
+
     /// Delivers the result. Never blocks; if the client has gone away the result is dropped.
     pub fn send(self, result: VmmResult) {
-        if self.0.send(result).is_err() {
-            log::debug!("API client went away before its reply");
-        }
+        (self.0)(result)
     }
 }
 
@@ -80,20 +97,32 @@ impl ApiSender {
         ApiSender { tx, wake }
     }
 
-    /// Queues `action`, wakes the VMM, and returns where its result will arrive.
+    /// Queues `action` and wakes the VMM; `reply` gets the result on the VMM thread.
     pub fn submit(
         &self,
         action: VmmAction,
-    ) -> Result<tokio::sync::oneshot::Receiver<VmmResult>, ChannelError> {
-        let (reply, rx) = tokio::sync::oneshot::channel();
+        request_id: String,
+        reply: ReplySender,
+    ) -> Result<(), ChannelError> {
         self.tx
             .send(ApiRequest {
                 action,
-                reply: ReplySender(reply),
+                request_id,
+                reply,
             })
             .map_err(|_| ChannelError::VmmGone)?;
-        self.wake.write(1).map_err(ChannelError::Wake)?;
-        Ok(rx)
+        self.wake.write(1).map_err(ChannelError::Wake)
+    }
+
+    /// Queues `action` and blocks until its result (for synchronous front ends and tests).
+    pub fn call(&self, action: VmmAction, request_id: String) -> VmmResult {
+        let (tx, rx) = mpsc::sync_channel(1);
+        let reply = ReplySender::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.submit(action, request_id, reply)
+            .map_err(|_| VmmActionError::VmmGone)?;
+        rx.recv().map_err(|_| VmmActionError::VmmGone)?
     }
 }
 
@@ -123,6 +152,11 @@ impl ApiReceiver {
     pub fn recv(&self) -> Option<ApiRequest> {
         self.rx.recv().ok()
     }
+
+    /// True once every sender is gone and nothing is queued.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.rx.try_recv(), Err(mpsc::TryRecvError::Disconnected))
+    }
 }
 
 /// A connected sender/receiver pair with a fresh non-blocking eventfd.
@@ -140,15 +174,19 @@ mod tests {
     #[test]
     fn submit_wakes_the_eventfd_and_the_reply_arrives() {
         let (tx, rx) = api_channel().unwrap();
-        let mut reply = tx.submit(VmmAction::GetVersion).unwrap();
+        let (reply_tx, reply_rx) = mpsc::channel();
+        let reply = ReplySender::new(move |r| reply_tx.send(r).unwrap());
+        tx.submit(VmmAction::GetVersion, "r1".into(), reply)
+            .unwrap();
         assert_eq!(rx.wake_fd().read().unwrap(), 1);
         let reqs = rx.drain();
         assert_eq!(reqs.len(), 1);
         assert!(rx.drain().is_empty());
         let req = reqs.into_iter().next().unwrap();
         assert_eq!(req.action, VmmAction::GetVersion);
+        assert_eq!(req.request_id, "r1");
         req.reply.send(Ok(VmmData::Empty));
-        assert_eq!(reply.try_recv().unwrap(), Ok(VmmData::Empty));
+        assert_eq!(reply_rx.try_recv().unwrap(), Ok(VmmData::Empty));
     }
 
     #[test]
@@ -156,8 +194,23 @@ mod tests {
         let (tx, rx) = api_channel().unwrap();
         drop(rx);
         assert!(matches!(
-            tx.submit(VmmAction::GetVersion),
+            tx.submit(VmmAction::GetVersion, "r".into(), ReplySender::new(|_| ())),
             Err(ChannelError::VmmGone)
         ));
+        assert_eq!(
+            tx.call(VmmAction::GetVersion, "r".into()),
+            Err(VmmActionError::VmmGone)
+        );
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        assert_eq!(request_id_or_new(Some("abc-123")), "abc-123");
+        for bad in ["", "has space", "new\nline", &"x".repeat(65)] {
+            let id = request_id_or_new(Some(bad));
+            assert_ne!(id, bad);
+            assert!(is_valid_request_id(&id), "{id}");
+        }
+        assert_ne!(new_request_id(), new_request_id());
     }
 }

@@ -140,14 +140,14 @@ fn network_interfaces_may_not_share_a_tap_or_a_mac() {
     assert!(put(&mut res, tap("eth0", "tap0", Some("06:00:00:00:00:01"))).is_ok());
     let e = put(&mut res, tap("eth1", "tap0", None)).unwrap_err();
     assert!(
-        e.message
+        e.to_string()
             .contains("tap0 is already used by interface `eth0`"),
         "{e}"
     );
     let e = put(&mut res, tap("eth1", "tap1", Some("06:00:00:00:00:01"))).unwrap_err();
-    assert!(e.message.contains("guest MAC"), "{e}");
+    assert!(e.to_string().contains("guest MAC"), "{e}");
     let e = put(&mut res, tap("eth1", "a-name-longer-than-15", None)).unwrap_err();
-    assert!(e.message.contains("not a valid interface name"), "{e}");
+    assert!(e.to_string().contains("not a valid interface name"), "{e}");
     // Same id replaces, even with the same tap.
     assert!(put(&mut res, tap("eth0", "tap0", Some("06:00:00:00:00:02"))).is_ok());
     assert_eq!(res.vm_config().network_interfaces.len(), 1);
@@ -178,7 +178,7 @@ fn lifecycle_actions_are_checked_against_the_state() {
     );
 
     let refused = |res: &mut VmResources, a: VmmAction, s: VmState| {
-        res.apply(&a, s).unwrap().unwrap_err().kind
+        res.apply(&a, s).unwrap().unwrap_err().kind()
     };
     assert_eq!(
         refused(&mut res, VmmAction::StartMicroVm, VmState::Running),

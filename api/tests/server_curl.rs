@@ -3,9 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+mod harness;
 
-use common::{Harness, MAX_VCPUS};
+use harness::{Harness, MAX_VCPUS};
 use serde_json::json;
 
 #[test]

@@ -3,18 +3,38 @@
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
-mod common;
+mod harness;
 
-use common::{curl, raw_get_root, raw_request, Harness};
+use harness::Harness;
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use wisp_api::{api_channel, spawn_api_server, ServerConfig, ServerError};
+use wisp_test_support::curl;
 
 const HALF_HEADERS: &[u8] = b"GET / HTTP/1.1\r\nHost: local";
 const HALF_BODY: &[u8] =
     b"PUT /machine-config HTTP/1.1\r\nHost: localhost\r\nContent-Length: 40\r\n\r\n{\"vcpu_count\"";
+
+/// One HTTP/1.1 request over a raw socket, reading until the server closes.
+fn raw_request(sock: &Path, request: &[u8]) -> String {
+    let mut s = UnixStream::connect(sock).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// `GET /` with `Connection: close` over a raw socket; the status line of the answer.
+fn raw_get_root(sock: &Path) -> String {
+    let resp = raw_request(
+        sock,
+        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    resp.lines().next().unwrap_or_default().to_string()
+}
 
 fn still_waiting(s: &mut UnixStream) -> bool {
     s.set_nonblocking(true).unwrap();

@@ -17,6 +17,10 @@ pub enum Command {
     /// `idle`: stay up without spinning (interrupts off, `hlt`), so a VM keeps running until
     /// the host stops it; used for density and control-plane tests.
     Idle,
+    /// `count`: count forever in a word of guest memory (its address printed first), and print
+    /// the count every 2^12 steps: a guest that keeps running and exiting to the VMM, for
+    /// pause/resume and teardown tests.
+    Count,
     /// `noxs`: print the devices listed on the noxs device page.
     Noxs,
     /// `virtio`: print the virtio-mmio slots found and what each holds.
@@ -59,6 +63,7 @@ impl Command {
             b"vsock" => Some(Self::Vsock),
             b"vsock-bench" => Some(Self::VsockBench),
             b"idle" => Some(Self::Idle),
+            b"count" => Some(Self::Count),
             _ => None,
         }
     }

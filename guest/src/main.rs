@@ -76,6 +76,7 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
             println!("idle: halting until the host stops this VM");
             cpu::halt_forever()
         }
+        Command::Count => count_forever(),
         Command::Echo => loop {
             let byte = Serial::read_byte();
             if byte == ECHO_END {
@@ -101,6 +102,27 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
             "vsock-bench",
             virtio::vsock_bench::run(slots, boot.cmdline(), boot.ram_bytes()),
         ),
+    }
+}
+
+/// The word `count` increments; the host reads it through guest memory. On a page of its
+/// own: PVM shadows the guest's page tables, and a write to a page that shares a frame with
+/// them is trapped and emulated (thousands of times slower).
+#[repr(C, align(4096))]
+struct CounterPage(core::sync::atomic::AtomicU64);
+static COUNTER_PAGE: CounterPage = CounterPage(core::sync::atomic::AtomicU64::new(0));
+static COUNTER: &core::sync::atomic::AtomicU64 = &COUNTER_PAGE.0;
+
+fn count_forever() -> ! {
+    use core::sync::atomic::Ordering;
+    println!("count: at {:#x}", COUNTER as *const _ as usize);
+    loop {
+        // One CPU writes it: a plain store (no locked instruction, which PVM makes slow).
+        let n = COUNTER.load(Ordering::Relaxed) + 1;
+        COUNTER.store(n, Ordering::Relaxed);
+        if n % (1 << 12) == 0 {
+            println!("count: {}", n >> 12);
+        }
     }
 }
 

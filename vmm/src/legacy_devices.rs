@@ -1,5 +1,6 @@
 //! The devices every microVM has — COM1 (IRQ 4 as an irqfd), the i8042 (reset, and a keyboard
-//! on IRQ 1 for Ctrl-Alt-Del) and the boot timer — and the VMM loop's exit doorbells. None depends on the guest's configuration, so a
+//! on IRQ 1 for Ctrl-Alt-Del) and the boot timer — and the VMM loop's exit doorbells. None
+//! depends on the guest's configuration, so a
 //! prepared shell makes them ahead of time; create only points the console and the boot timer
 //! at their consumers.
 
@@ -7,7 +8,7 @@ use crate::device_manager::{DeviceManager, DeviceManagerError};
 use crate::event_loop::ExitDoorbells;
 use crate::exit::VmExitSignal;
 use crate::layout::BOOT_TIMER_START;
-use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
+use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -33,8 +34,6 @@ pub enum LegacyDeviceError {
     },
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
-    #[error("cannot set up the VMM event loop: {0}")]
-    EventLoop(#[source] event_manager::Error),
 }
 
 fn eventfd(what: &'static str) -> Result<EventFd, LegacyDeviceError> {
@@ -62,7 +61,8 @@ pub struct LegacyDevices {
     /// What the console watches for (panic, halt).
     pub watch: ConsoleWatch,
     pub exit: VmExitSignal,
-    pub events: EventManager<Subscriber>,
+    /// Wakes the VMM loop on an exit; added to the loop when the VM starts.
+    pub doorbells: Subscriber,
 }
 
 impl LegacyDevices {
@@ -99,20 +99,18 @@ impl LegacyDevices {
             what: "the VM exit doorbell",
             source,
         })?;
-        let mut events: EventManager<Subscriber> =
-            EventManager::new().map_err(LegacyDeviceError::EventLoop)?;
-        events.add_subscriber(Arc::new(Mutex::new(ExitDoorbells::new(
+        let doorbells: Subscriber = Arc::new(Mutex::new(ExitDoorbells::new(
             exit.clone(),
             reset,
             watch.halted.clone(),
-        ))));
+        )));
         Ok(LegacyDevices {
             serial,
             i8042,
             boot_timer,
             watch,
             exit,
-            events,
+            doorbells,
         })
     }
 }

@@ -1,7 +1,9 @@
-//! The Wisp VMM core: a KVM VM with guest memory, vCPUs, x86_64 boot, the device manager and
-//! the VMM thread's event loop. `MicroVm::build` turns a validated `VmConfig` into a VM ready
-//! to run; `MicroVm::run` starts the vCPUs and serves devices until the guest stops.
+//! The Wisp VMM core: a KVM VM with guest memory, vCPUs, x86_64 boot, the device manager, the
+//! one VM controller every front end feeds, and the VMM thread's event loop (docs/design.md §2).
+//! A front end builds a `Controller` (with a prepared shell or not), puts it in a `VmmLoop`,
+//! adds its own subscriber and sends `VmmAction`s; `VmmLoop::run` serves until the VM ends.
 
+pub mod controller;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
@@ -14,10 +16,14 @@ pub mod microvm;
 pub mod prepared;
 pub mod vcpu;
 pub mod vcpu_control;
+pub mod vcpu_thread;
 pub mod virtio_devices;
 pub mod vm;
+pub mod vmm_loop;
 pub mod x86_64;
 
+pub use controller::{Controller, ControllerHooks, Outcome};
 pub use exit::VmExit;
-pub use microvm::{MicroVm, MicroVmError, MicroVmOptions, Subscriber, VmController};
+pub use microvm::{MicroVm, MicroVmError, MicroVmOptions, Subscriber};
 pub use prepared::{PrepareError, PreparedVm};
+pub use vmm_loop::{ApiFrontEnd, SharedController, VmmLoop};

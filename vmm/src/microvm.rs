@@ -1,4 +1,11 @@
-//! `MicroVm`: a prepared VM configured with a guest and its devices, and its run loop.
+//! `MicroVm`: a prepared VM configured with a guest and its devices, its vCPU threads, and
+//! its teardown. It is driven by `controller::Controller` on the VMM thread; the event loop
+//! that serves its devices is `vmm_loop::VmmLoop`'s.
+//!
+//! Teardown order is the point of this type: dropping a `MicroVm` first finishes and joins
+//! every vCPU thread, then removes its memory slots from KVM, and only then lets the VM fd and
+//! the guest memory mapping go (`Drop`). No vCPU can be inside KVM_RUN, and no slot can point
+//! at host memory, once the mapping may be reused.
 
 use crate::device_manager::DeviceManagerError;
 use crate::event_loop::ConsoleInput;
@@ -7,14 +14,14 @@ use crate::layout::{NOXS_PAGE_START, PVH_INFO_START, ZERO_PAGE_START};
 use crate::legacy_devices::LegacyDevices;
 use crate::loader::{self, LoaderError};
 use crate::prepared::{PrepareError, PreparedVm};
-use crate::vcpu::{BootEntry, Vcpu, VcpuError, VcpuThread};
-use crate::vcpu_control::{ControlError, FirstEntryHook, VcpuControl};
+use crate::vcpu::{BootEntry, Vcpu, VcpuError};
+use crate::vcpu_control::{ControlError, FirstEntryHook};
+use crate::vcpu_thread::{VcpuThread, VcpuThreadError, Vcpus};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
 use crate::x86_64::regs::EntryMode;
-use event_manager::{EventManager, SubscriberOps};
 use std::fs::File;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,9 +30,10 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
 use wisp_api::VmConfig;
+use wisp_devices::boot_timer::BootTimer;
 use wisp_devices::i8042::{I8042Error, I8042};
 use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
-use wisp_devices::serial::ConsoleOutput;
+use wisp_devices::serial::{ConsoleOutput, ConsoleWatch, SerialConsole};
 
 pub use crate::legacy_devices::Subscriber;
 
@@ -51,8 +59,8 @@ pub enum MicroVmError {
     Control(#[from] ControlError),
     #[error(transparent)]
     Virtio(#[from] VirtioSetupError),
-    #[error("VMM event loop failed: {0}")]
-    EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    VcpuThread(#[from] VcpuThreadError),
     #[error("the {0} lock is poisoned")]
     Poisoned(&'static str),
     #[error("Ctrl-Alt-Del not delivered: {0}")]
@@ -73,78 +81,47 @@ pub struct MicroVmOptions {
     pub on_first_entry: Option<FirstEntryHook>,
 }
 
-/// A handle for pausing, resuming and stopping a running VM from the VMM thread.
-#[derive(Clone)]
-pub struct VmController {
-    control: VcpuControl,
+/// How long pause and resume wait for every vCPU's acknowledgement.
+pub const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A configured microVM: its vCPUs (parked until `start`, then owned threads), devices, KVM
+/// VM and guest memory.
+pub struct MicroVm {
+    // Drop runs `shutdown` first; the fields then go in this order.
+    vcpus: Vcpus,
+    unstarted: Vec<(Vcpu, VcpuThread)>,
+    first_entry: Option<FirstEntryHook>,
+    serial: Arc<Mutex<SerialConsole>>,
+    boot_timer: Arc<Mutex<BootTimer>>,
+    watch: ConsoleWatch,
+    io: Arc<IoManager>,
+    /// Event-loop subscribers (exit doorbells, console input, virtio queues) not yet handed to
+    /// the VMM loop.
+    subscribers: Vec<Subscriber>,
     exit: VmExitSignal,
     sysctl: SysctlWord,
     i8042: Arc<Mutex<I8042>>,
-}
-
-impl VmController {
-    pub fn pause(&self) -> Result<(), ControlError> {
-        self.control.pause(Duration::from_secs(2))
-    }
-
-    pub fn resume(&self) {
-        self.control.resume()
-    }
-
-    /// Ends the VM from the host side.
-    pub fn stop(&self) {
-        self.exit.send(VmExit::Stopped)
-    }
-
-    /// Presses and releases Ctrl-Alt-Del on the guest's keyboard (IRQ 1). A Linux guest with
-    /// the i8042/atkbd drivers and VT restarts (or signals init) — with `reboot=k` the VM ends.
-    pub fn send_ctrl_alt_del(&self) -> Result<(), MicroVmError> {
-        let mut i8042 = self
-            .i8042
-            .lock()
-            .map_err(|_| MicroVmError::Poisoned("i8042"))?;
-        Ok(i8042.send_ctrl_alt_del()?)
-    }
-
-    /// The noxs page's sysctl word, for host requests to the guest.
-    pub fn sysctl(&self) -> &SysctlWord {
-        &self.sysctl
-    }
-}
-
-/// A configured microVM, ready to run.
-pub struct MicroVm {
-    // Field order is drop order: vCPUs and the VM fd go before the memory they map.
-    vcpus: Vec<Vcpu>,
-    threads: Vec<VcpuThread>,
-    io: Arc<IoManager>,
-    events: EventManager<Subscriber>,
-    controller: VmController,
     panicked: Arc<AtomicBool>,
     virtio: Vec<VirtioHandle>,
-    // Owned for as long as the VM runs: the vCPUs use the VM fd, KVM maps the memory.
-    _vm: Vm,
-    _mem: GuestMemoryMmap,
+    memory_registered: bool,
+    vm: Vm,
+    mem: GuestMemoryMmap,
 }
 
 impl MicroVm {
     /// Prepares a VM of exactly the configured size and configures it.
-    pub fn build(config: &VmConfig, opts: MicroVmOptions) -> Result<MicroVm, MicroVmError> {
+    pub fn build(config: &VmConfig) -> Result<MicroVm, MicroVmError> {
         // Validate what needs no KVM first, so bad input fails fast and touches nothing.
         if config.boot_source.is_none() {
             return Err(MicroVmError::NoBootSource);
         }
         let mc = &config.machine_config;
         let shell = PreparedVm::prepare(mc.mem_size_mib, mc.vcpu_count)?;
-        MicroVm::configure(shell, config, opts)
+        MicroVm::configure(shell, config)
     }
 
     /// Loads the guest into a prepared VM, plugs the devices and sets up the boot vCPU.
-    pub fn configure(
-        shell: PreparedVm,
-        config: &VmConfig,
-        opts: MicroVmOptions,
-    ) -> Result<MicroVm, MicroVmError> {
+    pub fn configure(shell: PreparedVm, config: &VmConfig) -> Result<MicroVm, MicroVmError> {
         let boot = config
             .boot_source
             .as_ref()
@@ -173,7 +150,7 @@ impl MicroVm {
             boot_timer,
             watch,
             exit,
-            mut events,
+            doorbells,
         } = legacy;
 
         let kernel = loader::load_kernel(&mem, ram_size, &boot.kernel_image_path)?;
@@ -182,14 +159,6 @@ impl MicroVm {
             None => None,
         };
         let mut cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
-
-        if let Ok(mut com1) = serial.lock() {
-            com1.set_output(ConsoleOutput::new(opts.console_out, watch.clone()));
-        }
-        match boot_timer.lock() {
-            Ok(mut timer) => timer.arm(opts.start, opts.on_boot),
-            Err(_) => return Err(MicroVmError::Poisoned("boot timer")),
-        }
 
         let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
@@ -240,33 +209,45 @@ impl MicroVm {
             )?;
         }
 
-        if let Some(input) = opts.console_in {
-            events.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(input, serial))));
-        }
-        for sub in subscribers(&virtio) {
-            events.add_subscriber(sub);
-        }
-
-        let control = VcpuControl::default();
-        if let Some(hook) = opts.on_first_entry {
-            control.on_first_entry(hook);
-        }
+        let mut subs = vec![doorbells];
+        subs.extend(subscribers(&virtio));
+        let unstarted = vcpus.into_iter().zip(threads).collect();
         Ok(MicroVm {
-            vcpus,
-            threads,
+            vcpus: Vcpus::default(),
+            unstarted,
+            first_entry: None,
+            serial,
+            boot_timer,
+            watch: watch.clone(),
             io: devices.into_io(),
-            events,
-            controller: VmController {
-                control,
-                exit,
-                sysctl,
-                i8042,
-            },
+            subscribers: subs,
+            exit,
+            sysctl,
+            i8042,
             panicked: watch.panicked,
             virtio,
-            _vm: vm,
-            _mem: mem,
+            memory_registered: true,
+            vm,
+            mem,
         })
+    }
+
+    /// Connects the VM to its host side: console output and input, the boot-timer report and
+    /// the first-entry stamp. Infallible, so a failed configuration spends none of them.
+    pub fn attach_host(&mut self, opts: MicroVmOptions) {
+        if let Ok(mut com1) = self.serial.lock() {
+            com1.set_output(ConsoleOutput::new(opts.console_out, self.watch.clone()));
+        }
+        match self.boot_timer.lock() {
+            Ok(mut timer) => timer.arm(opts.start, opts.on_boot),
+            Err(_) => log::error!("the boot timer's lock is poisoned: no boot-time report"),
+        }
+        if let Some(input) = opts.console_in {
+            let serial = self.serial.clone();
+            self.subscribers
+                .push(Arc::new(Mutex::new(ConsoleInput::new(input, serial))));
+        }
+        self.first_entry = opts.on_first_entry;
     }
 
     /// The virtio devices, in attach order.
@@ -274,44 +255,97 @@ impl MicroVm {
         &self.virtio
     }
 
-    /// Pause, resume and stop, for front ends (REST API, control page).
-    pub fn controller(&self) -> VmController {
-        self.controller.clone()
-    }
-
-    /// Adds a front end (or device backend) to the VMM thread's event loop.
-    pub fn add_subscriber(&mut self, subscriber: Subscriber) {
-        self.events.add_subscriber(subscriber);
+    /// The event-loop subscribers the VMM loop must serve for this VM (taken once).
+    pub fn take_subscribers(&mut self) -> Vec<Subscriber> {
+        std::mem::take(&mut self.subscribers)
     }
 
     /// Starts the vCPU threads (once); the guest begins to run.
     pub fn start(&mut self) -> Result<(), MicroVmError> {
-        if self.vcpus.is_empty() {
-            return Ok(());
+        let mut first_entry = self.first_entry.take();
+        let mut handles = Vec::with_capacity(self.unstarted.len());
+        for (vcpu, thread) in self.unstarted.drain(..) {
+            // The boot vCPU (the first) stamps the first entry; APs wait for INIT/SIPI.
+            let hook = first_entry.take();
+            handles.push(thread.launch(vcpu, self.io.clone(), self.exit.clone(), hook)?);
         }
-        // The threads are detached: the VMM process ends with its VM.
-        for (vcpu, thread) in self.vcpus.drain(..).zip(self.threads.drain(..)) {
-            thread.launch(
-                vcpu,
-                self.io.clone(),
-                self.controller.exit.clone(),
-                self.controller.control.clone(),
-            )?;
+        if !handles.is_empty() {
+            self.vcpus = Vcpus::new(handles);
         }
         Ok(())
     }
 
-    /// Starts the vCPUs if needed and serves the VM on this thread until the guest stops.
-    pub fn run(mut self) -> Result<VmExit, MicroVmError> {
-        self.start()?;
-        loop {
-            self.events.run().map_err(MicroVmError::EventLoop)?;
-            if let Some(exit) = self.controller.exit.take() {
-                if exit == VmExit::Reset && self.panicked.load(Ordering::Acquire) {
-                    return Ok(VmExit::GuestPanic);
-                }
-                return Ok(exit);
-            }
+    /// Parks every vCPU outside the guest; returns once each has acknowledged.
+    pub fn pause(&self) -> Result<(), MicroVmError> {
+        Ok(self.vcpus.pause(VCPU_ACK_TIMEOUT)?)
+    }
+
+    /// Lets every vCPU enter the guest again; returns once each has acknowledged.
+    pub fn resume(&self) -> Result<(), MicroVmError> {
+        Ok(self.vcpus.resume(VCPU_ACK_TIMEOUT)?)
+    }
+
+    /// How many vCPU threads are still running.
+    pub fn live_vcpus(&self) -> usize {
+        self.vcpus.live()
+    }
+
+    /// Presses and releases Ctrl-Alt-Del on the guest's keyboard (IRQ 1). A Linux guest with
+    /// the i8042/atkbd drivers and VT restarts (or signals init) — with `reboot=k` the VM ends.
+    pub fn send_ctrl_alt_del(&self) -> Result<(), MicroVmError> {
+        let mut i8042 = self
+            .i8042
+            .lock()
+            .map_err(|_| MicroVmError::Poisoned("i8042"))?;
+        Ok(i8042.send_ctrl_alt_del()?)
+    }
+
+    /// The noxs page's sysctl word, for host requests to the guest.
+    pub fn sysctl(&self) -> &SysctlWord {
+        &self.sysctl
+    }
+
+    /// Ends the VM from the host side: the VMM loop sees `VmExit::Stopped`.
+    pub fn request_stop(&self) {
+        self.exit.send(VmExit::Stopped)
+    }
+
+    /// The reason the VM ended, once a vCPU, a device or the host reported one (taken once).
+    /// A reset after the guest printed its panic banner is a panic.
+    pub fn take_exit(&self) -> Option<VmExit> {
+        let exit = self.exit.take()?;
+        if exit == VmExit::Reset && self.panicked.load(Ordering::Acquire) {
+            return Some(VmExit::GuestPanic);
         }
+        Some(exit)
+    }
+
+    /// Finishes and joins every vCPU thread, then removes guest memory from KVM. Idempotent;
+    /// `Drop` calls it too. Afterwards KVM holds no reference to the mapping.
+    pub fn shutdown(&mut self) {
+        self.vcpus.finish();
+        self.unstarted.clear();
+        if self.memory_registered {
+            if let Err(e) = self.vm.unregister_memory(&self.mem) {
+                log::error!("cannot remove guest memory from KVM: {e}");
+            }
+            self.memory_registered = false;
+        }
+    }
+
+    /// The KVM VM (for tests that check what KVM still holds after `shutdown`).
+    pub fn vm(&self) -> &Vm {
+        &self.vm
+    }
+
+    /// Guest memory.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+}
+
+impl Drop for MicroVm {
+    fn drop(&mut self) {
+        self.shutdown();
     }
 }

@@ -11,8 +11,9 @@ use crate::layout::{
 };
 use crate::legacy_devices::{LegacyDeviceError, LegacyDevices};
 use crate::memory::{create_guest_memory, MemoryError};
-use crate::vcpu::{Vcpu, VcpuError, VcpuThread};
+use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{install_kick_handler, ControlError};
+use crate::vcpu_thread::VcpuThread;
 use crate::vm::{Vm, VmError};
 use crate::x86_64::mptable::MAX_CPUS;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
@@ -79,8 +80,7 @@ impl PreparedVm {
             });
         }
         let mem = create_guest_memory(mem_mib)?;
-        let vm = Vm::new()?;
-        vm.register_memory(&mem)?;
+        let vm = Vm::with_memory(&mem)?;
         let supported_cpuid = vm
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -118,6 +118,6 @@ impl PreparedVm {
 
     /// The most vCPUs a guest in this shell can have.
     pub fn vcpu_count(&self) -> u8 {
-        self.vcpus.len() as u8
+        u8::try_from(self.vcpus.len()).unwrap_or(u8::MAX)
     }
 }

@@ -1,16 +1,16 @@
 //! vCPUs: boot configuration (CPUID, MSRs, registers, FPU, LAPIC) and the KVM_RUN loop, one
-//! thread each. Port and MMIO exits go to the device buses; exits that end the VM are reported
-//! to the VMM thread through `VmExitSignal`.
+//! thread each (`vcpu_thread`). Port and MMIO exits go to the device buses; the loop returns the
+//! exit that ends the VM, or `None` when its owner told it to finish.
 
-use crate::exit::{VmExit, VmExitSignal};
-use crate::vcpu_control::VcpuControl;
+use crate::exit::VmExit;
+use crate::vcpu_control::{FirstEntryHook, RunPageGuard};
+use crate::vcpu_thread::{VcpuEvent, VcpuResponse};
 use crate::x86_64::cpuid::filter_cpuid;
 use crate::x86_64::msr::{boot_msrs, MsrError};
 use crate::x86_64::regs::{boot_fpu, boot_regs, set_lint, setup_sregs, EntryMode, RegsError};
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use vm_device::bus::{MmioAddress, PioAddress};
 use vm_device::device_manager::{IoManager, MmioManager, PioManager};
 use vm_memory::GuestMemoryMmap;
@@ -57,69 +57,6 @@ pub struct BootEntry {
     pub entry: u64,
     /// Zero page (64-bit Linux protocol) or `hvm_start_info` (PVH).
     pub boot_info: u64,
-}
-
-/// What a vCPU thread needs to run its vCPU.
-struct Launch {
-    vcpu: Vcpu,
-    io: Arc<IoManager>,
-    exit: VmExitSignal,
-    control: VcpuControl,
-}
-
-/// A vCPU thread started ahead of time, parked until it is given a vCPU to run: a prepared
-/// shell spawns its threads while preparing, so the create path pays a wake-up, not a clone
-/// and a first scheduling.
-pub struct VcpuThread {
-    id: u8,
-    launch: mpsc::SyncSender<Launch>,
-    handle: JoinHandle<()>,
-}
-
-impl VcpuThread {
-    pub fn spawn(id: u8) -> Result<VcpuThread, VcpuError> {
-        let (launch, parked) = mpsc::sync_channel::<Launch>(1);
-        let handle = std::thread::Builder::new()
-            .name(format!("vcpu{id}"))
-            .spawn(move || {
-                // A shell destroyed before any create drops the sender: the thread just ends.
-                if let Ok(Launch {
-                    vcpu,
-                    io,
-                    exit,
-                    control,
-                }) = parked.recv()
-                {
-                    let reason = vcpu.run_loop(&io, &control);
-                    exit.send(reason);
-                }
-            })
-            .map_err(|source| VcpuError::Spawn { id, source })?;
-        Ok(VcpuThread { id, launch, handle })
-    }
-
-    /// Hands `vcpu` to this thread, which runs it until an exit ends the VM.
-    pub fn launch(
-        self,
-        vcpu: Vcpu,
-        io: Arc<IoManager>,
-        exit: VmExitSignal,
-        control: VcpuControl,
-    ) -> Result<(), VcpuError> {
-        control.register_thread(&self.handle);
-        let id = self.id;
-        self.launch
-            .send(Launch {
-                vcpu,
-                io,
-                exit,
-                control,
-            })
-            .map_err(|_| VcpuError::Spawn {
-                id,
-                source: std::io::Error::other("the vCPU thread is gone"),
-            })
-    }
 }
 
 pub struct Vcpu {
@@ -200,12 +137,24 @@ impl Vcpu {
             .unwrap_or_else(|_| "unknown".into())
     }
 
-    fn run_loop(mut self, io: &IoManager, control: &VcpuControl) -> VmExit {
-        if self.id == 0 {
-            control.mark_first_entry();
+    /// Runs the vCPU until the guest ends the VM (`Some(exit)`) or the owner sends
+    /// `VcpuEvent::Finish` (`None`). Events are read before every entry; the owner kicks the
+    /// thread after sending one, which makes a running or about-to-run KVM_RUN return EINTR.
+    pub(crate) fn run_loop(
+        mut self,
+        io: &IoManager,
+        events: &Receiver<VcpuEvent>,
+        responses: &Sender<VcpuResponse>,
+        first_entry: Option<FirstEntryHook>,
+    ) -> Option<VmExit> {
+        let _run_page = RunPageGuard::new(self.fd.get_kvm_run());
+        if let Some(hook) = first_entry {
+            hook(std::time::Instant::now());
         }
         loop {
-            control.wait_if_paused();
+            if !handle_events(events, responses) {
+                return None;
+            }
             match self.fd.run() {
                 Ok(VcpuExit::IoIn(port, data)) => {
                     log::trace!("vCPU {}: in {port:#x}", self.id);
@@ -226,15 +175,15 @@ impl Vcpu {
                 Ok(VcpuExit::MmioWrite(addr, data)) => {
                     let _ = io.mmio_write(MmioAddress(addr), data);
                 }
-                Ok(VcpuExit::Hlt) => return VmExit::Halted,
+                Ok(VcpuExit::Hlt) => return Some(VmExit::Halted),
                 Ok(VcpuExit::Shutdown) => {
-                    return VmExit::TripleFault {
+                    return Some(VmExit::TripleFault {
                         vcpu: self.id,
                         rip: self.rip(),
-                    }
+                    })
                 }
                 Ok(VcpuExit::SystemEvent(kind, _)) => {
-                    return match kind {
+                    return Some(match kind {
                         kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN
                         | kvm_bindings::KVM_SYSTEM_EVENT_RESET => VmExit::Reset,
                         other => VmExit::Error(format!(
@@ -242,35 +191,73 @@ impl Vcpu {
                             self.id,
                             self.rip()
                         )),
-                    }
+                    })
                 }
                 Ok(VcpuExit::InternalError) => {
-                    return VmExit::Error(format!(
+                    return Some(VmExit::Error(format!(
                         "vCPU {}: KVM internal error (KVM_EXIT_INTERNAL_ERROR) at RIP {}",
                         self.id,
                         self.rip()
-                    ))
+                    )))
                 }
                 Ok(VcpuExit::FailEntry(reason, cpu)) => {
-                    return VmExit::Error(format!(
+                    return Some(VmExit::Error(format!(
                         "vCPU {}: KVM entry failed (hardware reason {reason:#x} on host CPU {cpu}) at RIP {}",
                         self.id,
                         self.rip()
-                    ))
+                    )))
                 }
                 Ok(other) => {
                     let what = format!("{other:?}");
-                    return VmExit::Error(format!(
+                    return Some(VmExit::Error(format!(
                         "vCPU {}: unexpected KVM exit {what} at RIP {}",
                         self.id,
                         self.rip()
-                    ));
+                    )));
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // A kick: clear the flag its handler set, then look at the events.
+                    self.fd.set_kvm_immediate_exit(0);
+                }
                 Err(e) => {
-                    return VmExit::Error(format!("vCPU {}: KVM_RUN failed: {e}", self.id))
+                    return Some(VmExit::Error(format!(
+                        "vCPU {}: KVM_RUN failed: {e}",
+                        self.id
+                    )))
                 }
             }
+        }
+    }
+}
+
+/// Takes every pending event; while paused, waits for the next one. Returns false when the
+/// vCPU must finish (told so, or its owner is gone).
+fn handle_events(events: &Receiver<VcpuEvent>, responses: &Sender<VcpuResponse>) -> bool {
+    let mut paused = false;
+    loop {
+        let event = if paused {
+            match events.recv() {
+                Ok(e) => e,
+                Err(_) => return false,
+            }
+        } else {
+            match events.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        };
+        match event {
+            VcpuEvent::Pause => {
+                paused = true;
+                // The owner may have given up waiting; nothing to do about it here.
+                let _ = responses.send(VcpuResponse::Paused);
+            }
+            VcpuEvent::Resume => {
+                paused = false;
+                let _ = responses.send(VcpuResponse::Resumed);
+            }
+            VcpuEvent::Finish => return false,
         }
     }
 }

@@ -1,129 +1,66 @@
-//! Pausing and resuming vCPU threads, and the first-entry timestamp.
+//! Kicking a vCPU thread out of KVM_RUN, without a lost-wake-up race.
 //!
-//! A vCPU sits in KVM_RUN most of the time; to pause it we set `paused`, then kick its thread
-//! with a signal (KVM_RUN returns EINTR) until every running vCPU has parked on the condvar. A
-//! kick that lands just before KVM_RUN would be lost, hence the repeat until all are parked.
+//! The owner sends a `VcpuEvent` to the thread, then kicks it with a real-time signal. The
+//! signal handler sets `immediate_exit` in the thread's own `kvm_run` page (found through a
+//! thread-local pointer): a kick that lands while the guest runs makes KVM_RUN return EINTR,
+//! and a kick that lands just before the thread enters KVM_RUN makes that KVM_RUN return
+//! EINTR at once, so no kick is ever lost and none needs repeating (KVM API, "immediate_exit";
+//! Firecracker's vCPU kick works the same way). The thread clears the flag after each EINTR.
 
-use std::os::unix::thread::JoinHandleExt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::cell::Cell;
+use std::time::Instant;
 
 /// Real-time signal used to kick vCPU threads out of KVM_RUN.
-fn kick_signal() -> i32 {
+pub fn kick_signal() -> i32 {
     libc::SIGRTMIN()
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+thread_local! {
+    /// This thread's `kvm_run` page while it runs a vCPU, else null. Const-initialised and
+    /// without a destructor, so the signal handler can read it.
+    static KVM_RUN: Cell<*mut kvm_bindings::kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let run = KVM_RUN.with(|r| r.get());
+    if !run.is_null() {
+        // SAFETY: the pointer was set by this very thread (`RunPageGuard::new`) from its
+        // vCPU's `kvm_run` mapping and is cleared before that mapping can go away; the handler
+        // runs on the same thread, so the mapping is live. A volatile byte store is all KVM
+        // needs to see the flag on the next entry.
+        unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(#[source] vmm_sys_util::errno::Error),
-    #[error("vCPUs did not pause within {0:?}")]
-    PauseTimeout(Duration),
 }
 
-/// Installs the (empty) kick handler; its only job is to make KVM_RUN return EINTR.
+/// Installs the kick handler (idempotent); its only job is to set `immediate_exit`.
 pub fn install_kick_handler() -> Result<(), ControlError> {
     vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
         .map_err(ControlError::Signal)
 }
 
+/// Publishes a vCPU's `kvm_run` page to this thread's kick handler for as long as it lives.
+pub struct RunPageGuard(());
+
+impl RunPageGuard {
+    /// `run` must stay mapped until the guard is dropped (the vCPU fd outlives the guard on the
+    /// vCPU thread's stack).
+    pub fn new(run: &mut kvm_bindings::kvm_run) -> RunPageGuard {
+        KVM_RUN.with(|r| r.set(run as *mut _));
+        RunPageGuard(())
+    }
+}
+
+impl Drop for RunPageGuard {
+    fn drop(&mut self) {
+        KVM_RUN.with(|r| r.set(std::ptr::null_mut()));
+    }
+}
+
 /// Called on the boot vCPU's thread just before it first enters the guest.
 pub type FirstEntryHook = Box<dyn FnOnce(Instant) + Send>;
-
-#[derive(Default)]
-struct Shared {
-    paused: AtomicBool,
-    parked: AtomicUsize,
-    lock: Mutex<()>,
-    resumed: Condvar,
-    on_first_entry: Mutex<Option<FirstEntryHook>>,
-}
-
-/// Shared between the VMM thread and the vCPU threads.
-#[derive(Clone, Default)]
-pub struct VcpuControl {
-    shared: Arc<Shared>,
-    threads: Arc<Mutex<Vec<libc::pthread_t>>>,
-}
-
-impl VcpuControl {
-    /// Called by a vCPU thread before each KVM_RUN: parks while paused.
-    pub fn wait_if_paused(&self) {
-        if !self.shared.paused.load(Ordering::Acquire) {
-            return;
-        }
-        let Ok(mut guard) = self.shared.lock.lock() else {
-            return;
-        };
-        self.shared.parked.fetch_add(1, Ordering::AcqRel);
-        while self.shared.paused.load(Ordering::Acquire) {
-            guard = match self.shared.resumed.wait(guard) {
-                Ok(g) => g,
-                Err(_) => break,
-            };
-        }
-        self.shared.parked.fetch_sub(1, Ordering::AcqRel);
-    }
-
-    /// Records the moment the boot vCPU first enters the guest.
-    pub fn mark_first_entry(&self) {
-        let now = Instant::now();
-        let hook = self
-            .shared
-            .on_first_entry
-            .lock()
-            .ok()
-            .and_then(|mut h| h.take());
-        if let Some(hook) = hook {
-            hook(now);
-        }
-    }
-
-    /// Runs `hook` when the boot vCPU first enters the guest.
-    pub fn on_first_entry(&self, hook: FirstEntryHook) {
-        if let Ok(mut h) = self.shared.on_first_entry.lock() {
-            *h = Some(hook);
-        }
-    }
-
-    pub fn register_thread(&self, handle: &JoinHandle<()>) {
-        if let Ok(mut threads) = self.threads.lock() {
-            threads.push(handle.as_pthread_t());
-        }
-    }
-
-    fn kick_all(&self) {
-        if let Ok(threads) = self.threads.lock() {
-            for t in threads.iter() {
-                // SAFETY: `t` is a live vCPU thread (they run until the process exits) and the
-                // kick signal has a handler installed, so delivery only interrupts KVM_RUN.
-                unsafe { libc::pthread_kill(*t, kick_signal()) };
-            }
-        }
-    }
-
-    /// Stops all vCPUs; returns once each is parked (or errors after `timeout`).
-    pub fn pause(&self, timeout: Duration) -> Result<(), ControlError> {
-        self.shared.paused.store(true, Ordering::Release);
-        let want = self.threads.lock().map(|t| t.len()).unwrap_or(0);
-        let deadline = Instant::now() + timeout;
-        while self.shared.parked.load(Ordering::Acquire) < want {
-            if Instant::now() >= deadline {
-                return Err(ControlError::PauseTimeout(timeout));
-            }
-            self.kick_all();
-            std::thread::sleep(Duration::from_micros(200));
-        }
-        Ok(())
-    }
-
-    pub fn resume(&self) {
-        let _guard = self.shared.lock.lock();
-        self.shared.paused.store(false, Ordering::Release);
-        self.shared.resumed.notify_all();
-    }
-}

@@ -31,8 +31,18 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Opens /dev/kvm and creates the VM with its in-kernel irqchip and PIT.
-    pub fn new() -> Result<Self, VmError> {
+    /// Opens /dev/kvm and creates the VM, registers `mem` as its memory slots, then creates
+    /// the in-kernel irqchip and PIT — in that order: on this host's KVM a slot registered
+    /// after KVM_CREATE_IRQCHIP costs 4.5–8 ms, before it ~0.1 ms (docs/design.md §3).
+    pub fn with_memory(mem: &GuestMemoryMmap) -> Result<Self, VmError> {
+        let vm = Vm::create()?;
+        vm.register_memory(mem)?;
+        vm.create_irqchip_and_pit()?;
+        Ok(vm)
+    }
+
+    /// Opens /dev/kvm and creates the VM (no memory, no irqchip yet).
+    fn create() -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let version = kvm.get_api_version();
         if version != kvm_bindings::KVM_API_VERSION as i32 {
@@ -44,18 +54,24 @@ impl Vm {
             .map_err(setup("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        fd.create_irq_chip().map_err(setup("KVM_CREATE_IRQCHIP"))?;
+        Ok(Vm { kvm, fd })
+    }
+
+    fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
+        let setup = |what| move |source| VmError::Setup { what, source };
+        self.fd
+            .create_irq_chip()
+            .map_err(setup("KVM_CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             // The speaker port (0x61) is emulated as a dummy by KVM.
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
         };
-        fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))?;
-        Ok(Vm { kvm, fd })
+        self.fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
-    pub fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+    fn register_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
         for (slot, region) in mem.iter().enumerate() {
             let host = region
                 .get_host_address(vm_memory::MemoryRegionAddress(0))
@@ -69,6 +85,24 @@ impl Vm {
             };
             // SAFETY: the region is a live mapping owned by `mem`, which the VMM keeps alive
             // for as long as the VM exists; KVM only accesses it while the VM runs.
+            unsafe { self.fd.set_user_memory_region(desc) }.map_err(VmError::SetMemory)?;
+        }
+        Ok(())
+    }
+
+    /// Removes every slot `register_memory` made for `mem` (a slot of size 0 deletes it, KVM
+    /// API). Called after the vCPUs are joined and before the mapping may go away.
+    pub fn unregister_memory(&self, mem: &GuestMemoryMmap) -> Result<(), VmError> {
+        for (slot, region) in mem.iter().enumerate() {
+            let desc = kvm_userspace_memory_region {
+                slot: slot as u32,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: 0,
+                userspace_addr: 0,
+                flags: 0,
+            };
+            // SAFETY: deleting a slot hands KVM no memory; afterwards KVM no longer refers to
+            // the region it had.
             unsafe { self.fd.set_user_memory_region(desc) }.map_err(VmError::SetMemory)?;
         }
         Ok(())

@@ -1,18 +1,16 @@
 //! Test harness: the real server on a temporary Unix socket, answered by a VMM-side thread
 //! that uses the real `VmResources` store and plays the VMM's part of the lifecycle (state
 //! changes on start/pause/resume, a metrics line on flush). Clients are real: `curl
-//! --unix-socket` and raw `UnixStream`s.
+//! --unix-socket` (wisp-test-support) and raw `UnixStream`s (server_raw.rs).
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::thread::JoinHandle;
 use wisp_api::{
     api_channel, spawn_api_server_with, ApiReceiver, ApiServerHandle, HostLimits, ServerConfig,
     VmResources, VmState, VmmAction, VmmActionError, VmmData,
 };
+use wisp_test_support::curl;
 
 /// Host limit used by the harness, so "above the host limit" is testable.
 pub const MAX_VCPUS: u8 = 4;
@@ -121,56 +119,4 @@ fn flush_metrics(
     wisp_api::metrics::append_json_line(path, &metrics.snapshot())
         .map_err(|e| VmmActionError::internal(e.to_string()))?;
     Ok(VmmData::Empty)
-}
-
-/// One request with the real curl client.
-pub fn curl(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--max-time", "60", "--unix-socket"])
-        .arg(sock)
-        .args(["-X", method, "-w", "\n%{http_code}"])
-        .arg(format!("http://localhost{path}"));
-    if body.is_some() {
-        cmd.args([
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            "@-",
-        ]);
-    }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("curl must be installed (apt-get install -y curl)");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(body.unwrap_or("").as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    let code = code
-        .parse()
-        .unwrap_or_else(|_| panic!("curl failed: {}", String::from_utf8_lossy(&out.stderr)));
-    (code, body.to_string())
-}
-
-/// One HTTP/1.1 request over a raw socket, reading until the server closes.
-pub fn raw_request(sock: &Path, request: &[u8]) -> String {
-    let mut s = UnixStream::connect(sock).unwrap();
-    s.write_all(request).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-/// `GET /` with `Connection: close` over a raw socket; the status line of the answer.
-pub fn raw_get_root(sock: &Path) -> String {
-    let resp = raw_request(
-        sock,
-        b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
-    );
-    resp.lines().next().unwrap_or_default().to_string()
 }
