@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
-use wisp_api::{api_channel, new_request_id, spawn_api_server, VmResources, VmState, VmmAction};
+use wisp_api::{api_channel, request_id_or_new, spawn_api_server, VmResources, VmState, VmmAction};
 use wisp_vmm::vmm_loop::{lock, SharedController};
 use wisp_vmm::{
     ApiFrontEnd, Controller, ControllerHooks, MicroVmOptions, Outcome, PreparedVm, VmmLoop,
@@ -302,7 +302,9 @@ impl MutEventSubscriber for ControlPageFrontEnd {
         let Some((seq, command)) = self.page.page.pending_command() else {
             return;
         };
-        let request_id = new_request_id();
+        // wispd writes the id of the request behind the command (`wisp ctl --request-id`, or
+        // one it made); a page without one gets a fresh id here.
+        let request_id = request_id_or_new(Some(&self.page.page.request_id()));
         match command {
             Some(ControlCommand::Create) => self.create(seq, &request_id),
             Some(ControlCommand::Pause) => self.lifecycle(seq, &request_id, VmmAction::Pause),

@@ -15,6 +15,8 @@ use crate::validate::{
     validate_mac, validate_tap_name,
 };
 
+pub use wisp_abi::memory_map::MAX_VIRTIO_DEVICES;
+
 /// Firecracker's ceiling on vCPUs, used when the host reports no lower one.
 pub const DEFAULT_MAX_VCPUS: u8 = 32;
 /// Id reported by `GET /` unless the VMM sets one.
@@ -103,6 +105,10 @@ impl VmResources {
         }
         if let Some(vsock) = &config.vsock {
             res.set_vsock(vsock).map_err(wrap("vsock"))?;
+        }
+        if config.entropy.is_some() {
+            res.check_device_room(true, "entropy")
+                .map_err(wrap("entropy"))?;
         }
         res.config.entropy = config.entropy.clone();
         if let Some(logger) = &config.logger {
@@ -209,6 +215,9 @@ impl VmResources {
             A::InsertNetworkDevice(iface) => configured(self.insert_net(iface)),
             A::SetVsock(vsock) => configured(self.set_vsock(vsock)),
             A::SetEntropy(entropy) => {
+                if let Err(e) = self.check_device_room(self.config.entropy.is_none(), "entropy") {
+                    return Some(Err(e));
+                }
                 self.config.entropy = Some(entropy.clone());
                 Some(Ok(VmmData::Empty))
             }
@@ -267,8 +276,31 @@ impl VmResources {
         Ok(())
     }
 
+    /// Every virtio device takes one MMIO slot and one IRQ (5..=23): at most
+    /// `MAX_VIRTIO_DEVICES` of all kinds together, on every front end.
+    fn check_device_room(&self, adds_one: bool, what: &str) -> Result<(), VmmActionError> {
+        let c = &self.config;
+        let count = c.drives.len()
+            + c.network_interfaces.len()
+            + usize::from(c.vsock.is_some())
+            + usize::from(c.entropy.is_some());
+        if adds_one && count >= MAX_VIRTIO_DEVICES {
+            return Err(VmmActionError::bad_request(format!(
+                "cannot add {what}: the microVM already has {count} virtio devices, the most \
+                 it can have (one IRQ each)"
+            )));
+        }
+        Ok(())
+    }
+
     fn insert_drive(&mut self, drive: &Drive) -> Result<(), VmmActionError> {
         validate_id("drive_id", &drive.drive_id)?;
+        let new = !self
+            .config
+            .drives
+            .iter()
+            .any(|d| d.drive_id == drive.drive_id);
+        self.check_device_room(new, &format!("drive `{}`", drive.drive_id))?;
         check_file_opens(
             &format!("backing file of drive `{}`", drive.drive_id),
             &drive.path_on_host,
@@ -346,6 +378,9 @@ impl VmResources {
 
     fn insert_net(&mut self, iface: &NetworkInterface) -> Result<(), VmmActionError> {
         validate_id("iface_id", &iface.iface_id)?;
+        let ifaces = &self.config.network_interfaces;
+        let new = !ifaces.iter().any(|i| i.iface_id == iface.iface_id);
+        self.check_device_room(new, &format!("network interface `{}`", iface.iface_id))?;
         validate_tap_name(&iface.host_dev_name)?;
         if let Some(mac) = &iface.guest_mac {
             validate_mac(mac)?;
@@ -383,6 +418,7 @@ impl VmResources {
     }
 
     fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), VmmActionError> {
+        self.check_device_room(self.config.vsock.is_none(), "vsock")?;
         // virtio 1.2 §5.10.4: CIDs 0 and 1 are reserved, 2 is the host, 0xffffffff reserved.
         if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
             return Err(VmmActionError::bad_request(format!(

@@ -218,3 +218,43 @@ fn the_instance_id_can_be_set() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut res = VmResources::new(limits());
+    for i in 0..wisp_api::resources::MAX_VIRTIO_DEVICES {
+        let path = dir.path().join(format!("d{i}"));
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        let drive = wisp_api::Drive {
+            drive_id: format!("d{i}"),
+            path_on_host: path,
+            is_root_device: false,
+            is_read_only: true,
+        };
+        let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
+        assert_eq!(put, Some(Ok(VmmData::Empty)), "drive {i}");
+    }
+    let refused = res
+        .apply(
+            &VmmAction::SetEntropy(wisp_api::Entropy {}),
+            VmState::NotStarted,
+        )
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("19 virtio devices"),
+        "{refused}"
+    );
+    // Replacing an existing drive adds nothing and is still allowed.
+    let again = dir.path().join("again");
+    std::fs::write(&again, [0u8; 512]).unwrap();
+    let drive = wisp_api::Drive {
+        drive_id: "d0".into(),
+        path_on_host: again,
+        is_root_device: false,
+        is_read_only: true,
+    };
+    let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
+    assert_eq!(put, Some(Ok(VmmData::Empty)));
+}

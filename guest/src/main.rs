@@ -120,7 +120,7 @@ fn count_forever() -> ! {
         // One CPU writes it: a plain store (no locked instruction, which PVM makes slow).
         let n = COUNTER.load(Ordering::Relaxed) + 1;
         COUNTER.store(n, Ordering::Relaxed);
-        if n % (1 << 12) == 0 {
+        if n.is_multiple_of(1 << 12) {
             println!("count: {}", n >> 12);
         }
     }
