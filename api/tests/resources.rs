@@ -19,7 +19,7 @@ fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn limits() -> HostLimits {
-    HostLimits { max_vcpus: 8 }
+    HostLimits::with_max_vcpus(8)
 }
 
 fn drive(id: &str, path: &Path, root: bool) -> Drive {

@@ -6,7 +6,7 @@
 //! again without links, and its `(dev, ino)` compared with the checked one, so a file swapped
 //! in between is refused instead of used. `O_NONBLOCK` is cleared once the type is known.
 
-use crate::resolve::{c_path, fstat, is_type, kind_name, openat2};
+use crate::resolve::{c_path, fstat, is_type, kind_name, open_dir, openat2, split};
 use crate::HostFsError;
 use std::ffi::CStr;
 use std::fs::File;
@@ -74,6 +74,30 @@ pub fn open_append_create(path: &Path) -> Result<File, HostFsError> {
         }
     }
     Err(HostFsError::Replaced)
+}
+
+/// Checks, opening nothing but `O_PATH` descriptors, that [`open_append_create`] could open
+/// `path`: an existing regular file, or a missing one in an existing directory, with no
+/// symbolic link on the way.
+pub fn check_appendable(path: &Path) -> Result<(), HostFsError> {
+    match openat2(libc::AT_FDCWD, &c_path(path)?, libc::O_PATH, 0) {
+        Ok(fd) => {
+            let st = fstat(&fd)?;
+            if FileKind::Regular.allows(st.st_mode) {
+                Ok(())
+            } else {
+                Err(HostFsError::WrongType {
+                    found: kind_name(st.st_mode),
+                    wanted: FileKind::Regular.wanted(),
+                })
+            }
+        }
+        Err(HostFsError::Io { err, .. }) if err.raw_os_error() == Some(libc::ENOENT) => {
+            let (dir, _) = split(path)?;
+            open_dir(&dir).map(drop)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Reads the whole regular file `path`, refusing one larger than `limit` bytes (a config file

@@ -15,9 +15,10 @@ mod resolve;
 pub mod socket;
 
 pub use file::{
-    open_append_create, open_read, open_read_write, read_bounded, FileKind, FILE_CREATE_MODE,
+    check_appendable, open_append_create, open_read, open_read_write, read_bounded, FileKind,
+    FILE_CREATE_MODE,
 };
-pub use socket::{bind_listener, connect_stream, BoundSocket, SocketOptions};
+pub use socket::{bind_listener, check_bindable, connect_stream, BoundSocket, SocketOptions};
 
 /// Why a host path was refused or could not be used. Messages say why only: the caller names
 /// the path and what it was for ("cannot use kernel image /k: it is a FIFO, …").
@@ -91,7 +92,7 @@ impl HostFsError {
         match err.raw_os_error() {
             Some(libc::ELOOP) => HostFsError::Symlink,
             Some(libc::ENXIO) => HostFsError::NoReader,
-            Some(libc::ENOSYS) if op == "openat2" => HostFsError::NoOpenat2,
+            Some(libc::ENOSYS) if op == "open" => HostFsError::NoOpenat2,
             _ => HostFsError::Io { op, err },
         }
     }

@@ -67,25 +67,31 @@ pub(crate) fn openat2(
             )
         };
         if fd >= 0 {
-            let fd = RawFd::try_from(fd).map_err(|_| HostFsError::from_io("openat2", einval()))?;
+            let fd = RawFd::try_from(fd).map_err(|_| HostFsError::from_io("open", einval()))?;
             // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
             return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
         }
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINTR) | Some(libc::EAGAIN) => continue,
-            _ => return Err(HostFsError::from_io("openat2", err)),
+            _ => return Err(HostFsError::from_io("open", err)),
         }
     }
     Err(HostFsError::from_io(
-        "openat2",
+        "open",
         io::Error::from_raw_os_error(libc::EAGAIN),
     ))
 }
 
 /// An `O_PATH` descriptor on the directory `dir`, reached without symbolic links.
 pub(crate) fn open_dir(dir: &CStr) -> Result<OwnedFd, HostFsError> {
-    openat2(libc::AT_FDCWD, dir, libc::O_PATH | libc::O_DIRECTORY, 0)
+    openat2(libc::AT_FDCWD, dir, libc::O_PATH | libc::O_DIRECTORY, 0).map_err(|e| match e {
+        HostFsError::Io { err, .. } => HostFsError::Io {
+            op: "open its directory",
+            err,
+        },
+        other => other,
+    })
 }
 
 /// fstat(2).

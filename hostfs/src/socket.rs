@@ -136,6 +136,20 @@ pub fn bind_listener(
     Ok((UnixListener::from(sock), guard))
 }
 
+/// Checks that [`bind_listener`] could bind `path` as far as its type goes: the directory is
+/// reached without symbolic links and whatever is at the path is a socket (whether it is
+/// live is decided at bind time).
+pub fn check_bindable(path: &Path) -> Result<(), HostFsError> {
+    let (dir_name, name) = split(path)?;
+    let dir = open_dir(&dir_name)?;
+    match lstat_at(&dir, &name)? {
+        Some(st) if !is_type(st.st_mode, libc::S_IFSOCK) => Err(HostFsError::NotASocket {
+            found: kind_name(st.st_mode),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Connects a stream to the listening socket `path`, which must be a socket reached without
 /// symbolic links. With `nonblocking`, a listener whose backlog is full answers EAGAIN
 /// instead of parking the caller until the other side calls accept().
@@ -338,8 +352,14 @@ mod tests {
         let theirs = UnixListener::bind(&path).unwrap();
         let err = bind_listener(&path, &SocketOptions::default()).unwrap_err();
         assert!(matches!(err, HostFsError::SocketInUse), "{err}");
-        let _c = UnixStream::connect(&path).unwrap();
+        // Our probe connection is queued first; then a real client still gets through.
         theirs.accept().unwrap();
+        let mut client = UnixStream::connect(&path).unwrap();
+        let (mut server, _) = theirs.accept().unwrap();
+        client.write_all(b"ok").unwrap();
+        let mut got = [0u8; 2];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"ok");
     }
 
     #[test]
