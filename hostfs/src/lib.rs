@@ -18,7 +18,10 @@ pub use file::{
     check_appendable, open_append_create, open_read, open_read_write, read_bounded, FileKind,
     FILE_CREATE_MODE,
 };
-pub use socket::{bind_listener, check_bindable, connect_stream, BoundSocket, SocketOptions};
+pub use socket::{
+    bind_listener, bind_socket, check_bindable, connect_stream, BoundSocket, SocketOptions,
+    SocketType,
+};
 
 /// Why a host path was refused or could not be used. Messages say why only: the caller names
 /// the path and what it was for ("cannot use kernel image /k: it is a FIFO, …").

@@ -58,6 +58,8 @@ pub struct BoundSocket {
     dir: OwnedFd,
     name: CString,
     path: PathBuf,
+    /// An `O_PATH` descriptor on the socket inode, kept so that the inode outlives any unlink.
+    _inode: OwnedFd,
     dev: u64,
     ino: u64,
 }
@@ -97,30 +99,63 @@ impl Drop for BoundSocket {
     }
 }
 
+/// The kind of Unix socket to bind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketType {
+    /// `SOCK_STREAM` (the API socket, vsock).
+    Stream,
+    /// `SOCK_SEQPACKET` (wispd's control socket).
+    Seqpacket,
+}
+
+impl SocketType {
+    fn raw(self) -> i32 {
+        match self {
+            SocketType::Stream => libc::SOCK_STREAM,
+            SocketType::Seqpacket => libc::SOCK_SEQPACKET,
+        }
+    }
+}
+
 /// Binds and listens on the stream socket `path` (see the module docs for what is refused and
 /// what is removed). The listener is blocking; the guard removes the path on drop.
 pub fn bind_listener(
     path: &Path,
     opts: &SocketOptions,
 ) -> Result<(UnixListener, BoundSocket), HostFsError> {
+    let (fd, guard) = bind_socket(path, opts, SocketType::Stream)?;
+    Ok((UnixListener::from(fd), guard))
+}
+
+/// [`bind_listener`] for any [`SocketType`]: a listening, blocking, close-on-exec socket.
+pub fn bind_socket(
+    path: &Path,
+    opts: &SocketOptions,
+    ty: SocketType,
+) -> Result<(OwnedFd, BoundSocket), HostFsError> {
     let (dir_name, name) = split(path)?;
     let dir = open_dir(&dir_name)?;
-    clear_stale(path, &dir, &name)?;
+    clear_stale(path, &dir, &name, ty)?;
     let addr_path = proc_fd_path(&dir, Some(&name)).unwrap_or_else(|| path_bytes(path));
     let addr = SocketAddr::new(&addr_path)?;
-    let sock = new_socket(false)?;
+    let sock = new_socket(ty.raw(), false)?;
     // SAFETY: `addr` is an initialised sockaddr_un of length `addr.len`; bind(2) only reads it.
     if unsafe { libc::bind(sock.as_raw_fd(), addr.as_ptr(), addr.len) } < 0 {
         return Err(HostFsError::from_io("bind", io::Error::last_os_error()));
     }
-    let created = match lstat_at(&dir, &name)? {
-        Some(st) if is_type(st.st_mode, libc::S_IFSOCK) => st,
-        _ => return Err(HostFsError::Replaced),
-    };
+    // Hold the inode we created: while this descriptor is open the inode cannot be freed, so
+    // its number cannot be handed to a file created after ours is gone, and (dev, ino) stays
+    // a true identity for the drop-time comparison.
+    let inode = openat2(dir.as_raw_fd(), &name, libc::O_PATH, 0)?;
+    let created = fstat(&inode)?;
+    if !is_type(created.st_mode, libc::S_IFSOCK) {
+        return Err(HostFsError::Replaced);
+    }
     let guard = BoundSocket {
         dir,
         name,
         path: path.to_path_buf(),
+        _inode: inode,
         dev: created.st_dev,
         ino: created.st_ino,
     };
@@ -133,7 +168,7 @@ pub fn bind_listener(
     if unsafe { libc::listen(sock.as_raw_fd(), BACKLOG) } < 0 {
         return Err(HostFsError::from_io("listen", io::Error::last_os_error()));
     }
-    Ok((UnixListener::from(sock), guard))
+    Ok((sock, guard))
 }
 
 /// Checks that [`bind_listener`] could bind `path` as far as its type goes: the directory is
@@ -154,16 +189,20 @@ pub fn check_bindable(path: &Path) -> Result<(), HostFsError> {
 /// symbolic links. With `nonblocking`, a listener whose backlog is full answers EAGAIN
 /// instead of parking the caller until the other side calls accept().
 pub fn connect_stream(path: &Path, nonblocking: bool) -> Result<UnixStream, HostFsError> {
+    connect_typed(path, libc::SOCK_STREAM, nonblocking).map(UnixStream::from)
+}
+
+fn connect_typed(path: &Path, ty: i32, nonblocking: bool) -> Result<OwnedFd, HostFsError> {
     let target = open_socket_inode(path)?;
     let addr_path = proc_fd_path(&target, None).unwrap_or_else(|| path_bytes(path));
     let addr = SocketAddr::new(&addr_path)?;
-    let sock = new_socket(nonblocking)?;
+    let sock = new_socket(ty, nonblocking)?;
     // SAFETY: `addr` is an initialised sockaddr_un of length `addr.len`; connect(2) only
     // reads it.
     if unsafe { libc::connect(sock.as_raw_fd(), addr.as_ptr(), addr.len) } < 0 {
         return Err(HostFsError::from_io("connect", io::Error::last_os_error()));
     }
-    Ok(UnixStream::from(sock))
+    Ok(sock)
 }
 
 /// An `O_PATH` descriptor on the socket file `path`, refusing links and other file types.
@@ -181,7 +220,7 @@ fn open_socket_inode(path: &Path) -> Result<OwnedFd, HostFsError> {
 
 /// Makes room for a bind at `dir`/`name`: nothing there is fine, a socket nobody answers on is
 /// removed, anything else is an error and stays.
-fn clear_stale(path: &Path, dir: &OwnedFd, name: &CStr) -> Result<(), HostFsError> {
+fn clear_stale(path: &Path, dir: &OwnedFd, name: &CStr, ty: SocketType) -> Result<(), HostFsError> {
     let Some(st) = lstat_at(dir, name)? else {
         return Ok(());
     };
@@ -190,7 +229,7 @@ fn clear_stale(path: &Path, dir: &OwnedFd, name: &CStr) -> Result<(), HostFsErro
             found: kind_name(st.st_mode),
         });
     }
-    match connect_stream(path, true) {
+    match connect_typed(path, ty.raw(), true) {
         Ok(_) => return Err(HostFsError::SocketInUse),
         Err(e) => match e.raw_os_error() {
             // Nobody listens: the socket file outlived its process.
@@ -253,17 +292,11 @@ fn restrict(sock: &BoundSocket, opts: &SocketOptions) -> Result<(), HostFsError>
     Ok(())
 }
 
-/// A new `AF_UNIX` stream socket, close-on-exec.
-fn new_socket(nonblocking: bool) -> Result<OwnedFd, HostFsError> {
+/// A new `AF_UNIX` socket of type `ty`, close-on-exec.
+fn new_socket(ty: i32, nonblocking: bool) -> Result<OwnedFd, HostFsError> {
     let nb = if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket(2) takes no pointers; the result is checked below.
-    let fd: RawFd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | nb,
-            0,
-        )
-    };
+    let fd: RawFd = unsafe { libc::socket(libc::AF_UNIX, ty | libc::SOCK_CLOEXEC | nb, 0) };
     if fd < 0 {
         return Err(HostFsError::from_io("socket", io::Error::last_os_error()));
     }
@@ -388,6 +421,32 @@ mod tests {
         let err = bind_listener(&link, &SocketOptions::default()).unwrap_err();
         assert!(matches!(err, HostFsError::NotASocket { .. }), "{err}");
         assert!(std::fs::symlink_metadata(&link).is_ok());
+    }
+
+    #[test]
+    fn seqpacket_sockets_get_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wispd.sock");
+        let opts = SocketOptions::default();
+        let (fd, guard) = bind_socket(&path, &opts, SocketType::Seqpacket).unwrap();
+        let mode = std::fs::symlink_metadata(&path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, SOCKET_MODE);
+        let err = bind_socket(&path, &opts, SocketType::Seqpacket).unwrap_err();
+        assert!(matches!(err, HostFsError::SocketInUse), "{err}");
+        // A stream bind over a live seqpacket listener is refused too (EPROTOTYPE: alive).
+        let err = bind_listener(&path, &opts).unwrap_err();
+        assert!(matches!(err, HostFsError::SocketInUse), "{err}");
+        drop(fd);
+        // Closed listener: its file is stale and a new bind replaces it.
+        let (_fd2, _g2) = bind_socket(&path, &opts, SocketType::Seqpacket).unwrap();
+        drop(guard);
+        assert!(
+            path.exists(),
+            "the old guard does not remove the new socket"
+        );
     }
 
     #[test]
