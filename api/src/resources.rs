@@ -56,17 +56,21 @@ impl HostLimits {
 }
 
 /// This host's memory in MiB (MemTotal of /proc/meminfo); `None` when it cannot be read.
+/// Read once per process: the fuzz targets build limits per input.
 pub fn host_mem_mib() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line
-        .trim_start_matches("MemTotal:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024)
+    static MEM_MIB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MEM_MIB.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line
+            .trim_start_matches("MemTotal:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024)
+    })
 }
 
 /// Errors of building a store from a whole configuration document.
