@@ -4,29 +4,42 @@
 //! API channel, before and after InstanceStart alike.
 
 use crate::logger;
-use crate::run::{dup_stream, exit_status, host_limits, EXIT_VMM_ERROR};
+use crate::run::{dup_stream, exit_status, EXIT_VMM_ERROR};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wisp_api::{api_channel, new_request_id, spawn_api_server, VmConfig, VmResources, VmmAction};
+use wisp_api::{
+    api_channel, new_request_id, spawn_api_server_with, HostLimits, ServerConfig, VmConfig,
+    VmResources, VmmAction,
+};
 use wisp_vmm::controller::{ApiMetricsHook, LoggerHook};
 use wisp_vmm::vmm_loop::lock;
 use wisp_vmm::{ApiFrontEnd, Controller, ControllerHooks, MicroVmOptions, VmmLoop};
 
+/// How `wisp --api-sock` / `--config-file` was asked to run.
+pub struct ApiModeArgs<'a> {
+    pub api_sock: Option<&'a Path>,
+    pub config_file: Option<&'a Path>,
+    /// The group that may connect to the API socket too (0660 instead of 0600).
+    pub api_sock_group: Option<u32>,
+    pub limits: HostLimits,
+}
+
 /// The configuration file's resources, validated as one document.
-fn resources_from(config_file: Option<&Path>) -> Result<VmResources, String> {
+fn resources_from(config_file: Option<&Path>, limits: HostLimits) -> Result<VmResources, String> {
     match config_file {
         Some(path) => {
             let config = VmConfig::from_file(path).map_err(|e| e.to_string())?;
-            VmResources::from_config(config, host_limits()).map_err(|e| e.to_string())
+            VmResources::from_config(config, limits).map_err(|e| e.to_string())
         }
-        None => Ok(VmResources::new(host_limits())),
+        None => Ok(VmResources::new(limits)),
     }
 }
 
-pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Path>) -> i32 {
-    let resources = match resources_from(config_file) {
+pub fn run_api(start: Instant, args: &ApiModeArgs<'_>) -> i32 {
+    let (api_sock, config_file) = (args.api_sock, args.config_file);
+    let resources = match resources_from(config_file, args.limits) {
         Ok(r) => r,
         Err(e) => {
             report!("wisp: error: {e}");
@@ -50,7 +63,14 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
         }
     };
     let server = match api_sock {
-        Some(path) => match spawn_api_server(path, sender) {
+        Some(path) => match spawn_api_server_with(
+            path,
+            sender,
+            ServerConfig {
+                socket_group: args.api_sock_group,
+                ..ServerConfig::default()
+            },
+        ) {
             Ok(s) => Some(s),
             Err(e) => {
                 report!("wisp: error: {e}");

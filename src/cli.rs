@@ -26,6 +26,14 @@ pub struct Cli {
     #[arg(long, value_name = "FILE")]
     pub config_file: Option<PathBuf>,
 
+    /// Let the API socket's group connect too (mode 0660 with this group id instead of 0600).
+    #[arg(long, value_name = "GID", requires = "api_sock")]
+    pub api_sock_group: Option<u32>,
+
+    /// Accept guests with more memory than this host has (refused by default).
+    #[arg(long, global = true)]
+    pub allow_overcommit: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }

@@ -1,9 +1,8 @@
 //! The VMM's logger: quiet by default (warnings and errors on stderr), redirectable to a file at
-//! run time by `PUT /logger` / the config file's `logger` — which env_logger cannot do.
+//! run time by `PUT /logger` / the config file's `logger` — which env_logger cannot do. The log
+//! file is opened by wisp-hostfs: a regular file (created 0600), no symbolic link on the way.
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 use wisp_api::Logger as LoggerConfig;
@@ -73,11 +72,8 @@ pub fn init(level: &str) {
 
 /// Sends the log to `config.log_path` (appending) at `config.level`.
 #[allow(dead_code)] // wispd shares this module and always logs to stderr.
-pub fn configure(config: &LoggerConfig) -> std::io::Result<()> {
-    let file = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(Path::new(&config.log_path))?;
+pub fn configure(config: &LoggerConfig) -> Result<(), wisp_hostfs::HostFsError> {
+    let file = wisp_hostfs::open_append_create(&config.log_path)?;
     if let Some(logger) = LOGGER.get() {
         if let Ok(mut sink) = logger.sink.lock() {
             *sink = Sink {

@@ -29,14 +29,25 @@ fn main() {
     logger::init(&cli.log_level);
     let code = match &cli.command {
         None if cli.api_sock.is_some() || cli.config_file.is_some() => {
-            api_mode::run_api(start, cli.api_sock.as_deref(), cli.config_file.as_deref())
+            let args = api_mode::ApiModeArgs {
+                api_sock: cli.api_sock.as_deref(),
+                config_file: cli.config_file.as_deref(),
+                api_sock_group: cli.api_sock_group,
+                limits: run::host_limits_with(cli.allow_overcommit),
+            };
+            api_mode::run_api(start, &args)
         }
         None => {
             report!("wisp: error: nothing to do: give a subcommand (run, demo, ctl), --api-sock or --config-file; see --help");
             run::EXIT_VMM_ERROR
         }
         Some(Command::Run(args)) => match run::config_from_args(args) {
-            Ok(config) => run::run_vm(start, &config, args.boot_timer),
+            Ok(config) => run::run_vm_with(
+                start,
+                &config,
+                args.boot_timer,
+                run::host_limits_with(cli.allow_overcommit),
+            ),
             Err(e) => {
                 report!("wisp: error: {e}");
                 run::EXIT_VMM_ERROR

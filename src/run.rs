@@ -63,6 +63,16 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
 /// Builds and runs `config` through the controller (one `ConfigureAll`, then `InstanceStart`:
 /// the same validation as every other front end); returns the process exit status.
 pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
+    run_vm_with(start, config, print_boot_time, host_limits())
+}
+
+/// `run_vm` validated against `limits`.
+pub fn run_vm_with(
+    start: Instant,
+    config: &VmConfig,
+    print_boot_time: bool,
+    limits: HostLimits,
+) -> i32 {
     let (stdout, stdin) = match (
         dup_stream(std::io::stdout().as_fd()),
         dup_stream(std::io::stdin().as_fd()),
@@ -87,11 +97,7 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
         on_boot,
         on_first_entry: None,
     };
-    let controller = Controller::new(
-        VmResources::new(host_limits()),
-        opts,
-        ControllerHooks::default(),
-    );
+    let controller = Controller::new(VmResources::new(limits), opts, ControllerHooks::default());
     let vmm = match VmmLoop::new(controller) {
         Ok(vmm) => vmm,
         Err(e) => {
@@ -119,10 +125,16 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
     exit_status(outcome)
 }
 
-/// The host's limits the configuration is validated against.
+/// The host's limits the configuration is validated against (no memory overcommit).
 pub fn host_limits() -> HostLimits {
+    HostLimits::with_max_vcpus(MAX_CPUS)
+}
+
+/// `host_limits`, with the memory ceiling lifted when `allow_overcommit`.
+pub fn host_limits_with(allow_overcommit: bool) -> HostLimits {
     HostLimits {
-        max_vcpus: MAX_CPUS,
+        allow_overcommit,
+        ..host_limits()
     }
 }
 

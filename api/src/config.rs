@@ -40,6 +40,10 @@ pub struct VmConfig {
     pub metrics: Option<Metrics>,
 }
 
+/// Largest `--config-file` accepted. The API takes 50 KiB per request; a whole document
+/// with every resource in it is far below this.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
+
 /// Errors of reading a `--config-file` document.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
@@ -47,7 +51,7 @@ pub enum ConfigFileError {
     Read {
         path: PathBuf,
         #[source]
-        source: std::io::Error,
+        source: wisp_hostfs::HostFsError,
     },
     #[error("invalid config file {path}: {source}")]
     Parse {
@@ -59,11 +63,14 @@ pub enum ConfigFileError {
 
 impl VmConfig {
     /// Reads and parses a `--config-file` document (syntax and field names only; pass the
-    /// result to `VmResources::from_config` for the semantic checks).
+    /// result to `VmResources::from_config` for the semantic checks). The file must be a
+    /// regular file reached without symbolic links, at most `MAX_CONFIG_FILE_BYTES` long.
     pub fn from_file(path: &Path) -> Result<VmConfig, ConfigFileError> {
-        let text = std::fs::read(path).map_err(|source| ConfigFileError::Read {
-            path: path.to_path_buf(),
-            source,
+        let text = wisp_hostfs::read_bounded(path, MAX_CONFIG_FILE_BYTES).map_err(|source| {
+            ConfigFileError::Read {
+                path: path.to_path_buf(),
+                source,
+            }
         })?;
         serde_json::from_slice(&text).map_err(|source| ConfigFileError::Parse {
             path: path.to_path_buf(),
@@ -142,7 +149,8 @@ pub struct Entropy {}
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logger {
-    /// A file or named pipe; the VMM appends to it.
+    /// A regular file (created 0600 if missing); the VMM appends to it. FIFOs, devices and
+    /// symbolic links are refused (docs/threat-model.md).
     pub log_path: PathBuf,
     #[serde(default)]
     pub level: LogLevel,
@@ -178,7 +186,8 @@ impl LogLevel {
     }
 }
 
-/// `PUT /metrics`: the file or named pipe that receives one JSON line per flush.
+/// `PUT /metrics`: the regular file (created 0600 if missing) that receives one JSON line per
+/// flush.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
@@ -260,6 +269,10 @@ mod tests {
         );
         let err = VmConfig::from_file(&dir.path().join("none.json")).unwrap_err();
         assert!(matches!(err, ConfigFileError::Read { .. }));
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; MAX_CONFIG_FILE_BYTES as usize + 1]).unwrap();
+        let err = VmConfig::from_file(&big).unwrap_err().to_string();
+        assert!(err.contains("larger than the limit"), "{err}");
         std::fs::write(&path, r#"{"entropy": {}}"#).unwrap();
         assert!(VmConfig::from_file(&path).unwrap().entropy.is_some());
     }

@@ -23,7 +23,7 @@ pub use config::{
     MachineConfigUpdate, Metrics, NetworkInterface, VmConfig, Vsock,
 };
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
-pub use resources::{HostLimits, ResourcesError, VmResources};
+pub use resources::{host_mem_mib, HostLimits, ResourcesError, VmResources};
 pub use server::{
     spawn_api_server, spawn_api_server_with, ApiServerHandle, ServerConfig, ServerError,
 };

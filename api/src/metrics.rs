@@ -14,6 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum MetricsError {
     #[error("cannot serialise metrics: {0}")]
     Serialise(#[source] serde_json::Error),
+    #[error("cannot open metrics file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: wisp_hostfs::HostFsError,
+    },
     #[error("cannot append metrics to {path}: {source}")]
     Write {
         path: PathBuf,
@@ -22,21 +28,20 @@ pub enum MetricsError {
     },
 }
 
-/// Appends `value` as one JSON line to `path` (created if missing): the `FlushMetrics` format.
-/// One `write` per line, so a reader on a named pipe never sees half a line from us.
+/// Appends `value` as one JSON line to `path` (a regular file, created 0600 if missing, reached
+/// without symbolic links): the `FlushMetrics` format. One `write` per line, so a reader
+/// following the file never sees half a line from us.
 pub fn append_json_line(path: &Path, value: &impl Serialize) -> Result<(), MetricsError> {
     let mut line = serde_json::to_vec(value).map_err(MetricsError::Serialise)?;
     line.push(b'\n');
-    let write_err = |source| MetricsError::Write {
+    let mut file = wisp_hostfs::open_append_create(path).map_err(|source| MetricsError::Open {
         path: path.to_path_buf(),
         source,
-    };
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(write_err)?;
-    file.write_all(&line).map_err(write_err)
+    })?;
+    file.write_all(&line).map_err(|source| MetricsError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Live counters, shared between the server's connections and the VMM.

@@ -11,9 +11,10 @@ use crate::config::{
     Vsock,
 };
 use crate::validate::{
-    canonical_or_given, check_file_opens, check_parent_dir, validate_boot_args, validate_id,
-    validate_mac, validate_tap_name,
+    canonical_or_given, check_append_target, check_file_opens, check_host_file,
+    check_socket_target, validate_boot_args, validate_id, validate_mac, validate_tap_name,
 };
+use wisp_hostfs::FileKind;
 
 pub use wisp_abi::memory_map::MAX_VIRTIO_DEVICES;
 
@@ -23,18 +24,55 @@ pub const DEFAULT_MAX_VCPUS: u8 = 32;
 pub const DEFAULT_INSTANCE_ID: &str = "anonymous-instance";
 
 /// Limits of this host that the configuration must respect; the VMM fills them from KVM
-/// (`KVM_CAP_MAX_VCPUS`).
+/// (`KVM_CAP_MAX_VCPUS`) and /proc/meminfo.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostLimits {
     pub max_vcpus: u8,
+    /// The most guest memory one VM may have, in MiB: the host's MemTotal. Guest memory is
+    /// mapped `MAP_NORESERVE`, so a larger guest would be accepted and then fail (or wake the
+    /// OOM killer) only once it touches its pages.
+    pub max_mem_mib: u64,
+    /// Lifts `max_mem_mib` (`--allow-overcommit`): for hosts that overcommit on purpose.
+    pub allow_overcommit: bool,
 }
 
 impl Default for HostLimits {
+    /// Firecracker's vCPU ceiling, this host's memory, no overcommit.
     fn default() -> Self {
         HostLimits {
             max_vcpus: DEFAULT_MAX_VCPUS,
+            max_mem_mib: host_mem_mib().unwrap_or(u64::MAX),
+            allow_overcommit: false,
         }
     }
+}
+
+impl HostLimits {
+    /// The default limits with a vCPU ceiling of `max_vcpus`.
+    pub fn with_max_vcpus(max_vcpus: u8) -> Self {
+        HostLimits {
+            max_vcpus,
+            ..HostLimits::default()
+        }
+    }
+}
+
+/// This host's memory in MiB (MemTotal of /proc/meminfo); `None` when it cannot be read.
+/// Read once per process: the fuzz targets build limits per input.
+pub fn host_mem_mib() -> Option<u64> {
+    static MEM_MIB: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *MEM_MIB.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line
+            .trim_start_matches("MemTotal:")
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024)
+    })
 }
 
 /// Errors of building a store from a whole configuration document.
@@ -272,6 +310,14 @@ impl VmResources {
                 "mem_size_mib must be greater than 0",
             ));
         }
+        let host = self.limits.max_mem_mib;
+        if u64::from(mc.mem_size_mib) > host && !self.limits.allow_overcommit {
+            return Err(VmmActionError::bad_request(format!(
+                "mem_size_mib {} is more than this host's memory ({host} MiB); \
+                 start wisp with --allow-overcommit to allow it",
+                mc.mem_size_mib
+            )));
+        }
         self.config.machine_config = mc.clone();
         Ok(())
     }
@@ -301,9 +347,10 @@ impl VmResources {
             .iter()
             .any(|d| d.drive_id == drive.drive_id);
         self.check_device_room(new, &format!("drive `{}`", drive.drive_id))?;
-        check_file_opens(
+        check_host_file(
             &format!("backing file of drive `{}`", drive.drive_id),
             &drive.path_on_host,
+            FileKind::RegularOrBlockDevice,
             !drive.is_read_only,
         )?;
         let others = || {
@@ -370,7 +417,8 @@ impl VmResources {
             return Some(self.insert_drive(&replaced).map(|()| VmmData::Empty));
         }
         let what = format!("new backing file of drive `{}`", update.drive_id);
-        if let Err(e) = check_file_opens(&what, &update.path_on_host, !replaced.is_read_only) {
+        let kind = FileKind::RegularOrBlockDevice;
+        if let Err(e) = check_host_file(&what, &update.path_on_host, kind, !replaced.is_read_only) {
             return Some(Err(e));
         }
         None
@@ -426,19 +474,19 @@ impl VmResources {
                 vsock.guest_cid
             )));
         }
-        check_parent_dir("vsock uds_path", &vsock.uds_path)?;
+        check_socket_target("vsock uds_path", &vsock.uds_path)?;
         self.config.vsock = Some(vsock.clone());
         Ok(())
     }
 
     fn set_logger(&mut self, logger: &Logger) -> Result<(), VmmActionError> {
-        check_parent_dir("log_path", &logger.log_path)?;
+        check_append_target("log_path", &logger.log_path)?;
         self.config.logger = Some(logger.clone());
         Ok(())
     }
 
     fn set_metrics(&mut self, metrics: &Metrics) -> Result<(), VmmActionError> {
-        check_parent_dir("metrics_path", &metrics.metrics_path)?;
+        check_append_target("metrics_path", &metrics.metrics_path)?;
         self.config.metrics = Some(metrics.clone());
         Ok(())
     }

@@ -2,6 +2,9 @@
 //! current-thread tokio runtime in its own thread ("wisp-api"). Each connection is a task, so a
 //! slow or stalled client only costs its own task; header and body reads are bounded by
 //! `read_timeout`, bodies by `body_limit`. Requests become `VmmAction`s for the VMM thread.
+//! The socket is bound by wisp-hostfs: 0600 (0660 with `socket_group`) before anyone can
+//! connect, never over a live socket or a non-socket, and removed at shutdown only if the
+//! path still names it.
 
 use crate::metrics::{ApiMetrics, Refusal};
 use crate::response::{self, fault, ApiResponse};
@@ -15,13 +18,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
+use wisp_hostfs::{BoundSocket, HostFsError, SocketOptions};
 
 /// The header a client may set to name its request; the answer carries it (or a generated
 /// id) back, and the VMM's log lines name it.
@@ -38,6 +41,8 @@ const MAX_BUF_SIZE: usize = 64 * 1024;
 pub struct ServerConfig {
     pub body_limit: usize,
     pub read_timeout: Duration,
+    /// `None`: only the socket's owner may connect (0600). `Some(gid)`: group `gid` too (0660).
+    pub socket_group: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -45,6 +50,7 @@ impl Default for ServerConfig {
         ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            socket_group: None,
         }
     }
 }
@@ -56,17 +62,11 @@ pub enum ServerError {
     InUse(PathBuf),
     #[error("API socket path {0} exists and is not a socket; refusing to replace it")]
     NotASocket(PathBuf),
-    #[error("cannot inspect API socket path {path}: {source}")]
-    Inspect {
+    #[error("cannot create API socket {path}: {source}")]
+    Socket {
         path: PathBuf,
         #[source]
-        source: io::Error,
-    },
-    #[error("cannot remove stale API socket {path}: {source}")]
-    RemoveStale {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
+        source: HostFsError,
     },
     #[error("cannot listen on API socket {path}: {source}")]
     Bind {
@@ -86,6 +86,8 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct ApiServerHandle {
     path: PathBuf,
+    /// Removes the socket path on drop, if it is still ours.
+    socket: Option<BoundSocket>,
     metrics: Arc<ApiMetrics>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
@@ -116,11 +118,7 @@ impl ApiServerHandle {
             Some(t) => t.join().map_err(|_| ServerError::ThreadPanicked),
             None => Ok(()),
         };
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                log::warn!("cannot remove API socket {}: {e}", self.path.display());
-            }
-        }
+        drop(self.socket.take());
         joined
     }
 }
@@ -145,11 +143,17 @@ pub fn spawn_api_server_with(
     vmm: ApiSender,
     config: ServerConfig,
 ) -> Result<ApiServerHandle, ServerError> {
-    clear_stale_socket(path)?;
-    let std_listener =
-        std::os::unix::net::UnixListener::bind(path).map_err(|source| ServerError::Bind {
-            path: path.to_path_buf(),
-            source,
+    let opts = SocketOptions {
+        group: config.socket_group,
+    };
+    let (std_listener, socket) =
+        wisp_hostfs::bind_listener(path, &opts).map_err(|source| match source {
+            HostFsError::SocketInUse => ServerError::InUse(path.to_path_buf()),
+            HostFsError::NotASocket { .. } => ServerError::NotASocket(path.to_path_buf()),
+            source => ServerError::Socket {
+                path: path.to_path_buf(),
+                source,
+            },
         })?;
     let bind_err = |source| ServerError::Bind {
         path: path.to_path_buf(),
@@ -178,35 +182,10 @@ pub fn spawn_api_server_with(
         .map_err(ServerError::Thread)?;
     Ok(ApiServerHandle {
         path: path.to_path_buf(),
+        socket: Some(socket),
         metrics,
         stop: Some(stop),
         thread: Some(thread),
-    })
-}
-
-/// Refuses a path another server answers on, and removes a socket file nobody answers on
-/// (left by a process that died). Anything else at the path is not ours to delete.
-fn clear_stale_socket(path: &Path) -> Result<(), ServerError> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(ServerError::Inspect {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
-    };
-    if !meta.file_type().is_socket() {
-        return Err(ServerError::NotASocket(path.to_path_buf()));
-    }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServerError::InUse(path.to_path_buf()));
-    }
-    log::info!("removing stale API socket {}", path.display());
-    std::fs::remove_file(path).map_err(|source| ServerError::RemoveStale {
-        path: path.to_path_buf(),
-        source,
     })
 }
 

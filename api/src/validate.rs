@@ -3,8 +3,8 @@
 //! and the offending value, so a user can fix the request from the message alone.
 
 use crate::action::VmmActionError;
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
+use wisp_hostfs::{FileKind, HostFsError};
 
 /// Longest resource id (Firecracker's limit).
 pub const MAX_ID_LEN: usize = 64;
@@ -28,24 +28,49 @@ pub fn validate_id(field: &str, id: &str) -> Result<(), VmmActionError> {
 /// Checks that `path` is a regular file this process can open (read-write when `write`), so
 /// that a missing or unreadable file is reported when configured, not at boot.
 pub fn check_file_opens(what: &str, path: &Path, write: bool) -> Result<(), VmmActionError> {
-    let fail = |why: String| {
-        VmmActionError::bad_request(format!("cannot use {what} {}: {why}", path.display()))
-    };
+    check_host_file(what, path, FileKind::Regular, write)
+}
+
+/// Checks that `path` is a file of kind `kind` this process can open (read-write when
+/// `write`), reached without symbolic links (docs/threat-model.md). A FIFO, socket, directory
+/// or device is refused from its type alone: nothing is opened that could block the VMM
+/// thread this runs on.
+pub fn check_host_file(
+    what: &str,
+    path: &Path,
+    kind: FileKind,
+    write: bool,
+) -> Result<(), VmmActionError> {
     if path.as_os_str().is_empty() {
         return Err(VmmActionError::bad_request(format!(
             "the path of the {what} is empty"
         )));
     }
-    let file = OpenOptions::new()
-        .read(true)
-        .write(write)
-        .open(path)
-        .map_err(|e| fail(e.to_string()))?;
-    let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
-    if !meta.is_file() {
-        return Err(fail("not a regular file".to_string()));
-    }
-    Ok(())
+    let opened = if write {
+        wisp_hostfs::open_read_write(path, kind)
+    } else {
+        wisp_hostfs::open_read(path, kind)
+    };
+    opened.map(drop).map_err(|e| refused(what, path, &e))
+}
+
+/// Checks that a file the VMM will append to later (log, metrics) can be: either it exists
+/// and is a regular file, or its directory exists; no symbolic link on the way.
+pub fn check_append_target(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    check_parent_dir(what, path)?;
+    wisp_hostfs::check_appendable(path).map_err(|e| refused(what, path, &e))
+}
+
+/// Checks that the VMM may bind a Unix socket at `path` later (vsock): its directory exists
+/// and whatever is at the path now is a socket (a stale one is replaced at bind, a live one
+/// is refused then).
+pub fn check_socket_target(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    check_parent_dir(what, path)?;
+    wisp_hostfs::check_bindable(path).map_err(|e| refused(what, path, &e))
+}
+
+fn refused(what: &str, path: &Path, e: &HostFsError) -> VmmActionError {
+    VmmActionError::bad_request(format!("cannot use {what} {}: {e}", path.display()))
 }
 
 /// Checks that a path the VMM will create or open later (log, metrics, vsock socket) is not
@@ -173,6 +198,24 @@ mod tests {
     fn a_directory_is_not_a_kernel() {
         let err = check_file_opens("kernel image", Path::new("/"), false).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn a_log_path_through_a_symlink_or_on_a_fifo_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = check_append_target("log_path", &link).unwrap_err();
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        let err = check_append_target("log_path", Path::new("/dev/null")).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        assert!(check_append_target("log_path", &dir.path().join("new.log")).is_ok());
+        assert!(check_append_target("log_path", &target).is_ok());
+        let err = check_socket_target("uds_path", &target).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 
     #[test]

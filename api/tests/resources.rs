@@ -19,7 +19,7 @@ fn files() -> (tempfile::TempDir, PathBuf, PathBuf) {
 }
 
 fn limits() -> HostLimits {
-    HostLimits { max_vcpus: 8 }
+    HostLimits::with_max_vcpus(8)
 }
 
 fn drive(id: &str, path: &Path, root: bool) -> Drive {
@@ -257,4 +257,41 @@ fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
     };
     let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
     assert_eq!(put, Some(Ok(VmmData::Empty)));
+}
+
+#[test]
+fn guest_memory_above_the_host_is_refused_unless_overcommit_is_allowed() {
+    let small_host = HostLimits {
+        max_mem_mib: 1024,
+        ..limits()
+    };
+    let mc = MachineConfig {
+        vcpu_count: 1,
+        mem_size_mib: 1025,
+        smt: false,
+    };
+    let mut res = VmResources::new(small_host);
+    let err = res
+        .apply(
+            &VmmAction::PutMachineConfig(mc.clone()),
+            VmState::NotStarted,
+        )
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BadRequest);
+    let msg = err.to_string();
+    assert!(msg.contains("1025") && msg.contains("1024 MiB"), "{msg}");
+    let exact = MachineConfig {
+        mem_size_mib: 1024,
+        ..mc.clone()
+    };
+    let put = VmmAction::PutMachineConfig(exact);
+    assert!(res.apply(&put, VmState::NotStarted).unwrap().is_ok());
+
+    let mut res = VmResources::new(HostLimits {
+        allow_overcommit: true,
+        ..small_host
+    });
+    let put = VmmAction::PutMachineConfig(mc);
+    assert!(res.apply(&put, VmState::NotStarted).unwrap().is_ok());
 }

@@ -1,5 +1,6 @@
 //! Loading what boots: the kernel (ELF `vmlinux`, PVH or 64-bit entry, or `bzImage`), the
-//! initrd (at the top of low RAM) and the command line, with linux-loader.
+//! initrd (at the top of low RAM) and the command line, with linux-loader. Both files are
+//! opened by wisp-hostfs: regular files only, reached without symbolic links.
 
 use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_MEMORY_START, MMIO_GAP_START};
 use crate::x86_64::boot_params::InitrdRegion;
@@ -20,6 +21,18 @@ const PAGE_SIZE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
+    #[error("cannot open kernel image {}: {source}", path.display())]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: wisp_hostfs::HostFsError,
+    },
+    #[error("cannot open initrd {}: {source}", path.display())]
+    OpenInitrd {
+        path: PathBuf,
+        #[source]
+        source: wisp_hostfs::HostFsError,
+    },
     #[error("cannot read kernel image {}: {source}", path.display())]
     KernelFile {
         path: PathBuf,
@@ -134,7 +147,13 @@ pub fn load_kernel(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(file_err)?;
+    let mut file =
+        wisp_hostfs::open_read(path, wisp_hostfs::FileKind::Regular).map_err(|source| {
+            LoaderError::OpenKernel {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let mut magic = [0u8; 0x206];
     let n = file.read(&mut magic).map_err(file_err)?;
     let is_elf = n >= 4 && &magic[..4] == b"\x7fELF";
@@ -195,7 +214,13 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file = File::open(path).map_err(file_err)?;
+    let mut file =
+        wisp_hostfs::open_read(path, wisp_hostfs::FileKind::Regular).map_err(|source| {
+            LoaderError::OpenInitrd {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
     let size = file.metadata().map_err(file_err)?.len();
     let mut top = low_ram_end(ram_size);
     if let Some(hdr) = kernel.setup_header {
@@ -257,6 +282,28 @@ mod tests {
         let mem = create_guest_memory(16).unwrap();
         let err = load_kernel(&mem, 16 << 20, Path::new("/nonexistent/vmlinux")).unwrap_err();
         assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
+    }
+
+    #[test]
+    fn a_fifo_is_neither_kernel_nor_initrd() {
+        let mem = create_guest_memory(16).unwrap();
+        let dir = std::env::temp_dir().join(format!("wisp-loader-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; the result is checked.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let err = load_kernel(&mem, 16 << 20, &fifo).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        let kernel = LoadedKernel {
+            entry: GuestAddress(HIGH_MEMORY_START),
+            mode: EntryMode::Pvh,
+            setup_header: None,
+            end: 2 << 20,
+        };
+        let err = load_initrd(&mem, 16 << 20, &fifo, &kernel).unwrap_err();
+        assert!(err.to_string().contains("FIFO"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

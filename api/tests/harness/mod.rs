@@ -83,9 +83,7 @@ impl Drop for Harness {
 
 /// The VMM side: the store answers what it can; the rest is the lifecycle a VMM would run.
 fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_api::ApiMetrics>) {
-    let mut resources = VmResources::new(HostLimits {
-        max_vcpus: MAX_VCPUS,
-    });
+    let mut resources = VmResources::new(HostLimits::with_max_vcpus(MAX_VCPUS));
     let mut state = VmState::NotStarted;
     while let Some(req) = rx.recv() {
         let result = match resources.apply(&req.action, state) {

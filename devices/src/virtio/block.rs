@@ -1,7 +1,9 @@
-//! virtio-blk (virtio 1.2 §5.2) backed by a host file.
+//! virtio-blk (virtio 1.2 §5.2) backed by a host file or block device, opened by wisp-hostfs
+//! (no symbolic links, no FIFOs, sockets or character devices).
 
 use std::any::Any;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,14 +48,14 @@ const CHUNK: usize = 1 << 20;
 /// Errors of the block device.
 #[derive(Debug, Error)]
 pub enum BlockError {
-    /// The backing file could not be opened.
+    /// The backing file could not be opened, or is not a regular file or block device.
     #[error("cannot open block backing file {path}: {source}")]
     Open {
         /// The file.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: wisp_hostfs::HostFsError,
     },
     /// Its size could not be read.
     #[error("cannot stat block backing file {path}: {source}")]
@@ -277,21 +279,24 @@ impl Block {
 }
 
 fn open_backing(path: &Path, read_only: bool) -> Result<(File, u64), BlockError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(!read_only)
-        .open(path)
-        .map_err(|source| BlockError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let kind = wisp_hostfs::FileKind::RegularOrBlockDevice;
+    let opened = if read_only {
+        wisp_hostfs::open_read(path, kind)
+    } else {
+        wisp_hostfs::open_read_write(path, kind)
+    };
+    let mut file = opened.map_err(|source| BlockError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    // Seeking to the end sizes block devices too (their st_size is 0); I/O is positional, so
+    // the offset left behind does not matter.
     let len = file
-        .metadata()
+        .seek(SeekFrom::End(0))
         .map_err(|source| BlockError::Stat {
             path: path.to_path_buf(),
             source,
-        })?
-        .len();
+        })?;
     Ok((file, len / SECTOR_SIZE))
 }
 

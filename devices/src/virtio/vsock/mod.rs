@@ -46,14 +46,15 @@ pub enum VsockError {
     /// CIDs 0-2 are reserved (§5.10.4) and the field is 32 bits wide in practice.
     #[error("invalid guest CID {0}: must be between 3 and 2^32 - 2")]
     Cid(u64),
-    /// The host Unix socket could not be bound.
+    /// The host Unix socket could not be bound: a live socket or a non-socket is at the path,
+    /// or the path is not usable.
     #[error("cannot listen on vsock socket {path}: {source}")]
     Bind {
         /// Socket path.
         path: PathBuf,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: wisp_hostfs::HostFsError,
     },
 }
 

@@ -4,14 +4,17 @@
 //!   `OK <host port>\n` before any data;
 //! - guest-initiated: a guest connection to host port P becomes a Unix connection to
 //!   `<uds_path>_P`, where a host process listens.
+//!
+//! Both paths go through wisp-hostfs: the listener is never bound over a live socket or a
+//! non-socket, is created 0600 and is removed at the end only if the path still names it; a
+//! guest's connect reaches only a socket, never through a symbolic link.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileTypeExt;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use wisp_hostfs::{BoundSocket, HostFsError, SocketOptions};
 
 use event_manager::{EventOps, EventSet, Events};
 use log::warn;
@@ -28,28 +31,33 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 pub struct UnixBackend {
     uds_path: PathBuf,
     listener: UnixListener,
+    /// Removes `uds_path` on drop, if it still names our socket.
+    _socket: BoundSocket,
     listening: bool,
     handshakes: HashMap<RawFd, (UnixStream, Vec<u8>)>,
     next_local_port: u32,
 }
 
 impl UnixBackend {
-    /// Binds `uds_path` (a stale socket file left by a previous run is replaced).
+    /// Binds `uds_path`, 0600: a stale socket file left by a dead process is replaced; a live
+    /// socket or anything that is not a socket is refused and left alone.
     pub fn bind(uds_path: &Path) -> Result<Self, VsockError> {
-        if let Ok(meta) = std::fs::symlink_metadata(uds_path) {
-            if meta.file_type().is_socket() {
-                let _ = std::fs::remove_file(uds_path);
-            }
-        }
         let bind_err = |source| VsockError::Bind {
             path: uds_path.to_path_buf(),
             source,
         };
-        let listener = UnixListener::bind(uds_path).map_err(bind_err)?;
-        listener.set_nonblocking(true).map_err(bind_err)?;
+        let (listener, socket) =
+            wisp_hostfs::bind_listener(uds_path, &SocketOptions::default()).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(|err| {
+            bind_err(HostFsError::Io {
+                op: "set non-blocking",
+                err,
+            })
+        })?;
         Ok(UnixBackend {
             uds_path: uds_path.to_path_buf(),
             listener,
+            _socket: socket,
             listening: false,
             handshakes: HashMap::new(),
             next_local_port: FIRST_LOCAL_PORT,
@@ -145,11 +153,13 @@ impl UnixBackend {
         }
     }
 
-    /// Connects to the host listener for guest-initiated connections to `port`.
-    pub fn connect_host_port(&self, port: u32) -> std::io::Result<UnixStream> {
+    /// Connects to the host listener for guest-initiated connections to `port`: a socket at
+    /// `<uds_path>_<port>`, reached without symbolic links. Non-blocking, so a listener with a
+    /// full backlog answers EAGAIN instead of parking the VMM thread until it calls accept().
+    pub fn connect_host_port(&self, port: u32) -> Result<UnixStream, HostFsError> {
         let mut path = self.uds_path.clone().into_os_string();
         path.push(format!("_{port}"));
-        connect_nonblocking(Path::new(&path))
+        wisp_hostfs::connect_stream(Path::new(&path), true)
     }
 
     /// A host port for a host-initiated connection, not in use per `in_use`.
@@ -165,57 +175,6 @@ impl UnixBackend {
             }
         }
     }
-}
-
-impl Drop for UnixBackend {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.uds_path);
-    }
-}
-
-/// connect(2) on a non-blocking socket: a Unix listener with a full backlog answers EAGAIN
-/// instead of parking the VMM thread until the host process calls accept().
-fn connect_nonblocking(path: &Path) -> std::io::Result<UnixStream> {
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: socket(2) takes no pointers; the result is checked below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh socket that nothing else owns; the stream closes it on drop.
-    let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    // SAFETY: sockaddr_un is plain old data; all-zero is a valid (empty) address.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.len() >= addr.sun_path.len() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "vsock socket path too long",
-        ));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    // SAFETY: `addr` is an initialised sockaddr_un and `len` does not exceed its size (the
-    // path plus its NUL fit, checked above); connect(2) only reads it.
-    let rc = unsafe {
-        libc::connect(
-            fd,
-            (&addr as *const libc::sockaddr_un).cast(),
-            len as libc::socklen_t,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(stream)
 }
 
 fn parse_connect(line: &[u8]) -> Result<u32, String> {
