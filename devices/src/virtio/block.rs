@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use event_manager::EventOps;
-use log::warn;
 use thiserror::Error;
 
 use super::chain::{self, Chain};
@@ -271,7 +270,12 @@ impl Block {
     }
 
     fn fail(&self, e: &RequestError) {
-        warn!("virtio-blk {}: {e}", self.path.display());
+        crate::guest_log!(
+            log::Level::Warn,
+            Some(&*self.metrics),
+            "virtio-blk {}: {e}",
+            self.path.display()
+        );
         self.metrics.error();
     }
 }

@@ -161,7 +161,11 @@ impl Net {
                 Ok(c) if c.writable.is_empty() => {
                     let len = chain::total_len(&c.readable);
                     if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                        warn!("virtio-net: tx frame of {len} bytes dropped");
+                        crate::guest_log!(
+                            log::Level::Warn,
+                            Some(&*self.metrics),
+                            "virtio-net: tx frame of {len} bytes dropped"
+                        );
                         self.metrics.error();
                     } else {
                         buf.resize(len, 0);
@@ -172,18 +176,30 @@ impl Net {
                             Ok(_) => self.metrics.written_bytes(len),
                             Err(e) => {
                                 // A full tap queue drops the frame, as a NIC would.
-                                warn!("virtio-net: tx: {e}");
+                                crate::guest_log!(
+                                    log::Level::Warn,
+                                    Some(&*self.metrics),
+                                    "virtio-net: tx: {e}"
+                                );
                                 self.metrics.error();
                             }
                         }
                     }
                 }
                 Ok(_) => {
-                    warn!("virtio-net: tx chain with device-writable buffers dropped");
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        Some(&*self.metrics),
+                        "virtio-net: tx chain with device-writable buffers dropped"
+                    );
                     self.metrics.error();
                 }
                 Err(e) => {
-                    warn!("virtio-net: tx: {e}");
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        Some(&*self.metrics),
+                        "virtio-net: tx: {e}"
+                    );
                     self.metrics.error();
                 }
             }
