@@ -4,6 +4,11 @@
 //! behind a zeroed 12-byte `virtio_net_hdr_v1`, in both directions; the header passes between
 //! the guest and the tap unchanged except `num_buffers`, which the device sets to 1 (§5.1.6.3:
 //! without VIRTIO_NET_F_MRG_RXBUF each packet uses one buffer).
+//!
+//! Each direction may have a [`RateLimiter`] (Firecracker's `rx_rate_limiter` and
+//! `tx_rate_limiter`): a frame that does not fit waits (rx: in `pending`, with the tap no longer
+//! polled; tx: back on the available ring) until the limiter's timer fires. A pass moves at most
+//! [`FRAMES_PER_PASS`] frames per direction so one busy queue cannot hold the event loop.
 
 use std::any::Any;
 use std::io::ErrorKind;
@@ -20,6 +25,7 @@ use super::device::{QueueContext, VirtioDevice};
 use super::metrics::DeviceMetrics;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{device_id, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, TokenBucket};
 
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
@@ -30,6 +36,8 @@ const F_MAC: u32 = 5;
 const MAX_FRAME: usize = VNET_HDR_LEN + 65536;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_AT: usize = 10;
+/// Frames moved per direction per event-loop pass.
+pub const FRAMES_PER_PASS: usize = 64;
 
 /// Errors creating a net device.
 #[derive(Debug, Error)]
@@ -49,6 +57,8 @@ pub struct Net {
     /// Whether the tap fd is registered for EPOLLIN; dropped while the guest has no rx buffer.
     tap_armed: bool,
     metrics: Arc<DeviceMetrics>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -61,7 +71,27 @@ impl Net {
             frame: vec![0; MAX_FRAME],
             tap_armed: false,
             metrics: Arc::new(DeviceMetrics::default()),
+            rx_limiter: RateLimiter::default(),
+            tx_limiter: RateLimiter::default(),
         })
+    }
+
+    /// Sets or replaces the limiter of frames to the guest (`None` twice: no limit).
+    pub fn set_rx_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.rx_limiter.update(bandwidth, ops)
+    }
+
+    /// Sets or replaces the limiter of frames from the guest.
+    pub fn set_tx_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.tx_limiter.update(bandwidth, ops)
     }
 
     fn arm_tap(&mut self, ops: &mut EventOps, on: bool) {
@@ -88,8 +118,10 @@ impl Net {
         let Some(queue) = ctx.queues.get_mut(RX_QUEUE) else {
             return;
         };
+        self.rx_limiter.register(ops);
         let mut used = false;
-        loop {
+        for _ in 0..FRAMES_PER_PASS {
+            // Left armed, the tap brings us back for the rest after other subscribers ran.
             let len = match self.pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.frame) {
@@ -113,6 +145,17 @@ impl Net {
                 self.arm_tap(ops, false);
                 break;
             };
+            let cost = match &c {
+                Ok(_) => len as u64,
+                Err(_) => 0,
+            };
+            if !self.rx_limiter.request(cost) {
+                // The frame stays pending and the tap unpolled until the limiter's timer.
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                self.metrics.throttled();
+                self.arm_tap(ops, false);
+                break;
+            }
             self.pending = None;
             used = true;
             self.metrics.request();
@@ -148,13 +191,27 @@ impl Net {
         }
     }
 
-    fn process_tx(&mut self, ctx: &mut QueueContext) {
+    fn process_tx(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) {
+        self.tx_limiter.register(ops);
+        if self.tx_limiter.is_blocked() {
+            return;
+        }
         let Some(queue) = ctx.queues.get_mut(TX_QUEUE) else {
             return;
         };
         let mut used = false;
         let mut buf = Vec::new();
+        let mut frames = 0;
         while let Some((head, c)) = chain::pop_chain(queue, ctx.mem) {
+            let cost = match &c {
+                Ok(c) => chain::total_len(&c.readable) as u64,
+                Err(_) => 0,
+            };
+            if !self.tx_limiter.request(cost) {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                self.metrics.throttled();
+                break;
+            }
             used = true;
             self.metrics.request();
             match c {
@@ -204,6 +261,11 @@ impl Net {
                 }
             }
             chain::add_used(queue, ctx.mem, head, 0);
+            frames += 1;
+            if frames == FRAMES_PER_PASS {
+                ctx.again = true;
+                break;
+            }
         }
         if used {
             chain::notify_used(queue, ctx.mem, ctx.interrupt);
@@ -239,6 +301,8 @@ impl VirtioDevice for Net {
     fn activate(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
         let _ = ctx;
         self.pending = None;
+        self.rx_limiter.register(ops);
+        self.tx_limiter.register(ops);
         self.arm_tap(ops, true);
         if self.tap_armed {
             Ok(())
@@ -249,6 +313,8 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self, ops: &mut EventOps) {
         self.arm_tap(ops, false);
+        self.rx_limiter.unregister(ops);
+        self.tx_limiter.unregister(ops);
         self.pending = None;
     }
 
@@ -261,14 +327,19 @@ impl VirtioDevice for Net {
                     self.arm_tap(ops, true);
                 }
             }
-            TX_QUEUE => self.process_tx(ctx),
+            TX_QUEUE => self.process_tx(ctx, ops),
             _ => {}
         }
     }
 
     fn process_backend(&mut self, events: Events, ctx: &mut QueueContext, ops: &mut EventOps) {
-        if events.fd() == self.tap.as_raw_fd() {
+        let fd = events.fd();
+        if fd == self.tap.as_raw_fd() {
             self.process_rx(ctx, ops);
+        } else if self.rx_limiter.on_timer(fd) {
+            self.process_queue(RX_QUEUE, ctx, ops);
+        } else if self.tx_limiter.on_timer(fd) {
+            self.process_tx(ctx, ops);
         }
     }
 
