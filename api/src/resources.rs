@@ -12,7 +12,7 @@ use crate::config::{
 };
 use crate::validate::{
     canonical_or_given, check_file_opens, check_parent_dir, validate_boot_args, validate_id,
-    validate_mac, validate_tap_name,
+    validate_mac, validate_rate_limiter, validate_tap_name,
 };
 
 pub use wisp_abi::memory_map::MAX_VIRTIO_DEVICES;
@@ -106,9 +106,10 @@ impl VmResources {
         if let Some(vsock) = &config.vsock {
             res.set_vsock(vsock).map_err(wrap("vsock"))?;
         }
-        if config.entropy.is_some() {
+        if let Some(entropy) = &config.entropy {
             res.check_device_room(true, "entropy")
                 .map_err(wrap("entropy"))?;
+            check_limiter("rate_limiter", &entropy.rate_limiter).map_err(wrap("entropy"))?;
         }
         res.config.entropy = config.entropy.clone();
         if let Some(logger) = &config.logger {
@@ -218,6 +219,9 @@ impl VmResources {
                 if let Err(e) = self.check_device_room(self.config.entropy.is_none(), "entropy") {
                     return Some(Err(e));
                 }
+                if let Err(e) = check_limiter("rate_limiter", &entropy.rate_limiter) {
+                    return Some(Err(e));
+                }
                 self.config.entropy = Some(entropy.clone());
                 Some(Ok(VmmData::Empty))
             }
@@ -235,7 +239,12 @@ impl VmResources {
             .iter_mut()
             .find(|d| d.drive_id == update.drive_id)
         {
-            d.path_on_host = update.path_on_host.clone();
+            if let Some(path) = &update.path_on_host {
+                d.path_on_host = path.clone();
+            }
+            if let Some(limiter) = &update.rate_limiter {
+                d.rate_limiter = Some(limiter.clone());
+            }
         }
     }
 
@@ -295,6 +304,7 @@ impl VmResources {
 
     fn insert_drive(&mut self, drive: &Drive) -> Result<(), VmmActionError> {
         validate_id("drive_id", &drive.drive_id)?;
+        check_limiter("rate_limiter", &drive.rate_limiter)?;
         let new = !self
             .config
             .drives
@@ -364,20 +374,37 @@ impl VmResources {
                 update.drive_id
             ))));
         };
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            return Some(Err(VmmActionError::bad_request(
+                "PATCH /drives names no field to change (path_on_host, rate_limiter)",
+            )));
+        }
+        if let Err(e) = check_limiter("rate_limiter", &update.rate_limiter) {
+            return Some(Err(e));
+        }
         let mut replaced = drive.clone();
-        replaced.path_on_host = update.path_on_host.clone();
+        if let Some(path) = &update.path_on_host {
+            replaced.path_on_host = path.clone();
+        }
+        if let Some(limiter) = &update.rate_limiter {
+            replaced.rate_limiter = Some(limiter.clone());
+        }
         if state == VmState::NotStarted {
             return Some(self.insert_drive(&replaced).map(|()| VmmData::Empty));
         }
-        let what = format!("new backing file of drive `{}`", update.drive_id);
-        if let Err(e) = check_file_opens(&what, &update.path_on_host, !replaced.is_read_only) {
-            return Some(Err(e));
+        if let Some(path) = &update.path_on_host {
+            let what = format!("new backing file of drive `{}`", update.drive_id);
+            if let Err(e) = check_file_opens(&what, path, !replaced.is_read_only) {
+                return Some(Err(e));
+            }
         }
         None
     }
 
     fn insert_net(&mut self, iface: &NetworkInterface) -> Result<(), VmmActionError> {
         validate_id("iface_id", &iface.iface_id)?;
+        check_limiter("rx_rate_limiter", &iface.rx_rate_limiter)?;
+        check_limiter("tx_rate_limiter", &iface.tx_rate_limiter)?;
         let ifaces = &self.config.network_interfaces;
         let new = !ifaces.iter().any(|i| i.iface_id == iface.iface_id);
         self.check_device_room(new, &format!("network interface `{}`", iface.iface_id))?;
@@ -460,4 +487,13 @@ fn config_change_name(action: &VmmAction) -> &'static str {
         VmmAction::ConfigureAll(_) => "configuring the microVM",
         _ => "this action",
     }
+}
+
+fn check_limiter(
+    field: &str,
+    limiter: &Option<crate::config::RateLimiter>,
+) -> Result<(), VmmActionError> {
+    limiter
+        .as_ref()
+        .map_or(Ok(()), |l| validate_rate_limiter(field, l))
 }

@@ -98,6 +98,9 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     for d in &config.drives {
         let at = in_device(|| format!("drive `{}`", d.drive_id));
         let checked = (|| {
+            if d.rate_limiter.is_some() {
+                return Err(ControlPageError::NotCarried("rate_limiter"));
+            }
             Ok(Entry {
                 kind: DEV_KIND_BLOCK,
                 flags: if d.is_read_only {
@@ -116,6 +119,12 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     for iface in &config.network_interfaces {
         let at = in_device(|| format!("network interface `{}`", iface.iface_id));
         let checked = (|| {
+            if iface.rx_rate_limiter.is_some() {
+                return Err(ControlPageError::NotCarried("rx_rate_limiter"));
+            }
+            if iface.tx_rate_limiter.is_some() {
+                return Err(ControlPageError::NotCarried("tx_rate_limiter"));
+            }
             let mac = match &iface.guest_mac {
                 // A MAC parses only as 17 ASCII bytes, so it always fills the field exactly.
                 Some(text) if parse_mac(text).is_some() => text.as_bytes(),
@@ -149,7 +158,12 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
             path,
         });
     }
-    if config.entropy.is_some() {
+    if let Some(entropy) = &config.entropy {
+        if entropy.rate_limiter.is_some() {
+            return Err(in_device(|| "entropy".to_string())(
+                ControlPageError::NotCarried("rate_limiter"),
+            ));
+        }
         entries.push(Entry {
             kind: DEV_KIND_RNG,
             flags: 0,
@@ -426,6 +440,7 @@ impl ControlPage {
                 path_on_host: path("drive path")?,
                 is_root_device: flags & DEV_FLAG_ROOT != 0,
                 is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
+                rate_limiter: None,
             }),
             DEV_KIND_NET => {
                 let guest_mac = if flags & DEV_FLAG_MAC != 0 {
@@ -449,6 +464,8 @@ impl ControlPage {
                     iface_id: id("interface id")?,
                     host_dev_name,
                     guest_mac,
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
                 })
             }
             DEV_KIND_VSOCK if config.vsock.is_some() => {

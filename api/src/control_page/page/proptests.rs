@@ -79,6 +79,7 @@ fn drive(lim: Limits) -> impl Strategy<Value = Drive> {
                 path_on_host,
                 is_root_device,
                 is_read_only,
+                rate_limiter: None,
             },
         )
 }
@@ -93,6 +94,8 @@ fn iface(lim: Limits) -> impl Strategy<Value = NetworkInterface> {
             iface_id,
             host_dev_name,
             guest_mac,
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         })
 }
 

@@ -21,6 +21,7 @@ fn drive(i: usize) -> Drive {
         path_on_host: format!("/img/d{i}.ext4").into(),
         is_root_device: false,
         is_read_only: i.is_multiple_of(2),
+        rate_limiter: None,
     }
 }
 
@@ -41,11 +42,14 @@ pub(super) fn sample() -> VmConfig {
             path_on_host: "/img/root.ext4".into(),
             is_root_device: true,
             is_read_only: true,
+            rate_limiter: None,
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("06:00:AC:10:00:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
