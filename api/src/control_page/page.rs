@@ -51,9 +51,6 @@ pub enum ControlPageError {
     BadMac(String),
     #[error("request id {0:?} is not printable ASCII")]
     BadRequestId(String),
-    /// A configuration field the page layout has no room for (yet).
-    #[error("{0} cannot travel on the control page (version {VERSION}); set it through the REST API instead")]
-    NotCarried(&'static str),
     #[error("{device}: {source}")]
     Device {
         /// Which device: "drive `root`" when writing, "device table entry 3" when reading.
