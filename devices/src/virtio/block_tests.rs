@@ -260,6 +260,35 @@ fn an_ops_limited_drive_holds_requests_back_until_its_timer_fires() {
 }
 
 #[test]
+fn a_queue_resumed_by_its_timer_keeps_going_past_one_pass() {
+    // Requests of a whole pass each, one op per 20 ms: the timer's pass ends at the byte
+    // budget and must hand the queue back to the event loop, not drop it.
+    let sectors = 4 * PASS_BYTES / 512;
+    let f = TempFile::new("blk-timer-pass", &vec![7u8; sectors * 512]);
+    let mut blk = Block::new(&f.0, false, None).unwrap();
+    blk.set_rate_limiter(None, TokenBucket::new(1, 0, 20))
+        .unwrap();
+    let mut g = TestGuest::new(Box::new(blk));
+    g.activate(1);
+    for i in 0..4 {
+        request(
+            &mut g,
+            T_IN,
+            (i * PASS_BYTES / 512) as u64,
+            PASS_BYTES as u32,
+            true,
+        );
+    }
+    g.notify(0);
+    let mut done = g.take_used(0).len();
+    assert_eq!(done, 1);
+    g.pump_until(|g| {
+        done += g.take_used(0).len();
+        done == 4
+    });
+}
+
+#[test]
 fn a_bandwidth_limited_drive_moves_bytes_at_the_bucket_rate() {
     let f = TempFile::new("blk-bw", &image());
     let mut blk = Block::new(&f.0, false, None).unwrap();

@@ -630,6 +630,16 @@ impl MutEventSubscriber for MmioTransport {
                 again: false,
             };
             self.device.process_backend(events, &mut ctx, ops);
+            if ctx.again {
+                // A backend event (e.g. a rate limiter's timer) served a queue and stopped at
+                // its per-pass bound: come back to every queue after other work (a queue with
+                // nothing to do costs one empty pass).
+                for (index, evt) in self.queue_evts.iter().enumerate() {
+                    if let Err(e) = evt.write(1) {
+                        warn!("virtio-mmio: cannot re-signal queue {index}: {e}");
+                    }
+                }
+            }
         }
     }
 }
