@@ -455,6 +455,49 @@ mod tests {
     }
 
     #[test]
+    fn rate_limited_frames_wait_for_tokens_in_both_directions() {
+        in_private_netns(|mut net| {
+            // One frame per 50 ms to the tap and one per 300 ms to the guest, buckets starting
+            // full (one frame each).
+            let one_per = |ms| crate::rate_limiter::TokenBucket::new(1, 0, ms);
+            net.set_tx_rate_limiter(None, one_per(50)).unwrap();
+            net.set_rx_rate_limiter(None, one_per(300)).unwrap();
+            let mut g = TestGuest::new(Box::new(net));
+            g.activate(2);
+            let frame = arp_request();
+            for _ in 0..3 {
+                let tx = g.alloc(frame.len());
+                g.write(tx, &frame);
+                g.add_chain(1, &[(tx, frame.len() as u32, false)]);
+            }
+            let start = std::time::Instant::now();
+            g.notify(1);
+            assert_eq!(g.take_used(1).len(), 1, "one token: one frame now");
+            let mut bufs = std::collections::HashMap::new();
+            for _ in 0..8 {
+                let a = g.alloc(2048);
+                let head = g.add_chain(0, &[(a, 2048, true)]);
+                bufs.insert(u32::from(head), a);
+            }
+            g.notify(0);
+            let (mut sent, mut replies) = (1, 0);
+            g.pump_until(|g| {
+                sent += g.take_used(1).len();
+                for (id, len) in g.take_used(0) {
+                    replies +=
+                        usize::from(is_arp_reply_for_guest(&g.read(bufs[&id], len as usize)));
+                }
+                sent == 3 && replies >= 3
+            });
+            // Three replies need two more rx tokens: at least 600 ms (tx alone takes 100).
+            assert!(start.elapsed() >= std::time::Duration::from_millis(580));
+            let m = g.transport.lock().unwrap().metrics().snapshot();
+            assert!(m.throttled >= 2, "{m:?}");
+            assert_eq!(m.errors, 0);
+        });
+    }
+
+    #[test]
     fn malformed_tx_chains_are_dropped_and_counted() {
         in_private_netns(|net| {
             let mut g = TestGuest::new(Box::new(net));
