@@ -36,6 +36,7 @@ pub fn parse_disk(text: &str, index: usize) -> Result<Drive, DeviceArgError> {
         path_on_host: PathBuf::new(),
         is_root_device: false,
         is_read_only: false,
+        rate_limiter: None,
     };
     for (key, value) in pairs(text) {
         match key {
@@ -93,6 +94,8 @@ pub fn parse_net(text: &str, index: usize) -> Result<NetworkInterface, DeviceArg
                 key: "tap",
             })?,
         guest_mac: mac,
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     })
 }
 

@@ -148,6 +148,7 @@ fn the_controller_configures_starts_pauses_resumes_and_stops_the_unikernel() {
             path_on_host: disk.path().to_path_buf(),
             is_root_device: true,
             is_read_only: true,
+            rate_limiter: None,
         });
     }
     let refused = vm.call(VmmAction::ConfigureAll(Box::new(bad))).unwrap_err();

@@ -254,6 +254,8 @@ fn a_vm_created_through_wispd_reaches_the_host_over_a_tap() {
         iface_id: "eth0".into(),
         host_dev_name: ns.tap.clone(),
         guest_mac: Some(guest_mac.into()),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     });
     let config = write_config(&w.dir, &vm);
     let (ok, out, err) = w.ctl(&[

@@ -1,4 +1,4 @@
-//! The control page's fixed layout (version 2): a memfd shared by `wispd` and one prepared
+//! The control page's fixed layout (version 3): a memfd shared by `wispd` and one prepared
 //! `wisp shell`. Protocol and field table: api/src/control_page/control_page.md.
 //!
 //! Every string field has a u32 length word, so a writer stores only the bytes it has and a
@@ -11,8 +11,9 @@ use crate::memory_map::MAX_VIRTIO_DEVICES;
 pub const REGION_SIZE: usize = 25 * 4096;
 /// "WISPNOXS", little endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WISPNOXS");
-/// Version 2: the whole `VmConfig` (logger, metrics, smt, 19 devices), request id.
-pub const VERSION: u32 = 2;
+/// Version 3: the whole `VmConfig` (logger, metrics, smt, 19 devices, their rate limiters),
+/// request id.
+pub const VERSION: u32 = 3;
 
 /// Linux's `PATH_MAX`: the size of every path field.
 pub const PATH_MAX: usize = 4096;
@@ -71,6 +72,11 @@ pub const OFF_DEVICES: usize = OFF_METRICS_PATH + METRICS_PATH_MAX;
 /// One entry per virtio device the VM can have (one IRQ each).
 pub const DEVICES_MAX: usize = MAX_VIRTIO_DEVICES;
 pub const DEVICE_ENTRY_SIZE: usize = DEV_OFF_PATH + DEV_PATH_MAX;
+/// Rate-limiter table, one entry per device table entry (same index): for each of the
+/// device's four bucket slots `k` (see [`DEV_OFF_REFILL`]) the bucket's `size` (u64) at
+/// `16 k` and its `one_time_burst` (u64) at `16 k + 8`.
+pub const OFF_LIMITERS: usize = OFF_DEVICES + DEVICES_MAX * DEVICE_ENTRY_SIZE;
+pub const LIMITER_ENTRY_SIZE: usize = 4 * 16;
 
 /// `OFF_CONFIG_FLAGS` bits.
 pub const CFG_BOOT_SOURCE: u32 = 1 << 0;
@@ -101,6 +107,10 @@ pub const DEV_OFF_PATH_LEN: usize = 16;
 /// Net: the guest MAC as text, "aa:bb:cc:dd:ee:ff" (present when `DEV_FLAG_MAC`).
 pub const DEV_OFF_MAC: usize = 20;
 pub const DEV_MAC_LEN: usize = 17;
+/// Four u32 `refill_time`s (ms), one per bucket slot `k = 2 * limiter + bucket`: limiter 0
+/// is a drive's or the entropy device's `rate_limiter` or a net `rx_rate_limiter`, limiter 1 a
+/// net `tx_rate_limiter`; bucket 0 is `bandwidth`, 1 `ops`.
+pub const DEV_OFF_REFILL: usize = 40;
 /// Drive id or interface id (empty for vsock and rng).
 pub const DEV_OFF_ID: usize = 64;
 pub const DEV_ID_MAX: usize = 64;
@@ -117,9 +127,18 @@ pub const DEV_FLAG_READ_ONLY: u32 = 1 << 0;
 pub const DEV_FLAG_ROOT: u32 = 1 << 1;
 /// Net: the entry carries a guest MAC (otherwise the device picks one).
 pub const DEV_FLAG_MAC: u32 = 1 << 2;
+/// Limiter 0 / 1 is present (it may still have no bucket).
+pub const DEV_FLAG_LIMITER: [u32; 2] = [1 << 3, 1 << 4];
+/// Bucket slot `k` is present (its limiter must be).
+pub const DEV_FLAG_BUCKET: [u32; 4] = [1 << 5, 1 << 6, 1 << 7, 1 << 8];
+/// Bucket slot `k` has a `one_time_burst` (its bucket must be present).
+pub const DEV_FLAG_BURST: [u32; 4] = [1 << 9, 1 << 10, 1 << 11, 1 << 12];
 
 const _: () = assert!(OFF_REQUEST_ID_LEN + 4 <= OFF_REQUEST_ID);
-const _: () = assert!(DEV_OFF_MAC + DEV_MAC_LEN <= DEV_OFF_ID);
+const _: () = assert!(DEV_OFF_MAC + DEV_MAC_LEN <= DEV_OFF_REFILL);
+const _: () = assert!(DEV_OFF_REFILL + 16 <= DEV_OFF_ID);
+const _: () = assert!(OFF_LIMITERS.is_multiple_of(8));
+const _: () = assert!(OFF_LIMITERS + DEVICES_MAX * LIMITER_ENTRY_SIZE <= REGION_SIZE);
 const _: () = assert!(OFF_DEVICES.is_multiple_of(8) && DEVICE_ENTRY_SIZE.is_multiple_of(8));
 const _: () = assert!(OFF_DEVICES + DEVICES_MAX * DEVICE_ENTRY_SIZE <= REGION_SIZE);
 const _: () = assert!(REGION_SIZE.is_multiple_of(4096));
@@ -145,6 +164,9 @@ mod tests {
         ]);
         f.extend(
             (0..DEVICES_MAX).map(|i| (OFF_DEVICES + i * DEVICE_ENTRY_SIZE, DEVICE_ENTRY_SIZE)),
+        );
+        f.extend(
+            (0..DEVICES_MAX).map(|i| (OFF_LIMITERS + i * LIMITER_ENTRY_SIZE, LIMITER_ENTRY_SIZE)),
         );
         f
     }

@@ -226,6 +226,6 @@ mod tests {
     fn only_getters_are_read_only() {
         assert!(VmmAction::GetVmConfig.is_read_only());
         assert!(!VmmAction::StartMicroVm.is_read_only());
-        assert!(!VmmAction::SetEntropy(Entropy {}).is_read_only());
+        assert!(!VmmAction::SetEntropy(Entropy::default()).is_read_only());
     }
 }

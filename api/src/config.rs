@@ -120,6 +120,8 @@ pub struct Drive {
     pub is_root_device: bool,
     #[serde(default)]
     pub is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 /// `PUT /network-interfaces/{id}`: a virtio-net device backed by a tap device.
@@ -130,6 +132,12 @@ pub struct NetworkInterface {
     pub host_dev_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest_mac: Option<String>,
+    /// Limits frames to the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    /// Limits frames from the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
 }
 
 /// `PUT /vsock`: virtio-vsock with Firecracker's hybrid Unix-socket host side.
@@ -143,7 +151,32 @@ pub struct Vsock {
 /// `PUT /entropy`: virtio-rng fed from the host's getrandom.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entropy {}
+pub struct Entropy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
+}
+
+/// Firecracker's `rate_limiter` object: a bandwidth bucket (tokens are bytes) and an ops bucket
+/// (tokens are requests); a missing bucket means no limit of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimiter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth: Option<TokenBucket>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ops: Option<TokenBucket>,
+}
+
+/// Firecracker's `TokenBucket`: `size` tokens, refilled over `refill_time` milliseconds, plus
+/// an initial `one_time_burst` spent first and never refilled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenBucket {
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub one_time_burst: Option<u64>,
+    pub refill_time: u64,
+}
 
 /// `PUT /logger`: where the VMM's log goes and how much of it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,12 +255,16 @@ impl MachineConfigUpdate {
     }
 }
 
-/// `PATCH /drives/{id}`: swap the backing file of an existing drive (after boot: a media change).
+/// `PATCH /drives/{id}`: swap the backing file of an existing drive (after boot: a media
+/// change) and/or replace its rate limiter; at least one of the two.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DriveUpdate {
     pub drive_id: String,
-    pub path_on_host: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_on_host: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<RateLimiter>,
 }
 
 #[cfg(test)]

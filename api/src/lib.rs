@@ -20,7 +20,7 @@ pub use action::{
 };
 pub use config::{
     BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig,
-    MachineConfigUpdate, Metrics, NetworkInterface, VmConfig, Vsock,
+    MachineConfigUpdate, Metrics, NetworkInterface, RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use resources::{host_mem_mib, HostLimits, ResourcesError, VmResources};

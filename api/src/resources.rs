@@ -12,7 +12,8 @@ use crate::config::{
 };
 use crate::validate::{
     canonical_or_given, check_append_target, check_file_opens, check_host_file,
-    check_socket_target, validate_boot_args, validate_id, validate_mac, validate_tap_name,
+    check_socket_target, validate_boot_args, validate_id, validate_mac, validate_rate_limiter,
+    validate_tap_name,
 };
 use wisp_hostfs::FileKind;
 
@@ -144,9 +145,10 @@ impl VmResources {
         if let Some(vsock) = &config.vsock {
             res.set_vsock(vsock).map_err(wrap("vsock"))?;
         }
-        if config.entropy.is_some() {
+        if let Some(entropy) = &config.entropy {
             res.check_device_room(true, "entropy")
                 .map_err(wrap("entropy"))?;
+            check_limiter("rate_limiter", &entropy.rate_limiter).map_err(wrap("entropy"))?;
         }
         res.config.entropy = config.entropy.clone();
         if let Some(logger) = &config.logger {
@@ -256,6 +258,9 @@ impl VmResources {
                 if let Err(e) = self.check_device_room(self.config.entropy.is_none(), "entropy") {
                     return Some(Err(e));
                 }
+                if let Err(e) = check_limiter("rate_limiter", &entropy.rate_limiter) {
+                    return Some(Err(e));
+                }
                 self.config.entropy = Some(entropy.clone());
                 Some(Ok(VmmData::Empty))
             }
@@ -273,7 +278,12 @@ impl VmResources {
             .iter_mut()
             .find(|d| d.drive_id == update.drive_id)
         {
-            d.path_on_host = update.path_on_host.clone();
+            if let Some(path) = &update.path_on_host {
+                d.path_on_host = path.clone();
+            }
+            if let Some(limiter) = &update.rate_limiter {
+                d.rate_limiter = Some(limiter.clone());
+            }
         }
     }
 
@@ -341,6 +351,7 @@ impl VmResources {
 
     fn insert_drive(&mut self, drive: &Drive) -> Result<(), VmmActionError> {
         validate_id("drive_id", &drive.drive_id)?;
+        check_limiter("rate_limiter", &drive.rate_limiter)?;
         let new = !self
             .config
             .drives
@@ -411,21 +422,38 @@ impl VmResources {
                 update.drive_id
             ))));
         };
+        if update.path_on_host.is_none() && update.rate_limiter.is_none() {
+            return Some(Err(VmmActionError::bad_request(
+                "PATCH /drives names no field to change (path_on_host, rate_limiter)",
+            )));
+        }
+        if let Err(e) = check_limiter("rate_limiter", &update.rate_limiter) {
+            return Some(Err(e));
+        }
         let mut replaced = drive.clone();
-        replaced.path_on_host = update.path_on_host.clone();
+        if let Some(path) = &update.path_on_host {
+            replaced.path_on_host = path.clone();
+        }
+        if let Some(limiter) = &update.rate_limiter {
+            replaced.rate_limiter = Some(limiter.clone());
+        }
         if state == VmState::NotStarted {
             return Some(self.insert_drive(&replaced).map(|()| VmmData::Empty));
         }
-        let what = format!("new backing file of drive `{}`", update.drive_id);
-        let kind = FileKind::RegularOrBlockDevice;
-        if let Err(e) = check_host_file(&what, &update.path_on_host, kind, !replaced.is_read_only) {
-            return Some(Err(e));
+        if let Some(path) = &update.path_on_host {
+            let what = format!("new backing file of drive `{}`", update.drive_id);
+            let kind = FileKind::RegularOrBlockDevice;
+            if let Err(e) = check_host_file(&what, path, kind, !replaced.is_read_only) {
+                return Some(Err(e));
+            }
         }
         None
     }
 
     fn insert_net(&mut self, iface: &NetworkInterface) -> Result<(), VmmActionError> {
         validate_id("iface_id", &iface.iface_id)?;
+        check_limiter("rx_rate_limiter", &iface.rx_rate_limiter)?;
+        check_limiter("tx_rate_limiter", &iface.tx_rate_limiter)?;
         let ifaces = &self.config.network_interfaces;
         let new = !ifaces.iter().any(|i| i.iface_id == iface.iface_id);
         self.check_device_room(new, &format!("network interface `{}`", iface.iface_id))?;
@@ -508,4 +536,13 @@ fn config_change_name(action: &VmmAction) -> &'static str {
         VmmAction::ConfigureAll(_) => "configuring the microVM",
         _ => "this action",
     }
+}
+
+fn check_limiter(
+    field: &str,
+    limiter: &Option<crate::config::RateLimiter>,
+) -> Result<(), VmmActionError> {
+    limiter
+        .as_ref()
+        .map_or(Ok(()), |l| validate_rate_limiter(field, l))
 }

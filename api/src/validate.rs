@@ -159,6 +159,35 @@ pub fn canonical_or_given(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
+/// Longest `refill_time` accepted: an hour (a longer refill is a typo more often than a plan).
+pub const MAX_REFILL_TIME_MS: u64 = 3_600_000;
+
+/// Checks a Firecracker `rate_limiter` object; `field` names it in the error (e.g.
+/// "rate_limiter" or "rx_rate_limiter"). A bucket must have tokens and a refill time: leaving
+/// the bucket out is how one asks for no limit.
+pub fn validate_rate_limiter(
+    field: &str,
+    limiter: &crate::config::RateLimiter,
+) -> Result<(), VmmActionError> {
+    let buckets = [("bandwidth", &limiter.bandwidth), ("ops", &limiter.ops)];
+    for (kind, bucket) in buckets {
+        let Some(b) = bucket else { continue };
+        if b.size == 0 {
+            return Err(VmmActionError::bad_request(format!(
+                "{field}.{kind}.size must be greater than 0 (leave `{kind}` out for no limit)"
+            )));
+        }
+        if b.refill_time == 0 || b.refill_time > MAX_REFILL_TIME_MS {
+            return Err(VmmActionError::bad_request(format!(
+                "{field}.{kind}.refill_time {} is out of range: it must be between 1 and \
+                 {MAX_REFILL_TIME_MS} ms",
+                b.refill_time
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,5 +251,36 @@ mod tests {
     fn boot_args_respect_the_x86_limit() {
         assert!(validate_boot_args(&"a".repeat(MAX_BOOT_ARGS_LEN)).is_ok());
         assert!(validate_boot_args(&"a".repeat(MAX_BOOT_ARGS_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn rate_limiter_buckets_need_tokens_and_a_refill_time() {
+        use crate::config::{RateLimiter, TokenBucket};
+        let bucket = |size, refill_time| TokenBucket {
+            size,
+            one_time_burst: None,
+            refill_time,
+        };
+        let ok = RateLimiter {
+            bandwidth: Some(bucket(1 << 20, 1000)),
+            ops: Some(bucket(100, 1)),
+        };
+        assert!(validate_rate_limiter("rate_limiter", &ok).is_ok());
+        assert!(validate_rate_limiter("rate_limiter", &RateLimiter::default()).is_ok());
+        let zero = RateLimiter {
+            ops: Some(bucket(0, 100)),
+            ..RateLimiter::default()
+        };
+        let e = validate_rate_limiter("rx_rate_limiter", &zero).unwrap_err();
+        assert!(e.to_string().contains("rx_rate_limiter.ops.size"), "{e}");
+        let no_refill = RateLimiter {
+            bandwidth: Some(bucket(10, 0)),
+            ..RateLimiter::default()
+        };
+        let e = validate_rate_limiter("rate_limiter", &no_refill).unwrap_err();
+        assert!(
+            e.to_string().contains("rate_limiter.bandwidth.refill_time"),
+            "{e}"
+        );
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use wisp_api::routes::{parse_request, ROUTES};
 use wisp_api::{
     BootSource, Drive, Entropy, InstanceInfo, LogLevel, Logger, MachineConfig, Metrics,
-    NetworkInterface, VersionInfo, VmConfig, VmState, Vsock,
+    NetworkInterface, RateLimiter, TokenBucket, VersionInfo, VmConfig, VmState, Vsock,
 };
 
 const METHODS: [&str; 8] = [
@@ -182,6 +182,15 @@ fn response_bodies_match_their_schemas() {
     let spec = spec();
     let schemas = &spec["components"]["schemas"];
     let p = PathBuf::from;
+    let bucket = TokenBucket {
+        size: 1 << 20,
+        one_time_burst: Some(1 << 20),
+        refill_time: 1000,
+    };
+    let limiter = RateLimiter {
+        bandwidth: Some(bucket),
+        ops: Some(bucket),
+    };
     let full = VmConfig {
         boot_source: Some(BootSource {
             kernel_image_path: p("/k"),
@@ -194,17 +203,22 @@ fn response_bodies_match_their_schemas() {
             path_on_host: p("/d"),
             is_root_device: true,
             is_read_only: false,
+            rate_limiter: Some(limiter.clone()),
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("06:00:00:00:00:01".into()),
+            rx_rate_limiter: Some(limiter.clone()),
+            tx_rate_limiter: Some(limiter.clone()),
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: p("/v"),
         }),
-        entropy: Some(Entropy {}),
+        entropy: Some(Entropy {
+            rate_limiter: Some(limiter),
+        }),
         logger: Some(Logger {
             log_path: p("/l"),
             level: LogLevel::Info,

@@ -28,6 +28,7 @@ fn drive(id: &str, path: &Path, root: bool) -> Drive {
         path_on_host: path.to_path_buf(),
         is_root_device: root,
         is_read_only: false,
+        rate_limiter: None,
     }
 }
 
@@ -36,6 +37,8 @@ fn tap(id: &str, dev: &str, mac: Option<&str>) -> NetworkInterface {
         iface_id: id.into(),
         host_dev_name: dev.into(),
         guest_mac: mac.map(str::to_string),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
     }
 }
 
@@ -231,13 +234,14 @@ fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
             path_on_host: path,
             is_root_device: false,
             is_read_only: true,
+            rate_limiter: None,
         };
         let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
         assert_eq!(put, Some(Ok(VmmData::Empty)), "drive {i}");
     }
     let refused = res
         .apply(
-            &VmmAction::SetEntropy(wisp_api::Entropy {}),
+            &VmmAction::SetEntropy(wisp_api::Entropy::default()),
             VmState::NotStarted,
         )
         .unwrap()
@@ -254,6 +258,7 @@ fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
         path_on_host: again,
         is_root_device: false,
         is_read_only: true,
+        rate_limiter: None,
     };
     let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
     assert_eq!(put, Some(Ok(VmmData::Empty)));

@@ -6,7 +6,9 @@
 
 pub mod boot_timer;
 pub mod i8042;
+pub mod log_limiter;
 pub mod noxs_page;
+pub mod rate_limiter;
 pub mod serial;
 pub mod trigger;
 pub mod virtio;

@@ -30,6 +30,13 @@ pub enum Command {
     /// `blk-bench`: sequential read/write and random 4 KiB read throughput of the first block
     /// device, timed with the TSC.
     BlkBench,
+    /// `blk-hog`: 1 MiB reads of the first block device, four in flight, over and over
+    /// forever; one line per pass over the disk with its TSC-timed rate (a guest that tries
+    /// to monopolise the VMM's event loop, and a rate-limiter measurement).
+    BlkHog,
+    /// `mmio-flood`: write a read-only register of the first virtio device in a loop for 3 s
+    /// (a guest that tries to flood the host's log).
+    MmioFlood,
     /// `rng`: 32 bytes from the entropy device.
     Rng,
     /// `net`: ARP for 10.0.2.1 on the first network device.
@@ -56,6 +63,8 @@ impl Command {
             b"virtio" => Some(Self::Virtio),
             b"blk" => Some(Self::Blk),
             b"blk-bench" => Some(Self::BlkBench),
+            b"blk-hog" => Some(Self::BlkHog),
+            b"mmio-flood" => Some(Self::MmioFlood),
             b"rng" => Some(Self::Rng),
             b"net" => Some(Self::Net),
             b"net-echo" => Some(Self::NetEcho),

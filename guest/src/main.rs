@@ -93,6 +93,11 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
             "blk-bench",
             virtio::blk_bench::run(slots, boot.cmdline(), boot.ram_bytes()),
         ),
+        Command::BlkHog => report(
+            "blk-hog",
+            virtio::blk_bench::hog(slots, boot.cmdline(), boot.ram_bytes()),
+        ),
+        Command::MmioFlood => report("mmio-flood", virtio::flood::run(slots)),
         Command::Rng => report("rng", virtio::rng::run(slots)),
         Command::Net => report("net", virtio::net::run(slots)),
         Command::NetEcho => report("net-echo", virtio::net::echo(slots)),

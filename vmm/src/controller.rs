@@ -342,9 +342,16 @@ fn swap_backing(transport: &Arc<Mutex<MmioTransport>>, update: &DriveUpdate) -> 
     let block = t
         .device_mut::<Block>()
         .ok_or_else(|| "not a block device".to_string())?;
-    block
-        .update_backing(&update.path_on_host)
-        .map_err(|e| e.to_string())
+    if let Some(limiter) = &update.rate_limiter {
+        let (bandwidth, ops) = crate::virtio_devices::buckets(Some(limiter));
+        block
+            .set_rate_limiter(bandwidth, ops)
+            .map_err(|e| format!("cannot set the rate limiter: {e}"))?;
+    }
+    match &update.path_on_host {
+        Some(path) => block.update_backing(path).map_err(|e| e.to_string()),
+        None => Ok(()),
+    }
 }
 
 /// Per-device counters by "kind:id".

@@ -9,7 +9,8 @@ use linux_loader::cmdline::Cmdline;
 use std::sync::{Arc, Mutex};
 use vm_memory::GuestMemoryMmap;
 use wisp_api::validate::parse_mac;
-use wisp_api::VmConfig;
+use wisp_api::{RateLimiter, VmConfig};
+use wisp_devices::rate_limiter::TokenBucket;
 use wisp_devices::virtio::block::BlockError;
 use wisp_devices::virtio::net::NetError;
 use wisp_devices::virtio::vsock::VsockError;
@@ -33,6 +34,12 @@ pub enum VirtioSetupError {
     Mac { id: String, mac: String },
     #[error("vsock: {0}")]
     Vsock(#[source] VsockError),
+    #[error("{what}: cannot create the rate limiter's timerfd: {source}")]
+    RateLimiter {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{name}: {source}")]
     Transport {
         name: String,
@@ -104,7 +111,7 @@ pub fn attach_virtio_devices(
     let mut drives: Vec<_> = config.drives.iter().collect();
     drives.sort_by_key(|d| !d.is_root_device);
     for drive in drives {
-        let block = Block::new(
+        let mut block = Block::new(
             &drive.path_on_host,
             drive.is_read_only,
             Some(&drive.drive_id),
@@ -113,6 +120,13 @@ pub fn attach_virtio_devices(
             id: drive.drive_id.clone(),
             source,
         })?;
+        let (bw, ops) = buckets(drive.rate_limiter.as_ref());
+        block
+            .set_rate_limiter(bw, ops)
+            .map_err(|source| VirtioSetupError::RateLimiter {
+                what: format!("drive {}", drive.drive_id),
+                source,
+            })?;
         if drive.is_root_device {
             let mode = if drive.is_read_only { "ro" } else { "rw" };
             cmdline.insert_str(format!("root=/dev/vda {mode}"))?;
@@ -135,10 +149,19 @@ pub fn attach_virtio_devices(
             })?),
             None => None,
         };
-        let net = Net::new(&iface.host_dev_name, mac).map_err(|source| VirtioSetupError::Net {
-            id: iface.iface_id.clone(),
+        let mut net =
+            Net::new(&iface.host_dev_name, mac).map_err(|source| VirtioSetupError::Net {
+                id: iface.iface_id.clone(),
+                source,
+            })?;
+        let limiter_err = |source| VirtioSetupError::RateLimiter {
+            what: format!("network interface {}", iface.iface_id),
             source,
-        })?;
+        };
+        let (bw, ops) = buckets(iface.rx_rate_limiter.as_ref());
+        net.set_rx_rate_limiter(bw, ops).map_err(limiter_err)?;
+        let (bw, ops) = buckets(iface.tx_rate_limiter.as_ref());
+        net.set_tx_rate_limiter(bw, ops).map_err(limiter_err)?;
         handles.push(attach(
             dm,
             vm,
@@ -162,7 +185,14 @@ pub fn attach_virtio_devices(
             Box::new(dev),
         )?);
     }
-    if config.entropy.is_some() {
+    if let Some(entropy) = &config.entropy {
+        let mut rng = Rng::new();
+        let (bw, ops) = buckets(entropy.rate_limiter.as_ref());
+        rng.set_rate_limiter(bw, ops)
+            .map_err(|source| VirtioSetupError::RateLimiter {
+                what: "entropy".into(),
+                source,
+            })?;
         handles.push(attach(
             dm,
             vm,
@@ -170,7 +200,7 @@ pub fn attach_virtio_devices(
             cmdline,
             "rng",
             "rng".into(),
-            Box::new(Rng::new()),
+            Box::new(rng),
         )?);
     }
     Ok(handles)
@@ -179,4 +209,18 @@ pub fn attach_virtio_devices(
 /// The event-loop subscriber of each device.
 pub fn subscribers(handles: &[VirtioHandle]) -> impl Iterator<Item = Subscriber> + '_ {
     handles.iter().map(|h| h.transport.clone() as Subscriber)
+}
+
+/// The device-side buckets of an API `rate_limiter` (bandwidth, ops); `None`: no limit.
+pub fn buckets(limiter: Option<&RateLimiter>) -> (Option<TokenBucket>, Option<TokenBucket>) {
+    let make = |b: &wisp_api::TokenBucket| {
+        TokenBucket::new(b.size, b.one_time_burst.unwrap_or(0), b.refill_time)
+    };
+    match limiter {
+        Some(l) => (
+            l.bandwidth.as_ref().and_then(make),
+            l.ops.as_ref().and_then(make),
+        ),
+        None => (None, None),
+    }
 }

@@ -1,5 +1,13 @@
 //! virtio-blk (virtio 1.2 §5.2) backed by a host file or block device, opened by wisp-hostfs
 //! (no symbolic links, no FIFOs, sockets or character devices).
+//!
+//! Guest requests are served on the event loop with synchronous pread/pwrite, so two bounds
+//! keep one queue from holding the loop: a pass serves at most [`BATCH`] requests and
+//! [`PASS_BYTES`] bytes (a larger request is carried over to the next pass, in flight), then
+//! the queue is re-signalled so other subscribers (the API) run in between. An optional
+//! [`RateLimiter`] (Firecracker's `rate_limiter`: bandwidth and ops buckets) charges each
+//! request when it starts; a request that does not fit goes back on the available ring and
+//! the queue waits for the limiter's timer.
 
 use std::any::Any;
 use std::fs::File;
@@ -8,14 +16,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use event_manager::EventOps;
-use log::warn;
+use event_manager::{EventOps, Events};
 use thiserror::Error;
 
 use super::chain::{self, Chain};
 use super::device::{Interrupt, QueueContext, VirtioDevice};
 use super::metrics::DeviceMetrics;
 use super::{device_id, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, TokenBucket};
+use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 
 /// Sector size of the virtio-blk protocol, whatever the backing file's block size.
@@ -41,7 +50,9 @@ const S_UNSUPP: u8 = 2;
 /// `struct virtio_blk_req` header: type, reserved, sector.
 const HEADER_LEN: usize = 16;
 /// Requests served per event before the lock is released (file I/O runs under it).
-const BATCH: usize = 32;
+pub const BATCH: usize = 32;
+/// Bytes moved per event-loop pass; a longer request continues on the next pass.
+pub const PASS_BYTES: usize = 1 << 20;
 /// Bounce-buffer chunk: bounds the host memory one request can make us allocate.
 const CHUNK: usize = 1 << 20;
 
@@ -78,6 +89,38 @@ pub struct Block {
     id: [u8; ID_BYTES],
     interrupt: Option<Arc<Interrupt>>,
     metrics: Arc<DeviceMetrics>,
+    limiter: RateLimiter,
+    /// A data request partly served by an earlier pass.
+    in_flight: Option<InFlight>,
+}
+
+/// A read or write larger than what one pass moves.
+struct InFlight {
+    head: u16,
+    chain: Chain,
+    read: bool,
+    /// Byte offset in the backing file.
+    offset: u64,
+    len: usize,
+    done: usize,
+}
+
+/// A checked request header, before any data moves.
+enum Request {
+    Read { offset: u64, len: usize },
+    Write { offset: u64, len: usize },
+    Flush,
+    GetId { len: usize },
+}
+
+impl Request {
+    /// Bandwidth tokens the request costs.
+    fn bytes(&self) -> u64 {
+        match self {
+            Request::Read { len, .. } | Request::Write { len, .. } => *len as u64,
+            Request::Flush | Request::GetId { .. } => 0,
+        }
+    }
 }
 
 /// Why a request failed (logged; the guest sees IOERR or UNSUPP).
@@ -125,6 +168,8 @@ impl Block {
             id: serial,
             interrupt: None,
             metrics: Arc::new(DeviceMetrics::default()),
+            limiter: RateLimiter::default(),
+            in_flight: None,
         })
     }
 
@@ -151,8 +196,18 @@ impl Block {
         Ok(())
     }
 
-    /// Serves one checked chain; returns (status, bytes written into the guest before status).
-    fn serve(&mut self, mem: &GuestMemoryMmap, c: &Chain) -> Result<usize, RequestError> {
+    /// Sets or replaces the rate limiter (at creation and by PATCH /drives on a running VM);
+    /// `None` for both buckets removes the limit.
+    pub fn set_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.limiter.update(bandwidth, ops)
+    }
+
+    /// Reads and checks a chain's header: what the request asks for, nothing moved yet.
+    fn parse(&self, mem: &GuestMemoryMmap, c: &Chain) -> Result<Request, RequestError> {
         let mut header = [0u8; HEADER_LEN];
         chain::read_at(mem, &c.readable, 0, &mut header)?;
         let req_type = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -168,92 +223,103 @@ impl Block {
                     return Err(chain::ChainError::ReadableAfterWritable { head: 0 }.into());
                 }
                 let offset = self.check_range(sector, data_in)?;
-                let mut buf = vec![0u8; data_in.min(CHUNK)];
-                let mut done = 0;
-                while done < data_in {
-                    let n = (data_in - done).min(CHUNK);
-                    self.file
-                        .read_exact_at(&mut buf[..n], offset + done as u64)
-                        .map_err(RequestError::Io)?;
-                    chain::write_at(mem, &c.writable, done, &buf[..n])?;
-                    done += n;
-                }
-                self.metrics.read_bytes(data_in);
-                Ok(data_in)
+                Ok(Request::Read {
+                    offset,
+                    len: data_in,
+                })
             }
             T_OUT => {
                 if self.read_only {
                     return Err(RequestError::ReadOnly);
                 }
                 let offset = self.check_range(sector, data_out)?;
-                let mut buf = vec![0u8; data_out.min(CHUNK)];
-                let mut done = 0;
-                while done < data_out {
-                    let n = (data_out - done).min(CHUNK);
-                    chain::read_at(mem, &c.readable, HEADER_LEN + done, &mut buf[..n])?;
-                    self.file
-                        .write_all_at(&buf[..n], offset + done as u64)
-                        .map_err(RequestError::Io)?;
-                    done += n;
-                }
-                self.metrics.written_bytes(data_out);
-                Ok(0)
+                Ok(Request::Write {
+                    offset,
+                    len: data_out,
+                })
             }
-            T_FLUSH => {
-                self.file.sync_data().map_err(RequestError::Io)?;
-                Ok(0)
-            }
-            T_GET_ID => {
-                let n = data_in.min(ID_BYTES);
-                chain::write_at(mem, &c.writable, 0, &self.id[..n])?;
-                Ok(n)
-            }
+            T_FLUSH => Ok(Request::Flush),
+            T_GET_ID => Ok(Request::GetId { len: data_in }),
             other => Err(RequestError::Unsupported(other)),
         }
     }
 
-    fn check_range(&self, sector: u64, len: usize) -> Result<u64, RequestError> {
-        if !(len as u64).is_multiple_of(SECTOR_SIZE) {
-            return Err(RequestError::Unaligned(len));
+    /// Moves up to `max` more bytes of an in-flight read or write.
+    fn transfer(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        f: &mut InFlight,
+        max: usize,
+    ) -> Result<(), RequestError> {
+        let end = f.done + (f.len - f.done).min(max);
+        let mut buf = vec![0u8; (end - f.done).min(CHUNK)];
+        while f.done < end {
+            let n = (end - f.done).min(CHUNK);
+            let at = f.offset + f.done as u64;
+            if f.read {
+                self.file
+                    .read_exact_at(&mut buf[..n], at)
+                    .map_err(RequestError::Io)?;
+                chain::write_at(mem, &f.chain.writable, f.done, &buf[..n])?;
+                self.metrics.read_bytes(n);
+            } else {
+                chain::read_at(mem, &f.chain.readable, HEADER_LEN + f.done, &mut buf[..n])?;
+                self.file
+                    .write_all_at(&buf[..n], at)
+                    .map_err(RequestError::Io)?;
+                self.metrics.written_bytes(n);
+            }
+            f.done += n;
         }
-        let out_of_range = RequestError::OutOfRange {
-            sector,
-            len,
-            capacity: self.capacity,
-        };
-        let end = sector.checked_add(len as u64 / SECTOR_SIZE);
-        match end {
-            Some(end) if end <= self.capacity => Ok(sector * SECTOR_SIZE),
-            _ => Err(out_of_range),
+        Ok(())
+    }
+
+    /// Serves a request that moves no data (flush, GET_ID); returns the bytes written into
+    /// the guest before the status byte.
+    fn serve_control(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        c: &Chain,
+        r: &Request,
+    ) -> Result<usize, RequestError> {
+        match r {
+            Request::Flush => {
+                self.file.sync_data().map_err(RequestError::Io)?;
+                Ok(0)
+            }
+            Request::GetId { len } => {
+                let n = (*len).min(ID_BYTES);
+                chain::write_at(mem, &c.writable, 0, &self.id[..n])?;
+                Ok(n)
+            }
+            Request::Read { .. } | Request::Write { .. } => Ok(0),
         }
     }
 
-    fn process_request(
-        &mut self,
-        mem: &GuestMemoryMmap,
-        c: Result<Chain, chain::ChainError>,
-    ) -> u32 {
-        self.metrics.request();
-        let c = match c {
+    /// Checks a popped chain's shape: enough readable bytes for the header and a status byte.
+    fn check_shape(c: Result<Chain, chain::ChainError>) -> Result<Chain, RequestError> {
+        match c {
             Ok(c) if chain::total_len(&c.readable) < HEADER_LEN => {
-                self.fail(&RequestError::Chain(chain::ChainError::TooShort {
+                Err(RequestError::Chain(chain::ChainError::TooShort {
                     offset: 0,
                     len: HEADER_LEN,
                     avail: chain::total_len(&c.readable),
-                }));
-                return 0;
+                }))
             }
-            Ok(c) if c.writable.is_empty() => {
-                self.fail(&RequestError::NoStatus);
-                return 0;
-            }
-            Ok(c) => c,
-            Err(e) => {
-                self.fail(&RequestError::Chain(e));
-                return 0;
-            }
-        };
-        let (status, written) = match self.serve(mem, &c) {
+            Ok(c) if c.writable.is_empty() => Err(RequestError::NoStatus),
+            Ok(c) => Ok(c),
+            Err(e) => Err(RequestError::Chain(e)),
+        }
+    }
+
+    /// Writes the status byte of a finished request; returns the used length.
+    fn complete(
+        &mut self,
+        mem: &GuestMemoryMmap,
+        c: &Chain,
+        result: Result<usize, RequestError>,
+    ) -> u32 {
+        let (status, written) = match result {
             Ok(n) => (S_OK, n),
             Err(e) => {
                 self.fail(&e);
@@ -272,8 +338,29 @@ impl Block {
         (written + 1) as u32
     }
 
+    fn check_range(&self, sector: u64, len: usize) -> Result<u64, RequestError> {
+        if !(len as u64).is_multiple_of(SECTOR_SIZE) {
+            return Err(RequestError::Unaligned(len));
+        }
+        let out_of_range = RequestError::OutOfRange {
+            sector,
+            len,
+            capacity: self.capacity,
+        };
+        let end = sector.checked_add(len as u64 / SECTOR_SIZE);
+        match end {
+            Some(end) if end <= self.capacity => Ok(sector * SECTOR_SIZE),
+            _ => Err(out_of_range),
+        }
+    }
+
     fn fail(&self, e: &RequestError) {
-        warn!("virtio-blk {}: {e}", self.path.display());
+        crate::guest_log!(
+            log::Level::Warn,
+            Some(&*self.metrics),
+            "virtio-blk {}: {e}",
+            self.path.display()
+        );
         self.metrics.error();
     }
 }
@@ -327,33 +414,115 @@ impl VirtioDevice for Block {
         c
     }
 
-    fn activate(&mut self, ctx: &mut QueueContext, _ops: &mut EventOps) -> Result<(), String> {
+    fn activate(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
         self.interrupt = Some(ctx.interrupt.clone());
+        self.limiter.register(ops);
         Ok(())
     }
 
-    fn reset(&mut self, _ops: &mut EventOps) {
+    fn reset(&mut self, ops: &mut EventOps) {
         self.interrupt = None;
+        // The chain in flight belongs to the queue the driver just reset.
+        self.in_flight = None;
+        self.limiter.unregister(ops);
     }
 
-    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext, _ops: &mut EventOps) {
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext, ops: &mut EventOps) {
+        // A limiter set by PATCH after activation gets its timer registered here.
+        self.limiter.register(ops);
+        if self.limiter.is_blocked() {
+            // Its timer brings us back; a notification meanwhile changes nothing.
+            return;
+        }
         let Some(queue) = ctx.queues.get_mut(index) else {
             return;
         };
         let mut used = false;
         let mut served = 0;
-        while let Some((head, c)) = chain::pop_chain(queue, ctx.mem) {
-            let len = self.process_request(ctx.mem, c);
-            chain::add_used(queue, ctx.mem, head, len);
-            used = true;
-            served += 1;
-            if served == BATCH {
+        let mut budget = PASS_BYTES;
+        loop {
+            if self.in_flight.is_none() {
+                let Some((head, c)) = chain::pop_chain(queue, ctx.mem) else {
+                    break;
+                };
+                let request = Self::check_shape(c).map(|c| {
+                    let r = self.parse(ctx.mem, &c);
+                    (c, r)
+                });
+                let cost = match &request {
+                    Ok((_, Ok(r))) => r.bytes(),
+                    _ => 0,
+                };
+                if !self.limiter.request(cost) {
+                    // Back on the available ring, served when the limiter's timer fires.
+                    queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                    self.metrics.throttled();
+                    break;
+                }
+                self.metrics.request();
+                match request {
+                    Ok((c, Ok(Request::Read { offset, len }))) if len > 0 => {
+                        self.in_flight = Some(InFlight {
+                            head,
+                            chain: c,
+                            read: true,
+                            offset,
+                            len,
+                            done: 0,
+                        })
+                    }
+                    Ok((c, Ok(Request::Write { offset, len }))) if len > 0 => {
+                        self.in_flight = Some(InFlight {
+                            head,
+                            chain: c,
+                            read: false,
+                            offset,
+                            len,
+                            done: 0,
+                        })
+                    }
+                    Ok((c, r)) => {
+                        let result = r.and_then(|r| self.serve_control(ctx.mem, &c, &r));
+                        let len = self.complete(ctx.mem, &c, result);
+                        chain::add_used(queue, ctx.mem, head, len);
+                        used = true;
+                        served += 1;
+                    }
+                    Err(e) => {
+                        self.fail(&e);
+                        chain::add_used(queue, ctx.mem, head, 0);
+                        used = true;
+                        served += 1;
+                    }
+                }
+            }
+            if let Some(mut f) = self.in_flight.take() {
+                let before = f.done;
+                let result = self.transfer(ctx.mem, &mut f, budget);
+                budget = budget.saturating_sub(f.done - before);
+                if result.is_ok() && f.done < f.len {
+                    self.in_flight = Some(f);
+                } else {
+                    let result = result.map(|()| if f.read { f.len } else { 0 });
+                    let len = self.complete(ctx.mem, &f.chain, result);
+                    chain::add_used(queue, ctx.mem, f.head, len);
+                    used = true;
+                    served += 1;
+                }
+            }
+            if budget == 0 || served >= BATCH {
                 ctx.again = true;
                 break;
             }
         }
         if used {
             chain::notify_used(queue, ctx.mem, ctx.interrupt);
+        }
+    }
+
+    fn process_backend(&mut self, events: Events, ctx: &mut QueueContext, ops: &mut EventOps) {
+        if self.limiter.on_timer(events.fd()) {
+            self.process_queue(0, ctx, ops);
         }
     }
 
@@ -367,216 +536,5 @@ impl VirtioDevice for Block {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::virtio::test_driver::{TempFile, TestGuest, F_NEXT, F_WRITE};
-
-    const SECTORS: usize = 8;
-
-    fn image() -> Vec<u8> {
-        (0..SECTORS * 512).map(|i| (i / 512) as u8).collect()
-    }
-
-    fn guest(file: &TempFile, ro: bool) -> TestGuest {
-        let blk = Block::new(&file.0, ro, Some("wisp-disk-0")).unwrap();
-        let mut g = TestGuest::new(Box::new(blk));
-        g.activate(1);
-        g
-    }
-
-    /// Queues header + data + status; returns (data addr, status addr).
-    fn request(
-        g: &mut TestGuest,
-        t: u32,
-        sector: u64,
-        data_len: u32,
-        device_writes: bool,
-    ) -> (u64, u64) {
-        let hdr = g.alloc(16);
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&t.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        g.write(hdr, &h);
-        let data = g.alloc(data_len as usize);
-        let status = g.alloc(1);
-        g.write(status, &[0xff]);
-        if data_len == 0 {
-            g.add_chain(0, &[(hdr, 16, false), (status, 1, true)]);
-        } else {
-            g.add_chain(
-                0,
-                &[
-                    (hdr, 16, false),
-                    (data, data_len, device_writes),
-                    (status, 1, true),
-                ],
-            );
-        }
-        (data, status)
-    }
-
-    #[test]
-    fn guest_write_then_read_reaches_the_backing_file() {
-        let f = TempFile::new("blk-rw", &image());
-        let mut g = guest(&f, false);
-        assert_eq!(g.read_config(0, 8), (SECTORS as u64).to_le_bytes());
-        let (data, status) = request(&mut g, T_OUT, 2, 512, false);
-        g.write(data, &[0xab; 512]);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK]);
-        assert_eq!(g.take_used(0).len(), 1);
-        let on_disk = std::fs::read(&f.0).unwrap();
-        assert!(on_disk[1024..1536].iter().all(|&b| b == 0xab));
-        assert!(
-            on_disk[512..1024].iter().all(|&b| b == 1),
-            "neighbour sector untouched"
-        );
-
-        let (data, status) = request(&mut g, T_IN, 1, 1024, true);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK]);
-        let got = g.read(data, 1024);
-        assert!(got[..512].iter().all(|&b| b == 1));
-        assert!(got[512..].iter().all(|&b| b == 0xab));
-        let used = g.take_used(0);
-        assert_eq!(used[0].1, 1025, "used length counts data and status");
-        assert_ne!(g.read32(0x60) & 1, 0, "used-buffer interrupt raised");
-        assert_eq!(g.errors(), 0);
-    }
-
-    #[test]
-    fn flush_and_get_id_succeed() {
-        let f = TempFile::new("blk-id", &image());
-        let mut g = guest(&f, false);
-        assert_ne!(g.device_features() & (1 << F_FLUSH), 0);
-        let (_, status) = request(&mut g, T_FLUSH, 0, 0, false);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK]);
-        let (data, status) = request(&mut g, T_GET_ID, 0, 20, true);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK]);
-        assert_eq!(&g.read(data, 20)[..11], b"wisp-disk-0");
-    }
-
-    #[test]
-    fn read_only_device_rejects_writes_and_keeps_the_file() {
-        let f = TempFile::new("blk-ro", &image());
-        let mut g = guest(&f, true);
-        assert_ne!(g.device_features() & (1 << F_RO), 0);
-        let (data, status) = request(&mut g, T_OUT, 0, 512, false);
-        g.write(data, &[0xee; 512]);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_IOERR]);
-        assert_eq!(std::fs::read(&f.0).unwrap(), image());
-        let (_, status) = request(&mut g, T_IN, 0, 512, true);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK], "reads still work");
-    }
-
-    #[test]
-    fn out_of_range_and_unknown_requests_fail_with_status() {
-        let f = TempFile::new("blk-range", &image());
-        let mut g = guest(&f, false);
-        let (_, s1) = request(&mut g, T_IN, SECTORS as u64 - 1, 1024, true);
-        let (_, s2) = request(&mut g, T_OUT, u64::MAX, 512, false);
-        let (_, s3) = request(&mut g, 99, 0, 0, false);
-        let (_, s4) = request(&mut g, T_IN, 0, 100, true);
-        g.notify(0);
-        assert_eq!(g.read(s1, 1), [S_IOERR]);
-        assert_eq!(g.read(s2, 1), [S_IOERR]);
-        assert_eq!(g.read(s3, 1), [S_UNSUPP]);
-        assert_eq!(g.read(s4, 1), [S_IOERR], "length not a multiple of 512");
-        assert_eq!(g.take_used(0).len(), 4);
-        assert_eq!(g.errors(), 4);
-    }
-
-    #[test]
-    fn malformed_chains_fail_alone_and_the_device_keeps_working() {
-        let f = TempFile::new("blk-bad", &image());
-        let mut g = guest(&f, false);
-        let hdr = g.alloc(16);
-        let status = g.alloc(1);
-        let outside = crate::virtio::test_driver::MEM_SIZE as u64 - 8;
-        // Header buffer running off the end of guest memory.
-        g.add_raw(
-            0,
-            0,
-            &[(outside, 16, F_NEXT, 1), (status, 1, F_WRITE, 0)],
-            0,
-        );
-        // Header too short.
-        g.add_raw(0, 2, &[(hdr, 8, F_NEXT, 3), (status, 1, F_WRITE, 0)], 2);
-        // Status byte in a device-readable buffer only.
-        g.add_raw(0, 4, &[(hdr, 16, F_NEXT, 5), (status, 1, 0, 0)], 4);
-        // A loop: 6 -> 7 -> 6 -> ...
-        g.add_raw(
-            0,
-            6,
-            &[(hdr, 16, F_NEXT, 7), (status, 1, F_WRITE | F_NEXT, 6)],
-            6,
-        );
-        // Readable after writable.
-        g.add_raw(
-            0,
-            8,
-            &[(status, 1, F_WRITE | F_NEXT, 9), (hdr, 16, 0, 0)],
-            8,
-        );
-        // `next` past the end of the table.
-        g.add_raw(0, 10, &[(hdr, 16, F_NEXT, 500)], 10);
-        g.notify(0);
-        let used = g.take_used(0);
-        assert_eq!(used.len(), 6, "every bad chain is returned to the driver");
-        assert!(used.iter().all(|&(_, len)| len == 0));
-        assert_eq!(g.errors(), 6);
-        // The queue keeps serving good requests afterwards.
-        let (data, status) = request(&mut g, T_IN, 3, 512, true);
-        g.notify(0);
-        assert_eq!(g.read(status, 1), [S_OK]);
-        assert!(g.read(data, 512).iter().all(|&b| b == 3));
-    }
-
-    #[test]
-    fn more_requests_than_one_batch_are_all_served() {
-        let f = TempFile::new("blk-batch", &image());
-        let mut g = guest(&f, false);
-        let statuses: Vec<u64> = (0..BATCH as u64 + 8)
-            .map(|i| request(&mut g, T_IN, i % SECTORS as u64, 512, true).1)
-            .collect();
-        g.notify(0);
-        assert_eq!(g.take_used(0).len(), statuses.len());
-        assert!(statuses.iter().all(|&s| g.read(s, 1) == [S_OK]));
-    }
-
-    #[test]
-    fn invalid_queue_sizes_are_refused_at_ready() {
-        let f = TempFile::new("blk-qsize", &image());
-        let blk = Block::new(&f.0, false, None).unwrap();
-        let mut g = TestGuest::new(Box::new(blk));
-        assert!(g.negotiate(None));
-        assert!(!g.setup_queue(0, 0), "size 0");
-        assert!(!g.setup_queue(0, 3), "size not a power of two");
-        assert!(!g.setup_queue(0, 512), "size above QueueNumMax");
-        assert!(g.setup_queue(0, 16));
-    }
-
-    #[test]
-    fn update_backing_changes_capacity_and_raises_config_change() {
-        let f = TempFile::new("blk-old", &image());
-        let bigger = TempFile::new("blk-new", &[0u8; 16 * 512]);
-        let g = guest(&f, false);
-        let generation = g.read32(0xfc);
-        g.transport
-            .lock()
-            .unwrap()
-            .device_mut::<Block>()
-            .unwrap()
-            .update_backing(&bigger.0)
-            .unwrap();
-        assert_eq!(g.read_config(0, 8), 16u64.to_le_bytes());
-        assert_ne!(g.read32(0xfc), generation);
-        assert_ne!(g.read32(0x60) & 2, 0, "config-change interrupt bit");
-        g.write32(0x64, 2);
-        assert_eq!(g.read32(0x60) & 2, 0, "InterruptACK clears it");
-    }
-}
+#[path = "block_tests.rs"]
+mod tests;

@@ -5,7 +5,6 @@
 //! device-writable ones (virtio 1.2 §2.7.4.2), and a chain that is cut short (a `next` loop,
 //! a `next` index past the table, a bad indirect table) is rejected instead of half-served.
 
-use log::warn;
 use thiserror::Error;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -146,7 +145,7 @@ pub fn fill_writable(
 
 /// A request the device will not serve: logged and counted; its used length is 0.
 pub fn refuse(metrics: &DeviceMetrics, who: &str, why: impl std::fmt::Display) -> u32 {
-    warn!("{who}: {why}");
+    crate::guest_log!(log::Level::Warn, Some(metrics), "{who}: {why}");
     metrics.error();
     0
 }
@@ -154,7 +153,11 @@ pub fn refuse(metrics: &DeviceMetrics, who: &str, why: impl std::fmt::Display) -
 /// Puts a chain on the used ring; `len` is the number of bytes the device wrote into it.
 pub fn add_used(queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, len: u32) {
     if let Err(e) = queue.add_used(mem, head, len) {
-        warn!("virtio: cannot add used descriptor {head}: {e}");
+        crate::guest_log!(
+            log::Level::Warn,
+            None,
+            "virtio: cannot add used descriptor {head}: {e}"
+        );
     }
 }
 

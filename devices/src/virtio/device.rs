@@ -119,7 +119,9 @@ pub trait VirtioDevice: Send + Any {
 
     /// A driver write to the configuration space; most devices have nothing writable.
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        warn!(
+        crate::guest_log!(
+            log::Level::Warn,
+            Some(&**self.metrics()),
             "virtio: ignored {}-byte config write at {offset:#x} (read-only config)",
             data.len()
         );

@@ -15,6 +15,8 @@ pub struct DeviceMetrics {
     bytes_written: AtomicU64,
     errors: AtomicU64,
     interrupts: AtomicU64,
+    throttled: AtomicU64,
+    log_suppressed: AtomicU64,
 }
 
 /// A point-in-time copy of [`DeviceMetrics`], ready for `serde_json`.
@@ -30,6 +32,10 @@ pub struct MetricsSnapshot {
     pub errors: u64,
     /// Interrupts raised towards the guest.
     pub interrupts: u64,
+    /// Times a queue stopped because its rate limiter had no tokens left.
+    pub throttled: u64,
+    /// Guest-triggered log lines dropped by the log limiter.
+    pub log_suppressed: u64,
 }
 
 impl DeviceMetrics {
@@ -58,6 +64,16 @@ impl DeviceMetrics {
         self.interrupts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A queue waits for its rate limiter.
+    pub fn throttled(&self) {
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A guest-triggered log line was dropped.
+    pub fn log_suppressed(&self) {
+        self.log_suppressed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A consistent-enough copy of the counters (each counter is read atomically).
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
@@ -66,6 +82,8 @@ impl DeviceMetrics {
             bytes_written: self.bytes_written.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
             interrupts: self.interrupts.load(Ordering::Relaxed),
+            throttled: self.throttled.load(Ordering::Relaxed),
+            log_suppressed: self.log_suppressed.load(Ordering::Relaxed),
         }
     }
 }
@@ -83,7 +101,7 @@ mod tests {
         let json = serde_json::to_string(&m.snapshot()).unwrap();
         assert_eq!(
             json,
-            r#"{"requests":1,"bytes_read":512,"bytes_written":0,"errors":1,"interrupts":0}"#
+            r#"{"requests":1,"bytes_read":512,"bytes_written":0,"errors":1,"interrupts":0,"throttled":0,"log_suppressed":0}"#
         );
     }
 }

@@ -238,7 +238,9 @@ impl MmioTransport {
             REG_SHM_LEN_LOW | REG_SHM_LEN_HIGH | REG_SHM_BASE_LOW | REG_SHM_BASE_HIGH => u32::MAX,
             REG_CONFIG_GENERATION => self.interrupt.config_generation(),
             _ => {
-                warn!(
+                crate::guest_log!(
+                    log::Level::Warn,
+                    Some(&*self.metrics),
                     "virtio-mmio (type {}): read of unknown/write-only register {offset:#x}",
                     self.device_type
                 );
@@ -412,9 +414,12 @@ impl MmioTransport {
                 if new & STATUS_DRIVER_OK != 0 {
                     accepted &= !STATUS_DRIVER_OK;
                 }
-                warn!(
+                crate::guest_log!(
+                    log::Level::Warn,
+                    Some(&*self.metrics),
                     "virtio-mmio (type {}): refusing features {:#x} (offered {offered:#x})",
-                    self.device_type, self.driver_features
+                    self.device_type,
+                    self.driver_features
                 );
             } else {
                 self.device.ack_features(self.driver_features);
@@ -451,7 +456,9 @@ impl MmioTransport {
     }
 
     fn guest_error(&self, what: &str) {
-        warn!(
+        crate::guest_log!(
+            log::Level::Warn,
+            Some(&*self.metrics),
             "virtio-mmio (type {}): guest error: {what}",
             self.device_type
         );
@@ -623,6 +630,16 @@ impl MutEventSubscriber for MmioTransport {
                 again: false,
             };
             self.device.process_backend(events, &mut ctx, ops);
+            if ctx.again {
+                // A backend event (e.g. a rate limiter's timer) served a queue and stopped at
+                // its per-pass bound: come back to every queue after other work (a queue with
+                // nothing to do costs one empty pass).
+                for (index, evt) in self.queue_evts.iter().enumerate() {
+                    if let Err(e) = evt.write(1) {
+                        warn!("virtio-mmio: cannot re-signal queue {index}: {e}");
+                    }
+                }
+            }
         }
     }
 }

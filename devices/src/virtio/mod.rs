@@ -23,8 +23,11 @@
 //! vCPU threads only touch registers under the mutex; all backend I/O happens on the VMM
 //! thread inside `process`. Sockets and the tap are non-blocking (a guest connect to a host
 //! port uses a non-blocking connect too); block I/O is synchronous pread/pwrite/fdatasync, at
-//! most 32 requests per event before the lock is released and the queue re-signalled
-//! ([`QueueContext::again`]), so a vCPU reading a register waits for at most one batch.
+//! most 32 requests and 1 MiB per event before the lock is released and the queue re-signalled
+//! ([`QueueContext::again`]; a larger request stays in flight), so a vCPU reading a register
+//! or the API waiting for the loop waits for at most one bounded pass. Block, net and rng can
+//! carry a [`crate::rate_limiter::RateLimiter`] whose timerfd the device registers as a backend
+//! fd.
 //! A status write never runs backend work on the vCPU: DRIVER_OK (activation) and reset (0)
 //! are finished on the event loop through an internal control EventFd.
 //!

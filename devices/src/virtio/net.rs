@@ -4,6 +4,11 @@
 //! behind a zeroed 12-byte `virtio_net_hdr_v1`, in both directions; the header passes between
 //! the guest and the tap unchanged except `num_buffers`, which the device sets to 1 (§5.1.6.3:
 //! without VIRTIO_NET_F_MRG_RXBUF each packet uses one buffer).
+//!
+//! Each direction may have a [`RateLimiter`] (Firecracker's `rx_rate_limiter` and
+//! `tx_rate_limiter`): a frame that does not fit waits (rx: in `pending`, with the tap no longer
+//! polled; tx: back on the available ring) until the limiter's timer fires. A pass moves at most
+//! [`FRAMES_PER_PASS`] frames per direction so one busy queue cannot hold the event loop.
 
 use std::any::Any;
 use std::io::ErrorKind;
@@ -20,6 +25,7 @@ use super::device::{QueueContext, VirtioDevice};
 use super::metrics::DeviceMetrics;
 use super::tap::{Tap, TapError, VNET_HDR_LEN};
 use super::{device_id, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, TokenBucket};
 
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
@@ -30,6 +36,8 @@ const F_MAC: u32 = 5;
 const MAX_FRAME: usize = VNET_HDR_LEN + 65536;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
 const NUM_BUFFERS_AT: usize = 10;
+/// Frames moved per direction per event-loop pass.
+pub const FRAMES_PER_PASS: usize = 64;
 
 /// Errors creating a net device.
 #[derive(Debug, Error)]
@@ -49,6 +57,8 @@ pub struct Net {
     /// Whether the tap fd is registered for EPOLLIN; dropped while the guest has no rx buffer.
     tap_armed: bool,
     metrics: Arc<DeviceMetrics>,
+    rx_limiter: RateLimiter,
+    tx_limiter: RateLimiter,
 }
 
 impl Net {
@@ -61,7 +71,27 @@ impl Net {
             frame: vec![0; MAX_FRAME],
             tap_armed: false,
             metrics: Arc::new(DeviceMetrics::default()),
+            rx_limiter: RateLimiter::default(),
+            tx_limiter: RateLimiter::default(),
         })
+    }
+
+    /// Sets or replaces the limiter of frames to the guest (`None` twice: no limit).
+    pub fn set_rx_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.rx_limiter.update(bandwidth, ops)
+    }
+
+    /// Sets or replaces the limiter of frames from the guest.
+    pub fn set_tx_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.tx_limiter.update(bandwidth, ops)
     }
 
     fn arm_tap(&mut self, ops: &mut EventOps, on: bool) {
@@ -88,8 +118,10 @@ impl Net {
         let Some(queue) = ctx.queues.get_mut(RX_QUEUE) else {
             return;
         };
+        self.rx_limiter.register(ops);
         let mut used = false;
-        loop {
+        for _ in 0..FRAMES_PER_PASS {
+            // Left armed, the tap brings us back for the rest after other subscribers ran.
             let len = match self.pending {
                 Some(len) => len,
                 None => match self.tap.read_frame(&mut self.frame) {
@@ -113,6 +145,17 @@ impl Net {
                 self.arm_tap(ops, false);
                 break;
             };
+            let cost = match &c {
+                Ok(_) => len as u64,
+                Err(_) => 0,
+            };
+            if !self.rx_limiter.request(cost) {
+                // The frame stays pending and the tap unpolled until the limiter's timer.
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                self.metrics.throttled();
+                self.arm_tap(ops, false);
+                break;
+            }
             self.pending = None;
             used = true;
             self.metrics.request();
@@ -148,20 +191,38 @@ impl Net {
         }
     }
 
-    fn process_tx(&mut self, ctx: &mut QueueContext) {
+    fn process_tx(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) {
+        self.tx_limiter.register(ops);
+        if self.tx_limiter.is_blocked() {
+            return;
+        }
         let Some(queue) = ctx.queues.get_mut(TX_QUEUE) else {
             return;
         };
         let mut used = false;
         let mut buf = Vec::new();
+        let mut frames = 0;
         while let Some((head, c)) = chain::pop_chain(queue, ctx.mem) {
+            let cost = match &c {
+                Ok(c) => chain::total_len(&c.readable) as u64,
+                Err(_) => 0,
+            };
+            if !self.tx_limiter.request(cost) {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                self.metrics.throttled();
+                break;
+            }
             used = true;
             self.metrics.request();
             match c {
                 Ok(c) if c.writable.is_empty() => {
                     let len = chain::total_len(&c.readable);
                     if !(VNET_HDR_LEN..=MAX_FRAME).contains(&len) {
-                        warn!("virtio-net: tx frame of {len} bytes dropped");
+                        crate::guest_log!(
+                            log::Level::Warn,
+                            Some(&*self.metrics),
+                            "virtio-net: tx frame of {len} bytes dropped"
+                        );
                         self.metrics.error();
                     } else {
                         buf.resize(len, 0);
@@ -172,22 +233,39 @@ impl Net {
                             Ok(_) => self.metrics.written_bytes(len),
                             Err(e) => {
                                 // A full tap queue drops the frame, as a NIC would.
-                                warn!("virtio-net: tx: {e}");
+                                crate::guest_log!(
+                                    log::Level::Warn,
+                                    Some(&*self.metrics),
+                                    "virtio-net: tx: {e}"
+                                );
                                 self.metrics.error();
                             }
                         }
                     }
                 }
                 Ok(_) => {
-                    warn!("virtio-net: tx chain with device-writable buffers dropped");
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        Some(&*self.metrics),
+                        "virtio-net: tx chain with device-writable buffers dropped"
+                    );
                     self.metrics.error();
                 }
                 Err(e) => {
-                    warn!("virtio-net: tx: {e}");
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        Some(&*self.metrics),
+                        "virtio-net: tx: {e}"
+                    );
                     self.metrics.error();
                 }
             }
             chain::add_used(queue, ctx.mem, head, 0);
+            frames += 1;
+            if frames == FRAMES_PER_PASS {
+                ctx.again = true;
+                break;
+            }
         }
         if used {
             chain::notify_used(queue, ctx.mem, ctx.interrupt);
@@ -223,6 +301,8 @@ impl VirtioDevice for Net {
     fn activate(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
         let _ = ctx;
         self.pending = None;
+        self.rx_limiter.register(ops);
+        self.tx_limiter.register(ops);
         self.arm_tap(ops, true);
         if self.tap_armed {
             Ok(())
@@ -233,6 +313,8 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self, ops: &mut EventOps) {
         self.arm_tap(ops, false);
+        self.rx_limiter.unregister(ops);
+        self.tx_limiter.unregister(ops);
         self.pending = None;
     }
 
@@ -245,14 +327,19 @@ impl VirtioDevice for Net {
                     self.arm_tap(ops, true);
                 }
             }
-            TX_QUEUE => self.process_tx(ctx),
+            TX_QUEUE => self.process_tx(ctx, ops),
             _ => {}
         }
     }
 
     fn process_backend(&mut self, events: Events, ctx: &mut QueueContext, ops: &mut EventOps) {
-        if events.fd() == self.tap.as_raw_fd() {
+        let fd = events.fd();
+        if fd == self.tap.as_raw_fd() {
             self.process_rx(ctx, ops);
+        } else if self.rx_limiter.on_timer(fd) {
+            self.process_queue(RX_QUEUE, ctx, ops);
+        } else if self.tx_limiter.on_timer(fd) {
+            self.process_tx(ctx, ops);
         }
     }
 
@@ -364,6 +451,49 @@ mod tests {
             let m = g.transport.lock().unwrap().metrics().snapshot();
             assert_eq!(m.errors, 0);
             assert_eq!(m.bytes_written, frame.len() as u64);
+        });
+    }
+
+    #[test]
+    fn rate_limited_frames_wait_for_tokens_in_both_directions() {
+        in_private_netns(|mut net| {
+            // One frame per 50 ms to the tap and one per 300 ms to the guest, buckets starting
+            // full (one frame each).
+            let one_per = |ms| crate::rate_limiter::TokenBucket::new(1, 0, ms);
+            net.set_tx_rate_limiter(None, one_per(50)).unwrap();
+            net.set_rx_rate_limiter(None, one_per(300)).unwrap();
+            let mut g = TestGuest::new(Box::new(net));
+            g.activate(2);
+            let frame = arp_request();
+            for _ in 0..3 {
+                let tx = g.alloc(frame.len());
+                g.write(tx, &frame);
+                g.add_chain(1, &[(tx, frame.len() as u32, false)]);
+            }
+            let start = std::time::Instant::now();
+            g.notify(1);
+            assert_eq!(g.take_used(1).len(), 1, "one token: one frame now");
+            let mut bufs = std::collections::HashMap::new();
+            for _ in 0..8 {
+                let a = g.alloc(2048);
+                let head = g.add_chain(0, &[(a, 2048, true)]);
+                bufs.insert(u32::from(head), a);
+            }
+            g.notify(0);
+            let (mut sent, mut replies) = (1, 0);
+            g.pump_until(|g| {
+                sent += g.take_used(1).len();
+                for (id, len) in g.take_used(0) {
+                    replies +=
+                        usize::from(is_arp_reply_for_guest(&g.read(bufs[&id], len as usize)));
+                }
+                sent == 3 && replies >= 3
+            });
+            // Three replies need two more rx tokens: at least 600 ms (tx alone takes 100).
+            assert!(start.elapsed() >= std::time::Duration::from_millis(580));
+            let m = g.transport.lock().unwrap().metrics().snapshot();
+            assert!(m.throttled >= 2, "{m:?}");
+            assert_eq!(m.errors, 0);
         });
     }
 

@@ -1,14 +1,19 @@
 //! virtio-rng, the entropy device (virtio 1.2 §5.4), fed by the host's getrandom(2).
+//!
+//! An optional [`RateLimiter`] (Firecracker's entropy `rate_limiter`) charges each request its
+//! byte count; a request that does not fit goes back on the ring until the limiter's timer.
 
 use std::any::Any;
 use std::sync::Arc;
 
-use event_manager::EventOps;
+use event_manager::{EventOps, Events};
 
 use super::chain;
 use super::device::{QueueContext, VirtioDevice};
 use super::metrics::DeviceMetrics;
 use super::{device_id, VIRTIO_F_VERSION_1};
+use crate::rate_limiter::{RateLimiter, TokenBucket};
+use virtio_queue::QueueT;
 
 const QUEUE_SIZE: u16 = 256;
 /// Most bytes served per request: a driver asking for more gets a short (valid) answer.
@@ -21,12 +26,22 @@ const WHO: &str = "virtio-rng";
 #[derive(Debug, Default)]
 pub struct Rng {
     metrics: Arc<DeviceMetrics>,
+    limiter: RateLimiter,
 }
 
 impl Rng {
     /// A new entropy device.
     pub fn new() -> Self {
         Rng::default()
+    }
+
+    /// Sets or replaces the limiter (`None` twice: no limit).
+    pub fn set_rate_limiter(
+        &mut self,
+        bandwidth: Option<TokenBucket>,
+        ops: Option<TokenBucket>,
+    ) -> std::io::Result<()> {
+        self.limiter.update(bandwidth, ops)
     }
 }
 
@@ -67,18 +82,34 @@ impl VirtioDevice for Rng {
         Vec::new()
     }
 
-    fn activate(&mut self, _ctx: &mut QueueContext, _ops: &mut EventOps) -> Result<(), String> {
+    fn activate(&mut self, _ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
+        self.limiter.register(ops);
         Ok(())
     }
 
-    fn reset(&mut self, _ops: &mut EventOps) {}
+    fn reset(&mut self, ops: &mut EventOps) {
+        self.limiter.unregister(ops);
+    }
 
-    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext, _ops: &mut EventOps) {
+    fn process_queue(&mut self, index: usize, ctx: &mut QueueContext, ops: &mut EventOps) {
+        self.limiter.register(ops);
+        if self.limiter.is_blocked() {
+            return;
+        }
         let Some(queue) = ctx.queues.get_mut(index) else {
             return;
         };
         let mut used = false;
         while let Some((head, c)) = chain::pop_chain(queue, ctx.mem) {
+            let cost = match &c {
+                Ok(c) => chain::total_len(&c.writable).min(MAX_REQUEST) as u64,
+                Err(_) => 0,
+            };
+            if !self.limiter.request(cost) {
+                queue.set_next_avail(queue.next_avail().wrapping_sub(1));
+                self.metrics.throttled();
+                break;
+            }
             self.metrics.request();
             used = true;
             // §5.4.6.1: the driver only offers device-writable buffers.
@@ -102,6 +133,12 @@ impl VirtioDevice for Rng {
         }
         if used {
             chain::notify_used(queue, ctx.mem, ctx.interrupt);
+        }
+    }
+
+    fn process_backend(&mut self, events: Events, ctx: &mut QueueContext, ops: &mut EventOps) {
+        if self.limiter.on_timer(events.fd()) {
+            self.process_queue(0, ctx, ops);
         }
     }
 
@@ -160,5 +197,29 @@ mod tests {
         g.add_raw(0, 4, &[(a, 16, F_WRITE, 0)], 4);
         g.notify(0);
         assert_eq!(g.take_used(0), [(4, 16)]);
+    }
+
+    #[test]
+    fn a_bandwidth_limited_rng_serves_what_fits_and_the_rest_after_its_timer() {
+        let mut rng = Rng::new();
+        // 64 bytes per 50 ms, plus a one-time burst of 64.
+        rng.set_rate_limiter(TokenBucket::new(64, 64, 50), None)
+            .unwrap();
+        let mut g = TestGuest::new(Box::new(rng));
+        g.activate(1);
+        for _ in 0..4 {
+            let a = g.alloc(64);
+            g.add_chain(0, &[(a, 64, true)]);
+        }
+        let start = std::time::Instant::now();
+        g.notify(0);
+        assert_eq!(g.take_used(0).len(), 2, "burst + full bucket");
+        let mut done = 2;
+        g.pump_until(|g| {
+            done += g.take_used(0).len();
+            done == 4
+        });
+        assert!(start.elapsed() >= std::time::Duration::from_millis(90));
+        assert!(g.transport.lock().unwrap().metrics().snapshot().throttled >= 1);
     }
 }

@@ -170,6 +170,57 @@ pub fn run(slots: &Slots, cmdline: &[u8], ram_bytes: Option<u64>) -> Result<(), 
     Ok(())
 }
 
+/// Request size of `blk-hog`.
+const HOG_REQUEST_BYTES: usize = 1 << 20;
+
+/// The `blk-hog` command: sequential passes of 1 MiB reads, [`SEQ_DEPTH`] in flight (all into
+/// the one 1 MiB bulk buffer: the data is not looked at), forever. Prints
+/// `blk-hog: pass=N bytes=B requests=R cycles=C MBps=M iops=I` after each pass.
+pub fn hog(slots: &Slots, cmdline: &[u8], ram_bytes: Option<u64>) -> Result<(), BlkError> {
+    let (tsc_hz, source) = tsc_rate(cmdline);
+    let (mut device, _, capacity) = BlockDevice::open(slots, "blk-hog")?;
+    let data = dma::alloc_bulk(HOG_REQUEST_BYTES, 4096, ram_bytes.unwrap_or(0))
+        .ok_or(VirtioError::OutOfDma)?;
+    let alloc_slot = || -> Result<Slot, VirtioError> {
+        Ok(Slot {
+            header: dma::alloc(16, 16).ok_or(VirtioError::OutOfDma)?,
+            status: dma::alloc(1, 1).ok_or(VirtioError::OutOfDma)?,
+            data,
+        })
+    };
+    let slots: [Slot; MAX_DEPTH] = [alloc_slot()?, alloc_slot()?, alloc_slot()?, alloc_slot()?];
+    let requests = capacity.saturating_mul(SECTOR_SIZE as u64) / HOG_REQUEST_BYTES as u64;
+    println!("blk-hog: capacity={capacity} sectors tsc_hz={tsc_hz} (from the {source})");
+    if requests == 0 {
+        println!("blk-hog: disk smaller than one {HOG_REQUEST_BYTES}-byte request");
+        return Ok(());
+    }
+    let bytes = requests * HOG_REQUEST_BYTES as u64;
+    for pass in 1u64.. {
+        let cycles = pipeline(
+            &mut device,
+            &slots,
+            T_IN,
+            HOG_REQUEST_BYTES,
+            requests,
+            SEQ_DEPTH,
+            Pattern::Sequential,
+        )?;
+        let per_second = |count: u64| {
+            (u128::from(count) * u128::from(tsc_hz))
+                .checked_div(u128::from(cycles))
+                .unwrap_or(0)
+        };
+        println!(
+            "blk-hog: pass={pass} bytes={bytes} requests={requests} cycles={cycles} MBps={} \
+             iops={}",
+            per_second(bytes) / 1_000_000,
+            per_second(requests)
+        );
+    }
+    Ok(())
+}
+
 /// `blk-bench: <name> bytes=B requests=R depth=D cycles=C MBps=M iops=I`.
 fn print_rate(name: &str, bytes: u64, requests: u64, depth: usize, cycles: u64, tsc_hz: u64) {
     let per_second = |count: u64| {

@@ -10,6 +10,7 @@
 pub mod blk;
 pub mod blk_bench;
 pub mod dma;
+pub mod flood;
 pub mod mmio;
 pub mod net;
 pub mod net_bench;

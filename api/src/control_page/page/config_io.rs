@@ -6,7 +6,7 @@
 use super::{ControlPage, ControlPageError};
 use crate::config::{
     BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
-    VmConfig, Vsock,
+    RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 use crate::control_page::layout::*;
 use crate::validate::parse_mac;
@@ -22,6 +22,67 @@ struct Entry<'a> {
     mac: &'a [u8],
     id: &'a [u8],
     path: &'a [u8],
+    /// Bucket slots (`DEV_OFF_REFILL`); their presence is in `flags`.
+    buckets: [Slot; 4],
+}
+
+/// One bucket slot of a device's rate limiters, as stored.
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    refill: u32,
+    size: u64,
+    burst: u64,
+}
+
+/// The `DEV_FLAG_LIMITER/BUCKET/BURST` bits and bucket slots of up to two rate limiters.
+fn limiter_slots(
+    limiters: [Option<&RateLimiter>; 2],
+) -> Result<(u32, [Slot; 4]), ControlPageError> {
+    let mut flags = 0;
+    let mut slots = [Slot::default(); 4];
+    for (l, limiter) in limiters.into_iter().enumerate() {
+        let Some(limiter) = limiter else { continue };
+        flags |= DEV_FLAG_LIMITER[l];
+        for (b, bucket) in [&limiter.bandwidth, &limiter.ops].into_iter().enumerate() {
+            let Some(bucket) = bucket else { continue };
+            let k = 2 * l + b;
+            flags |= DEV_FLAG_BUCKET[k];
+            slots[k] = Slot {
+                refill: u32::try_from(bucket.refill_time).map_err(|_| {
+                    ControlPageError::OutOfRange {
+                        field: "refill_time",
+                        value: bucket.refill_time,
+                    }
+                })?,
+                size: bucket.size,
+                burst: bucket.one_time_burst.unwrap_or(0),
+            };
+            if bucket.one_time_burst.is_some() {
+                flags |= DEV_FLAG_BURST[k];
+            }
+        }
+    }
+    Ok((flags, slots))
+}
+
+/// The limiter flag bits a device kind may use.
+fn limiter_flags_allowed(kind: u32) -> u32 {
+    let one = DEV_FLAG_LIMITER[0]
+        | DEV_FLAG_BUCKET[0]
+        | DEV_FLAG_BUCKET[1]
+        | DEV_FLAG_BURST[0]
+        | DEV_FLAG_BURST[1];
+    match kind {
+        DEV_KIND_BLOCK | DEV_KIND_RNG => one,
+        DEV_KIND_NET => {
+            one | DEV_FLAG_LIMITER[1]
+                | DEV_FLAG_BUCKET[2]
+                | DEV_FLAG_BUCKET[3]
+                | DEV_FLAG_BURST[2]
+                | DEV_FLAG_BURST[3]
+        }
+        _ => 0,
+    }
 }
 
 /// Everything `write_config` stores, each field already checked against its size.
@@ -98,13 +159,16 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     for d in &config.drives {
         let at = in_device(|| format!("drive `{}`", d.drive_id));
         let checked = (|| {
+            let (limits, buckets) = limiter_slots([d.rate_limiter.as_ref(), None])?;
             Ok(Entry {
                 kind: DEV_KIND_BLOCK,
                 flags: if d.is_read_only {
                     DEV_FLAG_READ_ONLY
                 } else {
                     0
-                } | if d.is_root_device { DEV_FLAG_ROOT } else { 0 },
+                } | if d.is_root_device { DEV_FLAG_ROOT } else { 0 }
+                    | limits,
+                buckets,
                 cid: 0,
                 mac: &[],
                 id: fit("drive_id", d.drive_id.as_bytes(), DEV_ID_MAX)?,
@@ -116,6 +180,10 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
     for iface in &config.network_interfaces {
         let at = in_device(|| format!("network interface `{}`", iface.iface_id));
         let checked = (|| {
+            let (limits, buckets) = limiter_slots([
+                iface.rx_rate_limiter.as_ref(),
+                iface.tx_rate_limiter.as_ref(),
+            ])?;
             let mac = match &iface.guest_mac {
                 // A MAC parses only as 17 ASCII bytes, so it always fills the field exactly.
                 Some(text) if parse_mac(text).is_some() => text.as_bytes(),
@@ -124,7 +192,8 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
             };
             Ok(Entry {
                 kind: DEV_KIND_NET,
-                flags: if mac.is_empty() { 0 } else { DEV_FLAG_MAC },
+                flags: if mac.is_empty() { 0 } else { DEV_FLAG_MAC } | limits,
+                buckets,
                 cid: 0,
                 mac,
                 id: fit("iface_id", iface.iface_id.as_bytes(), DEV_ID_MAX)?,
@@ -147,16 +216,20 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
             mac: &[],
             id: &[],
             path,
+            buckets: [Slot::default(); 4],
         });
     }
-    if config.entropy.is_some() {
+    if let Some(entropy) = &config.entropy {
+        let (flags, buckets) = limiter_slots([entropy.rate_limiter.as_ref(), None])
+            .map_err(in_device(|| "entropy".to_string()))?;
         entries.push(Entry {
             kind: DEV_KIND_RNG,
-            flags: 0,
+            flags,
             cid: 0,
             mac: &[],
             id: &[],
             path: &[],
+            buckets,
         });
     }
     Ok(entries)
@@ -257,6 +330,12 @@ impl ControlPage {
             self.write_bytes(base + DEV_OFF_MAC, e.mac);
             put(base + DEV_OFF_ID, base + DEV_OFF_ID_LEN, e.id);
             put(base + DEV_OFF_PATH, base + DEV_OFF_PATH_LEN, e.path);
+            let limits = OFF_LIMITERS + i * LIMITER_ENTRY_SIZE;
+            for (k, slot) in e.buckets.iter().enumerate() {
+                self.store32(base + DEV_OFF_REFILL + 4 * k, slot.refill);
+                self.store64(limits + 16 * k, slot.size);
+                self.store64(limits + 16 * k + 8, slot.burst);
+            }
         }
         self.store32(OFF_DEVICE_COUNT, plan.devices.len() as u32);
         Ok(())
@@ -384,33 +463,74 @@ impl ControlPage {
         };
         let count = self.bounded("device count", OFF_DEVICE_COUNT, 0, DEVICES_MAX as u64)?;
         for i in 0..count as usize {
-            self.read_device(OFF_DEVICES + i * DEVICE_ENTRY_SIZE, &mut config)
+            self.read_device(i, &mut config)
                 .map_err(in_device(|| format!("device table entry {i}")))?;
         }
         Ok(config)
     }
 
-    /// Reads the device entry at `base` into `config`.
-    fn read_device(&self, base: usize, config: &mut VmConfig) -> Result<(), ControlPageError> {
+    /// Reads the rate limiters of device entry `i` (flags already checked against its kind).
+    fn read_limiters(
+        &self,
+        i: usize,
+        flags: u32,
+    ) -> Result<[Option<RateLimiter>; 2], ControlPageError> {
+        let base = OFF_DEVICES + i * DEVICE_ENTRY_SIZE;
+        let limits = OFF_LIMITERS + i * LIMITER_ENTRY_SIZE;
+        let mut out = [None, None];
+        for (l, slot) in out.iter_mut().enumerate() {
+            let mut buckets = [None, None];
+            for (b, bucket) in buckets.iter_mut().enumerate() {
+                let k = 2 * l + b;
+                if flags & DEV_FLAG_BURST[k] != 0 && flags & DEV_FLAG_BUCKET[k] == 0
+                    || flags & DEV_FLAG_BUCKET[k] != 0 && flags & DEV_FLAG_LIMITER[l] == 0
+                {
+                    return Err(ControlPageError::OutOfRange {
+                        field: "device flags",
+                        value: u64::from(flags),
+                    });
+                }
+                if flags & DEV_FLAG_BUCKET[k] != 0 {
+                    *bucket = Some(TokenBucket {
+                        size: self.load64(limits + 16 * k),
+                        one_time_burst: (flags & DEV_FLAG_BURST[k] != 0)
+                            .then(|| self.load64(limits + 16 * k + 8)),
+                        refill_time: u64::from(self.load32(base + DEV_OFF_REFILL + 4 * k)),
+                    });
+                }
+            }
+            if flags & DEV_FLAG_LIMITER[l] != 0 {
+                let [bandwidth, ops] = buckets;
+                *slot = Some(RateLimiter { bandwidth, ops });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads device table entry `i` into `config`.
+    fn read_device(&self, i: usize, config: &mut VmConfig) -> Result<(), ControlPageError> {
+        let base = OFF_DEVICES + i * DEVICE_ENTRY_SIZE;
         let kind = self.load32(base + DEV_OFF_KIND);
         let flags = self.load32(base + DEV_OFF_FLAGS);
-        let allowed = match kind {
-            DEV_KIND_BLOCK => DEV_FLAG_READ_ONLY | DEV_FLAG_ROOT,
-            DEV_KIND_NET => DEV_FLAG_MAC,
-            DEV_KIND_VSOCK | DEV_KIND_RNG => 0,
-            other => {
-                return Err(ControlPageError::OutOfRange {
-                    field: "device kind",
-                    value: u64::from(other),
-                })
-            }
-        };
+        let allowed = limiter_flags_allowed(kind)
+            | match kind {
+                DEV_KIND_BLOCK => DEV_FLAG_READ_ONLY | DEV_FLAG_ROOT,
+                DEV_KIND_NET => DEV_FLAG_MAC,
+                DEV_KIND_VSOCK | DEV_KIND_RNG => 0,
+                other => {
+                    return Err(ControlPageError::OutOfRange {
+                        field: "device kind",
+                        value: u64::from(other),
+                    })
+                }
+            };
         if flags & !allowed != 0 {
             return Err(ControlPageError::OutOfRange {
                 field: "device flags",
                 value: u64::from(flags),
             });
         }
+        let [limiter0, limiter1] = self.read_limiters(i, flags)?;
         let id = |field| self.read_str(field, base + DEV_OFF_ID, DEV_ID_MAX, base + DEV_OFF_ID_LEN);
         let path = |field| {
             self.read_path(
@@ -426,6 +546,7 @@ impl ControlPage {
                 path_on_host: path("drive path")?,
                 is_root_device: flags & DEV_FLAG_ROOT != 0,
                 is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
+                rate_limiter: limiter0,
             }),
             DEV_KIND_NET => {
                 let guest_mac = if flags & DEV_FLAG_MAC != 0 {
@@ -449,6 +570,8 @@ impl ControlPage {
                     iface_id: id("interface id")?,
                     host_dev_name,
                     guest_mac,
+                    rx_rate_limiter: limiter0,
+                    tx_rate_limiter: limiter1,
                 })
             }
             DEV_KIND_VSOCK if config.vsock.is_some() => {
@@ -461,7 +584,11 @@ impl ControlPage {
                 })
             }
             _ if config.entropy.is_some() => return Err(ControlPageError::Duplicate("entropy")),
-            _ => config.entropy = Some(Entropy::default()),
+            _ => {
+                config.entropy = Some(Entropy {
+                    rate_limiter: limiter0,
+                })
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use super::tests::sample;
 use super::*;
 use crate::config::{
     BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
-    VmConfig, Vsock,
+    RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 use proptest::collection::vec;
 use proptest::option;
@@ -37,7 +37,17 @@ fn path(max: usize, lim: Limits) -> impl Strategy<Value = PathBuf> {
 fn text(max: usize, lim: Limits) -> impl Strategy<Value = String> {
     let hi = max + lim.slack;
     prop_oneof![
-        4 => "\\PC{0,24}".boxed(),
+        // Up to 24 characters of up to 4 bytes each: cut to the byte limit (at a character
+        // boundary) so that a short field still gets only strings it can hold.
+        4 => "\\PC{0,24}"
+            .prop_map(move |s: String| {
+                let mut end = s.len().min(hi);
+                while !s.is_char_boundary(end) {
+                    end -= 1;
+                }
+                s[..end].to_string()
+            })
+            .boxed(),
         1 => vec(proptest::char::range(' ', '~'), max - 4..=hi)
             .prop_map(|c| c.into_iter().collect::<String>())
             .boxed(),
@@ -66,19 +76,44 @@ fn level() -> impl Strategy<Value = LogLevel> {
     ]
 }
 
+/// A bucket; `refill_time` sometimes past what the page's u32 holds when there is slack.
+fn bucket(lim: Limits) -> impl Strategy<Value = TokenBucket> {
+    let refill_max = if lim.slack > 0 {
+        u64::from(u32::MAX) + 2
+    } else {
+        u64::from(u32::MAX)
+    };
+    (any::<u64>(), option::of(any::<u64>()), 0..=refill_max).prop_map(
+        |(size, one_time_burst, refill_time)| TokenBucket {
+            size,
+            one_time_burst,
+            refill_time,
+        },
+    )
+}
+
+fn limiter(lim: Limits) -> impl Strategy<Value = Option<RateLimiter>> {
+    option::of(
+        (option::of(bucket(lim)), option::of(bucket(lim)))
+            .prop_map(|(bandwidth, ops)| RateLimiter { bandwidth, ops }),
+    )
+}
+
 fn drive(lim: Limits) -> impl Strategy<Value = Drive> {
     (
         text(DEV_ID_MAX, lim),
         path(DEV_PATH_MAX, lim),
         any::<bool>(),
         any::<bool>(),
+        limiter(lim),
     )
         .prop_map(
-            |(drive_id, path_on_host, is_root_device, is_read_only)| Drive {
+            |(drive_id, path_on_host, is_root_device, is_read_only, rate_limiter)| Drive {
                 drive_id,
                 path_on_host,
                 is_root_device,
                 is_read_only,
+                rate_limiter,
             },
         )
 }
@@ -88,12 +123,20 @@ fn iface(lim: Limits) -> impl Strategy<Value = NetworkInterface> {
         text(DEV_ID_MAX, lim),
         text(DEV_PATH_MAX, lim),
         option::of(mac()),
+        limiter(lim),
+        limiter(lim),
     )
-        .prop_map(|(iface_id, host_dev_name, guest_mac)| NetworkInterface {
-            iface_id,
-            host_dev_name,
-            guest_mac,
-        })
+        .prop_map(
+            |(iface_id, host_dev_name, guest_mac, rx_rate_limiter, tx_rate_limiter)| {
+                NetworkInterface {
+                    iface_id,
+                    host_dev_name,
+                    guest_mac,
+                    rx_rate_limiter,
+                    tx_rate_limiter,
+                }
+            },
+        )
 }
 
 fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
@@ -137,7 +180,7 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
             uds_path,
         })
     });
-    let entropy = option::of(Just(Entropy::default()));
+    let entropy = option::of(limiter(lim).prop_map(|rate_limiter| Entropy { rate_limiter }));
     // Up to DEVICES_MAX (+ slack) devices in all, split between the kinds.
     let max = DEVICES_MAX + lim.slack;
     let devices = (vsock, entropy).prop_flat_map(move |(vsock, entropy)| {

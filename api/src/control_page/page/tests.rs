@@ -5,7 +5,7 @@
 use super::*;
 use crate::config::{
     BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
-    VmConfig, Vsock,
+    RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -21,6 +21,7 @@ fn drive(i: usize) -> Drive {
         path_on_host: format!("/img/d{i}.ext4").into(),
         is_root_device: false,
         is_read_only: i.is_multiple_of(2),
+        rate_limiter: None,
     }
 }
 
@@ -41,11 +42,14 @@ pub(super) fn sample() -> VmConfig {
             path_on_host: "/img/root.ext4".into(),
             is_root_device: true,
             is_read_only: true,
+            rate_limiter: None,
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("06:00:AC:10:00:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
@@ -281,6 +285,58 @@ fn a_hostile_page_is_an_error_never_a_read_past_a_field() {
         |p| p.store32(dev(2, DEV_OFF_KIND), DEV_KIND_RNG),
         "more than one entropy",
     );
+    // Rate-limiter bits: a burst without its bucket, a bucket without its limiter, a tx
+    // limiter on a drive (entry 0) or on the entropy device (entry 3).
+    hostile(
+        |p| {
+            p.store32(
+                dev(1, DEV_OFF_FLAGS),
+                DEV_FLAG_LIMITER[0] | DEV_FLAG_BURST[1],
+            )
+        },
+        "entry 1: control page field device flags",
+    );
+    hostile(
+        |p| p.store32(dev(1, DEV_OFF_FLAGS), DEV_FLAG_BUCKET[2]),
+        "device flags",
+    );
+    hostile(
+        |p| p.store32(dev(0, DEV_OFF_FLAGS), DEV_FLAG_LIMITER[1]),
+        "entry 0: control page field device flags",
+    );
+    hostile(
+        |p| p.store32(dev(3, DEV_OFF_FLAGS), DEV_FLAG_LIMITER[1]),
+        "entry 3: control page field device flags",
+    );
+}
+
+#[test]
+fn rate_limiters_travel_on_the_page_and_too_long_a_refill_is_refused() {
+    let bucket = |size, burst, refill_time| TokenBucket {
+        size,
+        one_time_burst: burst,
+        refill_time,
+    };
+    let mut c = sample();
+    c.drives[0].rate_limiter = Some(RateLimiter {
+        bandwidth: Some(bucket(1 << 20, None, 1000)),
+        ops: None,
+    });
+    c.network_interfaces[0].tx_rate_limiter = Some(RateLimiter {
+        bandwidth: None,
+        ops: Some(bucket(u64::MAX, Some(0), u64::from(u32::MAX))),
+    });
+    c.entropy = Some(Entropy {
+        rate_limiter: Some(RateLimiter::default()),
+    });
+    let wispd = ControlPage::create().unwrap();
+    wispd.write_config(&c).unwrap();
+    assert_eq!(shell_view(&wispd).unwrap().read_config().unwrap(), c);
+    c.drives[0].rate_limiter = Some(RateLimiter {
+        bandwidth: None,
+        ops: Some(bucket(1, None, u64::from(u32::MAX) + 1)),
+    });
+    refused(&c, &["drive `root`", "refill_time"]);
 }
 
 #[test]

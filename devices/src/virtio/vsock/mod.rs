@@ -119,9 +119,12 @@ impl Vsock {
     /// Handles one packet from the guest.
     fn handle_tx(&mut self, h: Header, payload: &[u8], ops: &mut EventOps) {
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
-            warn!(
+            crate::guest_log!(
+                log::Level::Warn,
+                Some(&*self.metrics),
                 "vsock: dropping packet {} -> {} (not guest -> host)",
-                h.src_cid, h.dst_cid
+                h.src_cid,
+                h.dst_cid
             );
             self.metrics.error();
             return;
@@ -160,7 +163,12 @@ impl Vsock {
             }
             op::RW if c.state == State::Established => {
                 if let Err(e) = c.push_to_host(payload) {
-                    warn!("vsock: port {}: {e}", c.host_port);
+                    crate::guest_log!(
+                        log::Level::Warn,
+                        Some(&*self.metrics),
+                        "vsock: port {}: {e}",
+                        c.host_port
+                    );
                     self.metrics.error();
                     reset = true;
                 }
@@ -188,7 +196,13 @@ impl Vsock {
                 push_control(&mut self.control, &self.metrics, hdr);
             }
             _ => {
-                warn!("vsock: unexpected op {} in state {:?}", h.op, c.state);
+                crate::guest_log!(
+                    log::Level::Warn,
+                    Some(&*self.metrics),
+                    "vsock: unexpected op {} in state {:?}",
+                    h.op,
+                    c.state
+                );
                 self.metrics.error();
                 reset = true;
             }
@@ -209,7 +223,12 @@ impl Vsock {
     fn guest_connect(&mut self, h: Header, ops: &mut EventOps) {
         let key = (h.dst_port, h.src_port);
         if self.conns.contains_key(&key) {
-            warn!("vsock: duplicate REQUEST for host port {}", h.dst_port);
+            crate::guest_log!(
+                log::Level::Warn,
+                Some(&*self.metrics),
+                "vsock: duplicate REQUEST for host port {}",
+                h.dst_port
+            );
             self.metrics.error();
             let rst = self.rst_for(&h);
             push_control(&mut self.control, &self.metrics, rst);
@@ -275,7 +294,7 @@ impl Vsock {
                     self.handle_tx(h, &payload, ops);
                 }
                 Err(e) => {
-                    warn!("vsock: tx: {e}");
+                    crate::guest_log!(log::Level::Warn, Some(&*self.metrics), "vsock: tx: {e}");
                     self.metrics.error();
                 }
             }
@@ -411,7 +430,7 @@ impl Vsock {
     }
 
     fn rx_error(&self, queue: &mut Queue, mem: &GuestMemoryMmap, head: u16, what: &str) {
-        warn!("vsock: rx: {what}");
+        crate::guest_log!(log::Level::Warn, Some(&*self.metrics), "vsock: rx: {what}");
         self.metrics.error();
         chain::add_used(queue, mem, head, 0);
     }
@@ -421,7 +440,9 @@ impl Vsock {
 /// already made us queue `MAX_CONTROL` of them.
 fn push_control(control: &mut VecDeque<Header>, metrics: &DeviceMetrics, h: Header) {
     if control.len() >= MAX_CONTROL {
-        warn!(
+        crate::guest_log!(
+            log::Level::Warn,
+            Some(metrics),
             "vsock: guest does not drain its rx queue; dropping op {}",
             h.op
         );
