@@ -1,0 +1,275 @@
+//! The VM's own cgroup: limits on CPU time, memory and processes that a compromised VMM cannot
+//! raise (the files belong to root) and that end with the VM.
+//!
+//! Limits are named as in cgroup v2 (`cpu.max`, `memory.max`, `pids.max`). Each controller is
+//! taken from the hierarchy that has it: the cgroup v2 hierarchy when the controller is
+//! available there, else the controller's cgroup v1 hierarchy (hybrid hosts, such as ones
+//! with systemd's legacy layout), with the value translated to the v1 file.
+//!
+//! Where the VM's cgroup goes:
+//! - v2: `<cgroup2 mount>/<parent>/<id>`, with the controllers enabled on the way down (the
+//!   parent holds no processes, so v2's "no internal processes" rule is met).
+//! - v1: `<controller mount>/<the jailer's own cgroup>/<parent>/<id>`: nested under the
+//!   jailer's cgroup, so a jailer that is itself confined keeps its VMs inside its limits.
+
+use crate::error::JailError;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One limit asked for with `--cgroup FILE=VALUE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// `cpu`, `memory` or `pids`.
+    pub controller: &'static str,
+    /// The v2 file name (`memory.max`).
+    pub file: &'static str,
+    /// The value as cgroup v2 writes it.
+    pub value: String,
+}
+
+impl Limit {
+    /// Parses `cpu.max=QUOTA [PERIOD]`, `memory.max=BYTES`, `pids.max=N` (each may be `max`).
+    pub fn parse(spec: &str) -> Result<Limit, JailError> {
+        let bad = |why| JailError::BadCgroup(spec.to_string(), why);
+        let (file, value) = spec.split_once('=').ok_or(bad("expected FILE=VALUE"))?;
+        let number_or_max = |v: &str| v == "max" || v.parse::<u64>().is_ok();
+        let (controller, file) = match file {
+            "memory.max" => ("memory", "memory.max"),
+            "pids.max" => ("pids", "pids.max"),
+            "cpu.max" => ("cpu", "cpu.max"),
+            _ => return Err(bad("known files are cpu.max, memory.max and pids.max")),
+        };
+        let ok = if controller == "cpu" {
+            let mut parts = value.split(' ');
+            let quota = parts.next().is_some_and(number_or_max);
+            let period = parts.next().is_none_or(|p| p.parse::<u64>().is_ok());
+            quota && period && parts.next().is_none()
+        } else {
+            number_or_max(value)
+        };
+        if !ok {
+            return Err(bad(
+                "the value must be a number or max (cpu.max: QUOTA [PERIOD])",
+            ));
+        }
+        Ok(Limit {
+            controller,
+            file,
+            value: value.to_string(),
+        })
+    }
+
+    /// The (file, value) writes that set this limit on a cgroup v1 hierarchy, in order.
+    fn v1_writes(&self) -> Vec<(&'static str, String)> {
+        let unlimited = |v: &str| {
+            if v == "max" {
+                "-1".to_string()
+            } else {
+                v.to_string()
+            }
+        };
+        match self.controller {
+            "memory" => vec![("memory.limit_in_bytes", unlimited(&self.value))],
+            "cpu" => {
+                let mut parts = self.value.split(' ');
+                let quota = unlimited(parts.next().unwrap_or("max"));
+                let mut writes = Vec::new();
+                // The period first: a quota is checked against the period in force.
+                if let Some(period) = parts.next() {
+                    writes.push(("cpu.cfs_period_us", period.to_string()));
+                }
+                writes.push(("cpu.cfs_quota_us", quota));
+                writes
+            }
+            _ => vec![(self.file, self.value.clone())],
+        }
+    }
+}
+
+/// A cgroup the jailer created for the VM, with what it writes there.
+#[derive(Debug)]
+pub struct VmCgroup {
+    pub dir: PathBuf,
+    /// The v2 mount, when this cgroup is on v2: the controllers must be enabled from there down.
+    v2_root: Option<PathBuf>,
+    /// The controllers to enable above a v2 cgroup.
+    controllers: Vec<&'static str>,
+    writes: Vec<(&'static str, String)>,
+}
+
+/// The hierarchies mounted on this host, from /proc/self/mounts.
+struct Hierarchies {
+    /// The cgroup v2 mount and the controllers available at its root.
+    v2: Option<(PathBuf, Vec<String>)>,
+    /// Each cgroup v1 mount with its controllers.
+    v1: Vec<(PathBuf, Vec<String>)>,
+}
+
+impl Hierarchies {
+    fn read() -> Result<Hierarchies, JailError> {
+        let mounts = fs::read_to_string("/proc/self/mounts")
+            .map_err(JailError::path("read", "/proc/self/mounts"))?;
+        let mut found = Hierarchies {
+            v2: None,
+            v1: Vec::new(),
+        };
+        for line in mounts.lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let (Some(dir), Some(fstype), Some(options)) =
+                (fields.get(1), fields.get(2), fields.get(3))
+            else {
+                continue;
+            };
+            let dir = PathBuf::from(dir);
+            match *fstype {
+                "cgroup2" if found.v2.is_none() => {
+                    let controllers = fs::read_to_string(dir.join("cgroup.controllers"))
+                        .unwrap_or_default()
+                        .split_whitespace()
+                        .map(str::to_string)
+                        .collect();
+                    found.v2 = Some((dir, controllers));
+                }
+                "cgroup" => {
+                    let controllers = options.split(',').map(str::to_string).collect();
+                    found.v1.push((dir, controllers));
+                }
+                _ => {}
+            }
+        }
+        Ok(found)
+    }
+}
+
+/// This process's cgroup in the v1 hierarchy holding `controller` (/proc/self/cgroup).
+fn own_v1_cgroup(controller: &str) -> Result<PathBuf, JailError> {
+    let text = fs::read_to_string("/proc/self/cgroup")
+        .map_err(JailError::path("read", "/proc/self/cgroup"))?;
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        if controllers.split(',').any(|c| c == controller) {
+            return Ok(PathBuf::from(path.trim_start_matches('/')));
+        }
+    }
+    Ok(PathBuf::new())
+}
+
+/// Works out the VM's cgroup directories and what to write in each; creates nothing.
+pub fn plan(limits: &[Limit], parent: &Path, id: &str) -> Result<Vec<VmCgroup>, JailError> {
+    if limits.is_empty() {
+        return Ok(Vec::new());
+    }
+    let hierarchies = Hierarchies::read()?;
+    let mut dirs: BTreeMap<PathBuf, Vec<(&'static str, String)>> = BTreeMap::new();
+    for limit in limits {
+        let on_v2 = hierarchies
+            .v2
+            .as_ref()
+            .filter(|(_, controllers)| controllers.iter().any(|c| c == limit.controller));
+        if let Some((mount, _)) = on_v2 {
+            dirs.entry(mount.join(parent).join(id))
+                .or_default()
+                .push((limit.file, limit.value.clone()));
+            continue;
+        }
+        let (mount, _) = hierarchies
+            .v1
+            .iter()
+            .find(|(_, controllers)| controllers.iter().any(|c| c == limit.controller))
+            .ok_or_else(|| JailError::NoController(limit.controller.to_string()))?;
+        let own = own_v1_cgroup(limit.controller)?;
+        dirs.entry(mount.join(own).join(parent).join(id))
+            .or_default()
+            .extend(limit.v1_writes());
+    }
+    let v2_root = hierarchies.v2.map(|(mount, _)| mount);
+    let mut cgroups = Vec::new();
+    for (dir, writes) in dirs {
+        if dir.exists() {
+            return Err(JailError::CgroupExists(dir));
+        }
+        let v2_root = v2_root
+            .as_ref()
+            .filter(|root| dir.starts_with(root))
+            .cloned();
+        let controllers = match v2_root {
+            Some(_) => limits.iter().map(|l| l.controller).collect(),
+            None => Vec::new(),
+        };
+        cgroups.push(VmCgroup {
+            dir,
+            v2_root,
+            controllers,
+            writes,
+        });
+    }
+    Ok(cgroups)
+}
+
+/// Creates the VM's cgroups and writes its limits. On failure, removes what it created.
+pub fn create(cgroups: &[VmCgroup]) -> Result<(), JailError> {
+    for (done, cgroup) in cgroups.iter().enumerate() {
+        if let Err(e) = create_one(cgroup) {
+            remove(&cgroups[..=done]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+fn create_one(cgroup: &VmCgroup) -> Result<(), JailError> {
+    let parent = cgroup.dir.parent().unwrap_or(&cgroup.dir);
+    fs::create_dir_all(parent).map_err(JailError::path("create the cgroup", parent))?;
+    if let Some(root) = &cgroup.v2_root {
+        // cgroup v2 hands a controller to a child only when every cgroup above enables it in
+        // its cgroup.subtree_control, so enable them from the root down.
+        let chain: Vec<&Path> = parent
+            .ancestors()
+            .take_while(|a| a.starts_with(root))
+            .collect();
+        for above in chain.into_iter().rev() {
+            let control = above.join("cgroup.subtree_control");
+            let enabled =
+                fs::read_to_string(&control).map_err(JailError::path("read", control.clone()))?;
+            for controller in &cgroup.controllers {
+                if !enabled.split_whitespace().any(|c| c == *controller) {
+                    fs::write(&control, format!("+{controller}"))
+                        .map_err(JailError::path("enable a controller in", control.clone()))?;
+                }
+            }
+        }
+    }
+    fs::create_dir(&cgroup.dir).map_err(JailError::path("create the cgroup", &cgroup.dir))?;
+    for (file, value) in &cgroup.writes {
+        let path = cgroup.dir.join(file);
+        fs::write(&path, value).map_err(JailError::path("set the limit", path))?;
+    }
+    Ok(())
+}
+
+/// Moves the calling process into the VM's cgroups (run by the child before it execs).
+pub fn join(cgroups: &[VmCgroup]) -> Result<(), JailError> {
+    let pid = crate::sys::getpid().to_string();
+    for cgroup in cgroups {
+        let procs = cgroup.dir.join("cgroup.procs");
+        fs::write(&procs, &pid).map_err(JailError::path("join the cgroup", procs))?;
+    }
+    Ok(())
+}
+
+/// Removes the VM's cgroups (once its processes are gone); failures are reported.
+pub fn remove(cgroups: &[VmCgroup]) {
+    for cgroup in cgroups {
+        if let Err(e) = fs::remove_dir(&cgroup.dir) {
+            report!(
+                "wisp-jailer: warning: cannot remove the cgroup {}: {e}",
+                cgroup.dir.display()
+            );
+        }
+    }
+}
