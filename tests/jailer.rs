@@ -404,6 +404,48 @@ fn jailed_api_socket_answers_inside_the_jail_and_boots_from_a_jail_path() {
 }
 
 #[test]
+fn daemonized_jailer_returns_once_the_vm_runs_detached_and_leaves_the_jail_to_the_caller() {
+    let base = Scratch::new("jail-daemon");
+    let id = vm_id("daemon");
+    let out = run_with_deadline(
+        jailer(&base, &id, &["--daemonize"], &["--api-sock", "/api.sock"]),
+        b"",
+        GUARD,
+    );
+    out.assert_success();
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:#?}");
+    let jail = jail_dir(&base, &id);
+    let pid = vm_pid(&jail);
+    let sock = jail.join("root/api.sock");
+    let start = Instant::now();
+    while UnixStream::connect(&sock).is_err() {
+        assert!(start.elapsed() < GUARD, "{sock:?} never accepted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(curl(&sock, "GET", "/", None).0, 200);
+    // Its own session, stdio on /dev/null: nothing ties it to the caller's terminal.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
+    assert_eq!(
+        fields[3],
+        pid.to_string(),
+        "the VM leads its own session: {stat}"
+    );
+    for fd in 0..=2 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+    // SAFETY: kill(2) on the VM this test started (its pid file names it).
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(start.elapsed() < GUARD, "the VM survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(jail.exists(), "a daemonized jail is the caller's to remove");
+}
+
+#[test]
 fn jailed_vm_in_a_network_namespace_arps_the_host_through_its_tap() {
     let ns = NetNs::new("jail");
     // A persistent tap opens without CAP_NET_ADMIN only for its owner: recreate it for the

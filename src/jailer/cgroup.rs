@@ -13,7 +13,6 @@
 //!   jailer's cgroup, so a jailer that is itself confined keeps its VMs inside its limits.
 
 use crate::error::JailError;
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -165,48 +164,52 @@ pub fn plan(limits: &[Limit], parent: &Path, id: &str) -> Result<Vec<VmCgroup>, 
         return Ok(Vec::new());
     }
     let hierarchies = Hierarchies::read()?;
-    let mut dirs: BTreeMap<PathBuf, Vec<(&'static str, String)>> = BTreeMap::new();
+    let mut cgroups: Vec<VmCgroup> = Vec::new();
     for limit in limits {
         let on_v2 = hierarchies
             .v2
             .as_ref()
             .filter(|(_, controllers)| controllers.iter().any(|c| c == limit.controller));
-        if let Some((mount, _)) = on_v2 {
-            dirs.entry(mount.join(parent).join(id))
-                .or_default()
-                .push((limit.file, limit.value.clone()));
-            continue;
-        }
-        let (mount, _) = hierarchies
-            .v1
-            .iter()
-            .find(|(_, controllers)| controllers.iter().any(|c| c == limit.controller))
-            .ok_or_else(|| JailError::NoController(limit.controller.to_string()))?;
-        let own = own_v1_cgroup(limit.controller)?;
-        dirs.entry(mount.join(own).join(parent).join(id))
-            .or_default()
-            .extend(limit.v1_writes());
-    }
-    let v2_root = hierarchies.v2.map(|(mount, _)| mount);
-    let mut cgroups = Vec::new();
-    for (dir, writes) in dirs {
-        if dir.exists() {
-            return Err(JailError::CgroupExists(dir));
-        }
-        let v2_root = v2_root
-            .as_ref()
-            .filter(|root| dir.starts_with(root))
-            .cloned();
-        let controllers = match v2_root {
-            Some(_) => limits.iter().map(|l| l.controller).collect(),
-            None => Vec::new(),
+        let (dir, v2_root, writes) = match on_v2 {
+            Some((mount, _)) => (
+                mount.join(parent).join(id),
+                Some(mount.clone()),
+                vec![(limit.file, limit.value.clone())],
+            ),
+            None => {
+                let (mount, _) = hierarchies
+                    .v1
+                    .iter()
+                    .find(|(_, controllers)| controllers.iter().any(|c| c == limit.controller))
+                    .ok_or_else(|| JailError::NoController(limit.controller.to_string()))?;
+                let own = own_v1_cgroup(limit.controller)?;
+                (
+                    mount.join(own).join(parent).join(id),
+                    None,
+                    limit.v1_writes(),
+                )
+            }
         };
-        cgroups.push(VmCgroup {
-            dir,
-            v2_root,
-            controllers,
-            writes,
-        });
+        let index = match cgroups.iter().position(|c| c.dir == dir) {
+            Some(index) => index,
+            None => {
+                if dir.exists() {
+                    return Err(JailError::CgroupExists(dir));
+                }
+                cgroups.push(VmCgroup {
+                    dir,
+                    v2_root,
+                    controllers: Vec::new(),
+                    writes: Vec::new(),
+                });
+                cgroups.len() - 1
+            }
+        };
+        let cgroup = &mut cgroups[index];
+        if cgroup.v2_root.is_some() && !cgroup.controllers.contains(&limit.controller) {
+            cgroup.controllers.push(limit.controller);
+        }
+        cgroup.writes.extend(writes);
     }
     Ok(cgroups)
 }
@@ -271,5 +274,61 @@ pub fn remove(cgroups: &[VmCgroup]) {
                 cgroup.dir.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_with_v2_names_and_bad_ones_are_refused() {
+        let memory = Limit::parse("memory.max=1048576").ok();
+        assert_eq!(
+            memory.map(|l| (l.controller, l.value)),
+            Some(("memory", "1048576".into()))
+        );
+        assert!(Limit::parse("pids.max=max").is_ok());
+        assert!(Limit::parse("cpu.max=max 100000").is_ok());
+        assert!(Limit::parse("cpu.max=50000").is_ok());
+        for bad in [
+            "cpuset.cpus=0",
+            "memory.max=1G",
+            "cpu.max=1 2 3",
+            "cpu.max=1 x",
+            "pids.max",
+            "memory.max=",
+        ] {
+            assert!(Limit::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn v1_hierarchies_get_the_same_limits_under_their_own_names() {
+        let writes = |spec| {
+            Limit::parse(spec)
+                .map(|l| l.v1_writes())
+                .unwrap_or_default()
+        };
+        assert_eq!(
+            writes("memory.max=4096"),
+            vec![("memory.limit_in_bytes", "4096".into())]
+        );
+        assert_eq!(
+            writes("memory.max=max"),
+            vec![("memory.limit_in_bytes", "-1".into())]
+        );
+        assert_eq!(writes("pids.max=7"), vec![("pids.max", "7".into())]);
+        assert_eq!(
+            writes("cpu.max=50000 100000"),
+            vec![
+                ("cpu.cfs_period_us", "100000".into()),
+                ("cpu.cfs_quota_us", "50000".into())
+            ]
+        );
+        assert_eq!(
+            writes("cpu.max=max"),
+            vec![("cpu.cfs_quota_us", "-1".into())]
+        );
     }
 }
