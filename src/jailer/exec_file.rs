@@ -24,11 +24,11 @@ pub fn check(path: &Path, binds: &[Bind]) -> Result<OsString, JailError> {
         .file_name()
         .map(|n| n.to_os_string())
         .ok_or_else(|| JailError::ExecNotExecutable(path.to_path_buf()))?;
-    let image = std::fs::read(path).map_err(|err| JailError::ExecFile {
+    let head = read_head(path).map_err(|err| JailError::ExecFile {
         path: path.to_path_buf(),
         err,
     })?;
-    if let Some(loader) = interpreter(&image) {
+    if let Some(loader) = interpreter(&head) {
         let provided = binds.iter().any(|b| {
             Path::new("/").join(&b.target).starts_with(&loader)
                 || loader.starts_with(Path::new("/").join(&b.target))
@@ -41,6 +41,20 @@ pub fn check(path: &Path, binds: &[Bind]) -> Result<OsString, JailError> {
         }
     }
     Ok(name)
+}
+
+/// How much of the exec file is read to find its loader: linkers put the program headers and
+/// the interpreter path right after the ELF header, within the first page.
+const HEAD_BYTES: u64 = 64 * 1024;
+
+/// The first [`HEAD_BYTES`] of the file (the whole file when smaller).
+fn read_head(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut head = Vec::new();
+    std::fs::File::open(path)?
+        .take(HEAD_BYTES)
+        .read_to_end(&mut head)?;
+    Ok(head)
 }
 
 /// The loader path of a 64-bit little-endian ELF executable, if it names one.
