@@ -7,7 +7,7 @@
 use crate::cgroup::{self, VmCgroup};
 use crate::cli::JailSpec;
 use crate::error::JailError;
-use crate::sys;
+use crate::sys::{self, SavedMask};
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -21,15 +21,28 @@ pub struct Handles {
     pub dev_null: Option<File>,
 }
 
-/// Enters the jail and execs the VMM; returns only on failure.
-pub fn enter(spec: &JailSpec, cgroups: &[VmCgroup], handles: &Handles) -> JailError {
-    match prepare(spec, cgroups, handles) {
+/// Enters the jail and execs the VMM; returns only on failure. `supervisor` is the jailer
+/// that forked this child, `mask` the signal mask to exec with.
+pub fn enter(
+    spec: &JailSpec,
+    cgroups: &[VmCgroup],
+    handles: &Handles,
+    supervisor: libc::pid_t,
+    mask: &SavedMask,
+) -> JailError {
+    match prepare(spec, cgroups, handles, supervisor, mask) {
         Ok(()) => exec(spec),
         Err(e) => e,
     }
 }
 
-fn prepare(spec: &JailSpec, cgroups: &[VmCgroup], handles: &Handles) -> Result<(), JailError> {
+fn prepare(
+    spec: &JailSpec,
+    cgroups: &[VmCgroup],
+    handles: &Handles,
+    supervisor: libc::pid_t,
+    mask: &SavedMask,
+) -> Result<(), JailError> {
     cgroup::join(cgroups)?;
     if let (Some(netns), Some(path)) = (&handles.netns, &spec.netns) {
         sys::setns(netns.as_raw_fd(), libc::CLONE_NEWNET)
@@ -51,7 +64,16 @@ fn prepare(spec: &JailSpec, cgroups: &[VmCgroup], handles: &Handles) -> Result<(
     for &fd in &spec.keep_fds {
         sys::keep_on_exec(fd).map_err(JailError::step(format!("keep descriptor {fd} open")))?;
     }
-    drop_privileges(spec)
+    drop_privileges(spec)?;
+    // The parent-death signal only covers a parent alive when it was set: one killed before
+    // that (not visible from a new PID namespace, whose parent pid reads 0) means stop here.
+    if !spec.daemonize && !spec.new_pid_ns && sys::getppid() != supervisor {
+        return Err(JailError::Child(
+            "the jailer ended before the VM started".into(),
+        ));
+    }
+    sys::set_forwarded_handlers(false).map_err(JailError::step("reset the signal handlers"))?;
+    sys::restore_signal_mask(mask).map_err(JailError::step("unblock signals"))
 }
 
 /// A new mount namespace whose root is the jail root, with the host's root detached.

@@ -37,9 +37,7 @@ pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
         // The VM now runs on its own; the caller removes the jail and the cgroup.
         Ok(_) if spec.daemonize => Ok(0),
         Ok(pid) => {
-            let status = sys::forward_signals(pid, spec.new_pid_ns.then_some(libc::SIGKILL))
-                .map_err(JailError::step("install the signal forwarders"))
-                .and_then(|()| sys::wait_for(pid).map_err(JailError::step("wait for the VM")));
+            let status = sys::wait_for(pid).map_err(JailError::step("wait for the VM"));
             clean_up(spec, &cgroups);
             let status = status?;
             Ok(if libc::WIFEXITED(status) {
@@ -68,15 +66,22 @@ fn start(
         // Takes effect for the children forked from now on: the VMM becomes PID 1 there.
         sys::unshare(libc::CLONE_NEWPID).map_err(JailError::step("unshare the PID namespace"))?;
     }
+    // A signal for the VM that arrives while the child is on its way in stays pending, and is
+    // forwarded (or, in the child, acted on) once there is someone to act.
+    let mask = sys::block_forwarded_signals().map_err(JailError::step("block signals"))?;
+    sys::set_forwarded_handlers(true).map_err(JailError::step("install the signal forwarders"))?;
+    let supervisor = sys::getpid();
     let pid = sys::fork().map_err(JailError::step("fork"))?;
     if pid == 0 {
         drop(report);
-        let error = enter::enter(spec, cgroups, handles);
+        let error = enter::enter(spec, cgroups, handles, supervisor, &mask);
         let mut report_tx = report_tx;
         let _ = report_tx.write_all(error.to_string().as_bytes());
         sys::exit_now(1);
     }
     drop(report_tx);
+    sys::forward_to(pid, spec.new_pid_ns.then_some(libc::SIGKILL));
+    sys::restore_signal_mask(&mask).map_err(JailError::step("unblock signals"))?;
     let mut message = String::new();
     let read = report.read_to_string(&mut message);
     if read.is_err() || !message.is_empty() {

@@ -273,21 +273,68 @@ extern "C" fn forward(sig: libc::c_int) {
     }
 }
 
-/// Forwards SIGTERM, SIGINT, SIGHUP and SIGQUIT received by this process to `pid` (as `as_sig`
-/// when given): the supervising jailer outlives its VM only to clean up after it.
-pub fn forward_signals(pid: libc::pid_t, as_sig: Option<libc::c_int>) -> io::Result<()> {
-    use std::sync::atomic::Ordering::Relaxed;
-    FORWARD_TO.store(pid, Relaxed);
-    FORWARD_AS.store(as_sig.unwrap_or(0), Relaxed);
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
+/// The signals the supervising jailer forwards to its VM.
+const FORWARDED: [libc::c_int; 4] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT];
+
+/// A signal mask saved by [`block_forwarded_signals`].
+pub struct SavedMask(libc::sigset_t);
+
+/// Blocks the forwarded signals (one arriving meanwhile stays pending) and returns the mask
+/// to restore: across the fork, until the parent knows whom to forward to and the child has
+/// put their default actions back.
+pub fn block_forwarded_signals() -> io::Result<SavedMask> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it fully.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable sigset_t.
+    unsafe { libc::sigemptyset(&mut set) };
+    for sig in FORWARDED {
+        // SAFETY: `set` is initialised; `sig` is a valid signal number.
+        unsafe { libc::sigaddset(&mut set, sig) };
+    }
+    // SAFETY: valid sigset_t pointers; the process is single-threaded.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old) };
+    check(rc.into())?;
+    Ok(SavedMask(old))
+}
+
+/// Restores a mask saved by [`block_forwarded_signals`]: a pending signal is delivered now.
+pub fn restore_signal_mask(mask: &SavedMask) -> io::Result<()> {
+    // SAFETY: a valid sigset_t saved earlier; the old mask is not wanted.
+    let rc = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &mask.0, std::ptr::null_mut()) };
+    check(rc.into()).map(drop)
+}
+
+/// Sets the forwarded signals' handlers: [`forward`] in the supervisor, the default action in
+/// the child about to exec (so a signal pending since the fork ends it, as it would the VMM).
+pub fn set_forwarded_handlers(forwarding: bool) -> io::Result<()> {
+    for sig in FORWARDED {
         // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler only calls
         // async-signal-safe functions and reads atomics.
         let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = forward as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        action.sa_sigaction = if forwarding {
+            forward as extern "C" fn(libc::c_int) as libc::sighandler_t
+        } else {
+            libc::SIG_DFL
+        };
         // SAFETY: a fully initialised sigaction; the old action is not wanted.
         check(unsafe { libc::sigaction(sig, &action, std::ptr::null_mut()) }.into())?;
     }
     Ok(())
+}
+
+/// From now on the forwarded signals go to `pid` (as `as_sig` when given).
+pub fn forward_to(pid: libc::pid_t, as_sig: Option<libc::c_int>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    FORWARD_AS.store(as_sig.unwrap_or(0), Relaxed);
+    FORWARD_TO.store(pid, Relaxed);
+}
+
+/// getppid(2).
+pub fn getppid() -> libc::pid_t {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::getppid() }
 }
 
 /// execve(2): replaces the process, so it only ever returns an error.
