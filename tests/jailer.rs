@@ -333,6 +333,13 @@ fn jailed_unikernel_runs_unprivileged_in_its_own_root_cgroup_and_limits() {
         fds.contains(&(7, kept_id)),
         "--keep-fd 7 is open in the VM: {fds:?}"
     );
+    let supervisor = open_files(vm.child.id());
+    assert!(
+        supervisor
+            .iter()
+            .all(|(_, f)| *f != kept_id && *f != leaked_id),
+        "the supervising jailer holds neither file: {supervisor:?}"
+    );
     assert!(
         fds.iter().all(|(_, f)| *f != leaked_id),
         "an inherited fd leaked: {fds:?}"

@@ -80,6 +80,15 @@ fn start(
         sys::exit_now(1);
     }
     drop(report_tx);
+    // The kept descriptors are the VM's now: a supervisor holding them too would, say, keep a
+    // socket's peer from ever seeing the VM close it.
+    for fd in spec
+        .keep_fds
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+    {
+        let _ = sys::close_range(fd, fd);
+    }
     sys::forward_to(pid, spec.new_pid_ns.then_some(libc::SIGKILL));
     sys::restore_signal_mask(&mask).map_err(JailError::step("unblock signals"))?;
     let mut message = String::new();
