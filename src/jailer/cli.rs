@@ -75,6 +75,15 @@ pub struct Bind {
     pub read_only: bool,
 }
 
+/// A `--resource-limit`, soft and hard limit alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceLimit {
+    /// As given on the command line (`no-file`), for messages.
+    pub name: &'static str,
+    pub resource: libc::__rlimit_resource_t,
+    pub value: u64,
+}
+
 /// The checked request.
 #[derive(Debug)]
 pub struct JailSpec {
@@ -89,7 +98,7 @@ pub struct JailSpec {
     pub new_pid_ns: bool,
     pub limits: Vec<Limit>,
     pub parent_cgroup: PathBuf,
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub rlimits: Vec<ResourceLimit>,
     pub binds: Vec<Bind>,
     pub keep_fds: Vec<i32>,
     pub daemonize: bool,
@@ -188,18 +197,22 @@ fn inner_path(path: &str) -> Option<PathBuf> {
 }
 
 /// `no-file=N` or `fsize=N`.
-fn parse_rlimit(spec: &str) -> Result<(libc::__rlimit_resource_t, u64), JailError> {
+fn parse_rlimit(spec: &str) -> Result<ResourceLimit, JailError> {
     let bad = |why| JailError::BadLimit(spec.to_string(), why);
     let (name, value) = spec.split_once('=').ok_or(bad("expected RESOURCE=N"))?;
-    let resource = match name {
-        "no-file" => libc::RLIMIT_NOFILE,
-        "fsize" => libc::RLIMIT_FSIZE,
+    let (name, resource) = match name {
+        "no-file" => ("no-file", libc::RLIMIT_NOFILE),
+        "fsize" => ("fsize", libc::RLIMIT_FSIZE),
         _ => return Err(bad("known resources are no-file and fsize")),
     };
     let value = value
         .parse()
         .map_err(|_| bad("the limit must be a number"))?;
-    Ok((resource, value))
+    Ok(ResourceLimit {
+        name,
+        resource,
+        value,
+    })
 }
 
 /// `SRC:DST[:ro]`.
@@ -250,10 +263,15 @@ mod tests {
     #[test]
     fn resource_limits_parse_and_unknown_ones_are_refused() {
         assert_eq!(
-            parse_rlimit("no-file=64").ok(),
+            parse_rlimit("no-file=64")
+                .ok()
+                .map(|l| (l.resource, l.value)),
             Some((libc::RLIMIT_NOFILE, 64))
         );
-        assert_eq!(parse_rlimit("fsize=1").ok(), Some((libc::RLIMIT_FSIZE, 1)));
+        assert_eq!(
+            parse_rlimit("fsize=1").ok().map(|l| (l.resource, l.value)),
+            Some((libc::RLIMIT_FSIZE, 1))
+        );
         assert!(parse_rlimit("nproc=5").is_err());
         assert!(parse_rlimit("no-file=lots").is_err());
         assert!(parse_rlimit("no-file").is_err());

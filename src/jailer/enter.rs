@@ -49,9 +49,10 @@ fn prepare(
             .map_err(JailError::path("join the network namespace", path))?;
     }
     pivot_into(spec)?;
-    for &(resource, value) in &spec.rlimits {
-        sys::setrlimit(resource, value).map_err(JailError::step(format!(
-            "set resource limit {resource} to {value}"
+    for limit in &spec.rlimits {
+        sys::setrlimit(limit.resource, limit.value).map_err(JailError::step(format!(
+            "set the {} limit to {}",
+            limit.name, limit.value
         )))?;
     }
     if let Some(null) = &handles.dev_null {
