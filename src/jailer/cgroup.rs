@@ -98,6 +98,7 @@ pub struct VmCgroup {
 }
 
 /// The hierarchies mounted on this host, from /proc/self/mounts.
+#[derive(Clone)]
 struct Hierarchies {
     /// The cgroup v2 mount and the controllers available at its root.
     v2: Option<(PathBuf, Vec<String>)>,
@@ -141,21 +142,19 @@ impl Hierarchies {
     }
 }
 
-/// This process's cgroup in the v1 hierarchy holding `controller` (/proc/self/cgroup).
-fn own_v1_cgroup(controller: &str) -> Result<PathBuf, JailError> {
-    let text = fs::read_to_string("/proc/self/cgroup")
-        .map_err(JailError::path("read", "/proc/self/cgroup"))?;
-    for line in text.lines() {
+/// The cgroup in the v1 hierarchy holding `controller`, from a /proc/PID/cgroup text.
+fn own_v1_cgroup(own: &str, controller: &str) -> PathBuf {
+    for line in own.lines() {
         let mut fields = line.splitn(3, ':');
         let (_, Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next())
         else {
             continue;
         };
         if controllers.split(',').any(|c| c == controller) {
-            return Ok(PathBuf::from(path.trim_start_matches('/')));
+            return PathBuf::from(path.trim_start_matches('/'));
         }
     }
-    Ok(PathBuf::new())
+    PathBuf::new()
 }
 
 /// Works out the VM's cgroup directories and what to write in each; creates nothing.
@@ -164,6 +163,19 @@ pub fn plan(limits: &[Limit], parent: &Path, id: &str) -> Result<Vec<VmCgroup>, 
         return Ok(Vec::new());
     }
     let hierarchies = Hierarchies::read()?;
+    let own = fs::read_to_string("/proc/self/cgroup")
+        .map_err(JailError::path("read", "/proc/self/cgroup"))?;
+    plan_in(&hierarchies, &own, limits, parent, id)
+}
+
+/// [`plan`] on the given hierarchies, for a process whose /proc/PID/cgroup reads `own`.
+fn plan_in(
+    hierarchies: &Hierarchies,
+    own: &str,
+    limits: &[Limit],
+    parent: &Path,
+    id: &str,
+) -> Result<Vec<VmCgroup>, JailError> {
     let mut cgroups: Vec<VmCgroup> = Vec::new();
     for limit in limits {
         let on_v2 = hierarchies
@@ -182,7 +194,7 @@ pub fn plan(limits: &[Limit], parent: &Path, id: &str) -> Result<Vec<VmCgroup>, 
                     .iter()
                     .find(|(_, controllers)| controllers.iter().any(|c| c == limit.controller))
                     .ok_or_else(|| JailError::NoController(limit.controller.to_string()))?;
-                let own = own_v1_cgroup(limit.controller)?;
+                let own = own_v1_cgroup(own, limit.controller);
                 (
                     mount.join(own).join(parent).join(id),
                     None,
@@ -301,6 +313,86 @@ mod tests {
         ] {
             assert!(Limit::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A hybrid host: memory and pids on v1 (the process in a memory cgroup of its own), cpu
+    /// on v2.
+    fn hybrid() -> (Hierarchies, &'static str) {
+        let hierarchies = Hierarchies {
+            v2: Some(("/cg/unified".into(), vec!["cpu".into()])),
+            v1: vec![
+                ("/cg/memory".into(), vec!["rw".into(), "memory".into()]),
+                ("/cg/pids".into(), vec!["rw".into(), "pids".into()]),
+            ],
+        };
+        (hierarchies, "5:pids:/\n4:memory:/svc/a\n0::/\n")
+    }
+
+    #[test]
+    fn each_controller_gets_its_cgroup_where_its_hierarchy_is() {
+        let (hierarchies, own) = hybrid();
+        let limits: Vec<Limit> = ["memory.max=8192", "pids.max=9", "cpu.max=1000 2000"]
+            .iter()
+            .filter_map(|l| Limit::parse(l).ok())
+            .collect();
+        let plan = plan_in(&hierarchies, own, &limits, Path::new("wisp"), "vm1");
+        let plan = plan.unwrap_or_default();
+        let dirs: Vec<&Path> = plan.iter().map(|c| c.dir.as_path()).collect();
+        assert_eq!(
+            dirs,
+            [
+                Path::new("/cg/memory/svc/a/wisp/vm1"),
+                Path::new("/cg/pids/wisp/vm1"),
+                Path::new("/cg/unified/wisp/vm1"),
+            ]
+        );
+        assert_eq!(
+            plan[0].writes,
+            vec![("memory.limit_in_bytes", "8192".into())]
+        );
+        assert_eq!(plan[2].writes, vec![("cpu.max", "1000 2000".into())]);
+        // Only the v2 cgroup needs controllers enabled above it, and only its own.
+        assert!(plan[0].v2_root.is_none() && plan[0].controllers.is_empty());
+        assert_eq!(plan[2].controllers, ["cpu"]);
+    }
+
+    #[test]
+    fn a_controller_no_hierarchy_has_is_refused() {
+        let (hierarchies, own) = hybrid();
+        let hierarchies = Hierarchies {
+            v1: hierarchies.v1[..1].to_vec(),
+            ..hierarchies
+        };
+        let limits: Vec<Limit> = Limit::parse("pids.max=1").into_iter().collect();
+        let plan = plan_in(&hierarchies, own, &limits, Path::new("wisp"), "vm1");
+        assert!(matches!(plan, Err(JailError::NoController(c)) if c == "pids"));
+    }
+
+    #[test]
+    fn controllers_are_enabled_from_the_v2_root_down_before_the_cgroup_is_made() {
+        let root = std::env::temp_dir().join(format!("wisp-jailer-cg-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        // A stand-in for a cgroup2 mount: subtree_control files are plain files here.
+        fs::create_dir_all(root.join("wisp")).unwrap_or_default();
+        fs::write(root.join("cgroup.subtree_control"), "").unwrap_or_default();
+        fs::write(root.join("wisp/cgroup.subtree_control"), "").unwrap_or_default();
+        let cgroup = VmCgroup {
+            dir: root.join("wisp/vm1"),
+            v2_root: Some(root.clone()),
+            controllers: vec!["memory"],
+            writes: vec![("memory.max", "4096".into())],
+        };
+        let created = create(std::slice::from_ref(&cgroup));
+        let read = |p: &str| fs::read_to_string(root.join(p)).unwrap_or_default();
+        let seen = (
+            read("cgroup.subtree_control"),
+            read("wisp/cgroup.subtree_control"),
+        );
+        let limit = read("wisp/vm1/memory.max");
+        let _ = fs::remove_dir_all(&root);
+        assert!(created.is_ok(), "{created:?}");
+        assert_eq!(seen, ("+memory".into(), "+memory".into()));
+        assert_eq!(limit, "4096");
     }
 
     #[test]
