@@ -4,11 +4,12 @@
 # ("hello from wisp unikernel"). Prints each variant's median, min and max in ms over N runs
 # (default 20) and the load average before and after. Needs root, /dev/kvm and release builds:
 #   cargo build --release --bin wisp --bin wisp-jailer
-# The release wisp is dynamically linked, so the jail gets the host's libc bound read-only.
+# $WISP picks another wisp (a static one: see docs/jailer.md); a dynamically linked one gets the
+# host's libc bound into the jail read-only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-20}
-wisp=target/release/wisp
+wisp=${WISP:-target/release/wisp}
 jailer=target/release/wisp-jailer
 kernel=$(pwd)/target/guest/x86_64-unknown-linux-gnu/release/wisp-unikernel
 base=$(mktemp -d /tmp/wisp-jail-bench.XXXXXX)
@@ -16,8 +17,10 @@ trap 'rm -rf "$base"' EXIT
 for f in "$wisp" "$jailer" "$kernel"; do [ -x "$f" ] || { echo "missing $f" >&2; exit 1; }; done
 
 jail=(--exec-file "$wisp" --uid 10123 --gid 10123 --chroot-base-dir "$base"
-      --bind /lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro --bind /lib64:/lib64:ro
       --bind "$kernel:/kernel:ro")
+if ldd "$wisp" >/dev/null 2>&1; then
+    jail+=(--bind /lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro --bind /lib64:/lib64:ro)
+fi
 limits=(--cgroup memory.max=536870912 --cgroup pids.max=64 --cgroup "cpu.max=100000 100000")
 guest=(run --kernel /kernel --cmdline "")
 

@@ -267,6 +267,14 @@ fn create_one(cgroup: &VmCgroup) -> Result<(), JailError> {
     Ok(())
 }
 
+/// The one cgroup v2 directory a VM can be forked straight into, when that is all it needs.
+pub fn fork_target(cgroups: &[VmCgroup]) -> Option<&Path> {
+    match cgroups {
+        [only] if only.v2_root.is_some() => Some(&only.dir),
+        _ => None,
+    }
+}
+
 /// Moves the calling process into the VM's cgroups (run by the child before it execs).
 pub fn join(cgroups: &[VmCgroup]) -> Result<(), JailError> {
     let pid = crate::sys::getpid().to_string();

@@ -8,6 +8,7 @@ use crate::error::JailError;
 use crate::{jail_dir, sys};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
 
 /// Runs the VM in its jail; returns the exit code to leave with (the VM's).
 pub fn run(spec: &JailSpec) -> Result<i32, JailError> {
@@ -71,10 +72,11 @@ fn start(
     let mask = sys::block_forwarded_signals().map_err(JailError::step("block signals"))?;
     sys::set_forwarded_handlers(true).map_err(JailError::step("install the signal forwarders"))?;
     let supervisor = sys::getpid();
-    let pid = sys::fork().map_err(JailError::step("fork"))?;
+    let (pid, joined) = fork_into(cgroups)?;
     if pid == 0 {
         drop(report);
-        let error = enter::enter(spec, cgroups, handles, supervisor, &mask);
+        let to_join = if joined { &[][..] } else { cgroups };
+        let error = enter::enter(spec, to_join, handles, supervisor, &mask);
         let mut report_tx = report_tx;
         let _ = report_tx.write_all(error.to_string().as_bytes());
         sys::exit_now(1);
@@ -108,6 +110,30 @@ fn start(
         return Err(JailError::path("write the pid file", pid_file)(e));
     }
     Ok(pid)
+}
+
+/// Forks the child, straight into its cgroup where the host allows (cgroup v2, Linux 5.7);
+/// returns the pid (0 in the child) and whether the child is in its cgroup already.
+fn fork_into(cgroups: &[VmCgroup]) -> Result<(libc::pid_t, bool), JailError> {
+    if let Some(dir) = cgroup::fork_target(cgroups) {
+        let cgroup = File::options()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(dir)
+            .map_err(JailError::path("open the cgroup", dir))?;
+        match sys::fork_into_cgroup(&cgroup) {
+            Ok(pid) => return Ok((pid, true)),
+            // A kernel without clone3 or CLONE_INTO_CGROUP: fork, and the child joins.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(JailError::path("fork into the cgroup", dir)(e)),
+        }
+    }
+    let pid = sys::fork().map_err(JailError::step("fork"))?;
+    Ok((pid, false))
 }
 
 fn clean_up(spec: &JailSpec, cgroups: &[VmCgroup]) {
