@@ -345,9 +345,18 @@ fn jailed_unikernel_runs_unprivileged_in_its_own_root_cgroup_and_limits() {
         "an inherited fd leaked: {fds:?}"
     );
 
-    // SIGTERM reaches the VM through the jailer, which then removes the jail and the cgroups.
+    // SIGTERM reaches the VM through the jailer, which then removes the jail and the cgroups
+    // and exits with the VM's status: killed by SIGTERM, or 0 should wisp ever catch it and
+    // stop cleanly.
     let status = vm.terminate();
-    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{status:?}");
+    assert!(
+        matches!(status.code(), Some(0) | Some(143)),
+        "the jailer passes the VM's end on: {status:?}"
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the VM is still running"
+    );
     assert!(!jail.exists(), "the jail {jail:?} is left behind");
     assert!(!memory.exists(), "the cgroup {memory:?} is left behind");
     assert!(!pids.exists(), "the cgroup {pids:?} is left behind");

@@ -267,6 +267,22 @@ fn create_one(cgroup: &VmCgroup) -> Result<(), JailError> {
     Ok(())
 }
 
+/// rmdir of a cgroup, retried for a short while on EBUSY: the kernel may still be taking the
+/// last exited task out of it just after the wait returned.
+fn remove_dir_when_idle(dir: &Path) -> std::io::Result<()> {
+    const TRIES: u32 = 50;
+    let mut tries = 0;
+    loop {
+        match fs::remove_dir(dir) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < TRIES => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The one cgroup v2 directory a VM can be forked straight into, when that is all it needs.
 pub fn fork_target(cgroups: &[VmCgroup]) -> Option<&Path> {
     match cgroups {
@@ -288,7 +304,7 @@ pub fn join(cgroups: &[VmCgroup]) -> Result<(), JailError> {
 /// Removes the VM's cgroups (once its processes are gone); failures are reported.
 pub fn remove(cgroups: &[VmCgroup]) {
     for cgroup in cgroups {
-        if let Err(e) = fs::remove_dir(&cgroup.dir) {
+        if let Err(e) = remove_dir_when_idle(&cgroup.dir) {
             report!(
                 "wisp-jailer: warning: cannot remove the cgroup {}: {e}",
                 cgroup.dir.display()
