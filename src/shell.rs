@@ -149,15 +149,24 @@ fn create(
     };
     let boot_page = shell.page.clone();
     let entry_page = shell.page.clone();
+    // wispd waits for these stamps on its ack eventfd: each is rung right after it is written.
+    let (boot_ack, entry_ack) = match (shell.ack.try_clone(), shell.ack.try_clone()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            return shell.fail(Some(seq), &format!("cannot clone the ack eventfd: {e}"))
+        }
+    };
     let opts = MicroVmOptions {
         start,
         console_out: console,
         console_in: None,
         on_boot: Some(Box::new(move |_| {
-            boot_page.set_time(Timestamp::BootTimer, monotonic_ns())
+            boot_page.set_time(Timestamp::BootTimer, monotonic_ns());
+            let _ = boot_ack.write(1);
         })),
         on_first_entry: Some(Box::new(move |_| {
-            entry_page.set_time(Timestamp::FirstEntry, monotonic_ns())
+            entry_page.set_time(Timestamp::FirstEntry, monotonic_ns());
+            let _ = entry_ack.write(1);
         })),
     };
     let mut vm = match MicroVm::configure(prepared, &config, opts) {
