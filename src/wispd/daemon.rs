@@ -105,6 +105,8 @@ pub struct Daemon {
     pub(crate) next_vm: u64,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     pub(crate) refill_not_before: Option<Instant>,
+    /// The refill timer already set.
+    pub(crate) refill_wakeup: Option<Instant>,
     pub(crate) prepare_failures: u32,
     pub(crate) listener_paused: bool,
     stopping: bool,
@@ -162,6 +164,7 @@ impl Daemon {
             next_vm: 1,
             timers: BinaryHeap::new(),
             refill_not_before: None,
+            refill_wakeup: None,
             prepare_failures: 0,
             listener_paused: false,
             stopping: false,

@@ -26,14 +26,17 @@ const FIRST_ENTRY_WAIT: Duration = Duration::from_millis(200);
 const BOOT_WAIT: Duration = Duration::from_secs(5);
 /// A failed shell has this long to exit by itself before it is killed.
 pub(crate) const KILL_WAIT: Duration = Duration::from_secs(2);
-/// The pool is not refilled while a create is this recent and its guest not yet entered: fork,
-/// exec and KVM setup would compete with it for the CPU.
+/// The pool is not refilled while a create is in flight (at most this long): fork, exec and KVM
+/// setup would compete with it for the CPU. Refilling right after the answer leaves the most time
+/// before the next create.
 const REFILL_HOLDOFF: Duration = Duration::from_millis(50);
 /// After a second failure in a row to prepare a shell, the next is started this much later.
 const PREPARE_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) struct Shell {
     pub proc: ShellProcess,
+    /// When it was started (for the log).
+    pub started: Instant,
     pub stage: Stage,
     /// When `shell_deadline` runs for this shell (what for depends on the stage).
     pub deadline: Option<Instant>,
@@ -103,7 +106,7 @@ impl Daemon {
         match &stage {
             Stage::Ready => self.ready.push_back(id),
             Stage::Preparing { create: None } => self.preparing.push_back(id),
-            Stage::Creating(c) if c.entry_deadline.is_none() => {
+            Stage::Creating(c) => {
                 self.creating.insert(id, c.posted);
             }
             _ => {}
@@ -135,11 +138,11 @@ impl Daemon {
             }
             self.refill_not_before = None;
         }
+        // While a create is in flight (for at most REFILL_HOLDOFF), the pool waits.
         if let Some(latest) = self.creating.values().max() {
             let until = *latest + REFILL_HOLDOFF;
             if now < until {
-                self.refill_not_before = Some(until);
-                self.at(until, Timer::Refill);
+                self.wake_refill_at(until);
                 return;
             }
         }
@@ -156,7 +159,19 @@ impl Daemon {
     fn back_off(&mut self) {
         let until = Instant::now() + PREPARE_BACKOFF;
         self.refill_not_before = Some(until);
-        self.at(until, Timer::Refill);
+        self.wake_refill_at(until);
+    }
+
+    /// One refill timer per instant, however often the loop turns meanwhile.
+    fn wake_refill_at(&mut self, at: Instant) {
+        if self
+            .refill_wakeup
+            .is_some_and(|t| t > Instant::now() && t <= at)
+        {
+            return;
+        }
+        self.refill_wakeup = Some(at);
+        self.at(at, Timer::Refill);
     }
 
     /// Starts a shell for the pool (`attach` gives it to a create instead).
@@ -175,6 +190,7 @@ impl Daemon {
             id,
             Shell {
                 proc,
+                started: Instant::now(),
                 stage: Stage::Ending,
                 deadline: None,
             },
@@ -284,6 +300,10 @@ impl Daemon {
     /// A shell finished preparing: into the pool, or on to the create waiting for it.
     fn prepared(&mut self, id: u64) {
         self.prepare_failures = 0;
+        if let Some(shell) = self.shells.get(&id) {
+            let took = shell.started.elapsed();
+            log::debug!("wispd: shell {} prepared in {took:?}", shell.proc.pid());
+        }
         match self.take_stage(id) {
             Stage::Preparing { create: Some(req) } => self.start_create(id, *req),
             _ => self.enter(id, Stage::Ready, None),
@@ -419,10 +439,6 @@ impl Daemon {
         } else {
             None
         };
-        if entered {
-            // Past the critical window: the pool may refill while the guest boots.
-            self.creating.remove(&id);
-        }
         match wait_until {
             Some(at) if at > now => {
                 if shell.deadline != Some(at) {
