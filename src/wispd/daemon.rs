@@ -2,10 +2,12 @@
 //! connection, each shell's ack eventfd and pidfd, and a signalfd for SIGTERM/SIGINT. Nothing
 //! in it waits on anyone: a request that needs a shell posts its command, rings, and is answered
 //! when the shell rings back, its process ends, or a deadline passes (deadlines are the epoll
-//! timeout). No lock exists to be held. Clients are in clients.rs, shells and VMs in vms.rs.
+//! timeout). No lock exists to be held. Clients are in clients.rs, shells in pool.rs, VMs in
+//! vms.rs; starting shells and removing their files happen on a helper thread (helper.rs).
 
 use crate::clients::Client;
-use crate::pool::Shell;
+use crate::helper::Helper;
+use crate::pool::{Shell, Spawning};
 use crate::vms::VmRecord;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -43,6 +45,8 @@ pub enum Token {
     Client(u64),
     ShellAck(u64),
     ShellExit(u64),
+    /// The helper thread started shells.
+    Helper,
 }
 
 impl Token {
@@ -56,6 +60,7 @@ impl Token {
             Token::Client(id) => (2, id),
             Token::ShellAck(id) => (3, id),
             Token::ShellExit(id) => (4, id),
+            Token::Helper => (5, 0),
         };
         (kind << Self::SHIFT) | (id & Self::ID_MASK)
     }
@@ -68,6 +73,7 @@ impl Token {
             2 => Token::Client(id),
             3 => Token::ShellAck(id),
             4 => Token::ShellExit(id),
+            5 => Token::Helper,
             _ => return None,
         })
     }
@@ -90,7 +96,10 @@ pub struct Daemon {
     epoll: Epoll,
     pub(crate) listener: SeqpacketListener,
     signals: OwnedFd,
+    pub(crate) helper: Helper,
     pub(crate) clients: HashMap<u64, Client>,
+    /// Shells the helper is starting.
+    pub(crate) spawning: HashMap<u64, Spawning>,
     pub(crate) shells: HashMap<u64, Shell>,
     /// Prepared shells in the pool, oldest first.
     pub(crate) ready: VecDeque<u64>,
@@ -148,12 +157,16 @@ impl Daemon {
         // SAFETY: signalfd returned a fresh fd that nothing else owns.
         let signals = unsafe { OwnedFd::from_raw_fd(fd) };
         listener.set_nonblocking().map_err(DaemonError::Setup)?;
+        let helper = Helper::start(settings.wisp.clone(), settings.run_dir.clone())
+            .map_err(DaemonError::Setup)?;
         let daemon = Daemon {
             settings,
             epoll: Epoll::new().map_err(DaemonError::Setup)?,
             listener,
             signals,
+            helper,
             clients: HashMap::new(),
+            spawning: HashMap::new(),
             shells: HashMap::new(),
             ready: VecDeque::new(),
             preparing: VecDeque::new(),
@@ -175,6 +188,9 @@ impl Daemon {
             .map_err(DaemonError::Setup)?;
         daemon
             .watch(daemon.signals.as_raw_fd(), Token::Signals, EventSet::IN)
+            .map_err(DaemonError::Setup)?;
+        daemon
+            .watch(daemon.helper.wake_fd(), Token::Helper, EventSet::IN)
             .map_err(DaemonError::Setup)?;
         Ok(daemon)
     }
@@ -239,6 +255,7 @@ impl Daemon {
             Token::Client(id) => self.client_event(id, events),
             Token::ShellAck(id) => self.shell_rang(id),
             Token::ShellExit(id) => self.shell_ended(id),
+            Token::Helper => self.shells_started(),
         }
     }
 
@@ -296,7 +313,8 @@ impl Daemon {
         }
     }
 
-    /// Ends every shell (SIGKILL through its pidfd, then reaped) and drops every client.
+    /// Ends every shell (SIGKILL through its pidfd, then reaped) and drops every client. The
+    /// helper finishes removing files when the daemon is dropped.
     fn shutdown(&mut self) {
         for shell in self.shells.values() {
             shell.proc.kill();
@@ -304,6 +322,7 @@ impl Daemon {
         // Dropping a shell reaps it and removes its files.
         self.shells.clear();
         self.clients.clear();
+        self.spawning.clear();
     }
 }
 
@@ -319,6 +338,7 @@ mod tests {
             Token::Client(7),
             Token::ShellAck(1 << 40),
             Token::ShellExit(3),
+            Token::Helper,
         ] {
             assert_eq!(Token::decode(t.encode()), Some(t));
         }

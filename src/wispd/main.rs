@@ -13,6 +13,7 @@ macro_rules! report {
 
 mod clients;
 mod daemon;
+mod helper;
 #[path = "../logger.rs"]
 mod logger;
 mod pool;

@@ -7,7 +7,7 @@
 
 use crate::clients::Requester;
 use crate::daemon::{Daemon, Timer, Token};
-use crate::shell_process::{ShellError, ShellProcess};
+use crate::shell_process::ShellProcess;
 use crate::vms::VmOp;
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
@@ -53,6 +53,14 @@ pub(crate) enum Stage {
     Vm { id: u64, op: Option<VmOp> },
     /// Failed or killed: only waiting for the process to end.
     Ending,
+}
+
+/// A shell the helper thread is starting.
+pub(crate) struct Spawning {
+    mem_mib: u32,
+    vcpus: u8,
+    /// The create waiting for it (a cold start), or none (for the pool).
+    create: Option<Box<CreateRequest>>,
 }
 
 pub(crate) struct CreateRequest {
@@ -147,10 +155,13 @@ impl Daemon {
             }
         }
         let (mem, vcpus) = (self.settings.shell_mem, self.settings.shell_vcpus);
-        while self.ready.len() + self.preparing.len() < self.settings.pool {
-            if let Err(e) = self.spawn_shell(mem, vcpus) {
-                log::error!("wispd: cannot start a shell: {e}");
-                self.back_off();
+        let starting = self
+            .spawning
+            .values()
+            .filter(|s| s.create.is_none())
+            .count();
+        for _ in self.ready.len() + self.preparing.len() + starting..self.settings.pool {
+            if !self.spawn_shell(mem, vcpus, None) {
                 return;
             }
         }
@@ -174,18 +185,50 @@ impl Daemon {
         self.at(at, Timer::Refill);
     }
 
-    /// Starts a shell for the pool (`attach` gives it to a create instead).
-    fn spawn_shell(&mut self, mem: u32, vcpus: u8) -> Result<u64, ShellError> {
-        let proc = ShellProcess::spawn(&self.settings.wisp, &self.settings.run_dir, mem, vcpus)?;
+    /// Has the helper start a shell, for the pool or for `create`; false if it cannot.
+    fn spawn_shell(&mut self, mem_mib: u32, vcpus: u8, create: Option<Box<CreateRequest>>) -> bool {
         let id = self.new_id();
+        if !self.helper.spawn(id, mem_mib, vcpus) {
+            let why = "wispd's helper thread is gone";
+            log::error!("wispd: cannot start a shell: {why}");
+            self.back_off();
+            if let Some(req) = create {
+                self.reply(req.from, error(format!("cold start failed: {why}")));
+            }
+            return false;
+        }
+        let spawning = Spawning {
+            mem_mib,
+            vcpus,
+            create,
+        };
+        self.spawning.insert(id, spawning);
+        true
+    }
+
+    /// The helper started shells (or failed to): they prepare now, watched by the loop.
+    pub(crate) fn shells_started(&mut self) {
+        for started in self.helper.finished() {
+            let Some(spawning) = self.spawning.remove(&started.id) else {
+                continue;
+            };
+            match started.result {
+                Ok(proc) => self.watch_shell(started.id, proc, spawning.create),
+                Err(e) => self.prepare_failed(0, spawning.create, &format!("cannot start: {e}")),
+            }
+        }
+    }
+
+    fn watch_shell(&mut self, id: u64, proc: ShellProcess, create: Option<Box<CreateRequest>>) {
         let watched = self
             .watch(proc.ack_fd(), Token::ShellAck(id), EventSet::IN)
             .and_then(|()| self.watch(proc.pidfd(), Token::ShellExit(id), EventSet::IN));
         if let Err(e) = watched {
             self.unwatch(proc.ack_fd());
-            return Err(ShellError::Doorbell(e));
+            let why = format!("cannot be watched: {e}");
+            return self.prepare_failed(proc.pid(), create, &why);
         }
-        log::debug!("wispd: started shell {} ({mem} MiB)", proc.pid());
+        log::debug!("wispd: started shell {} ({} MiB)", proc.pid(), proc.mem_mib);
         self.shells.insert(
             id,
             Shell {
@@ -196,8 +239,7 @@ impl Daemon {
             },
         );
         let deadline = Some(Instant::now() + PREPARE_TIMEOUT);
-        self.enter(id, Stage::Preparing { create: None }, deadline);
-        Ok(id)
+        self.enter(id, Stage::Preparing { create }, deadline);
     }
 
     /// The shell rang: its page says what changed.
@@ -232,7 +274,7 @@ impl Daemon {
             return;
         };
         let stage = self.take_stage(id);
-        let Some(shell) = self.shells.remove(&id) else {
+        let Some(mut shell) = self.shells.remove(&id) else {
             return;
         };
         self.unwatch(shell.proc.ack_fd());
@@ -261,7 +303,9 @@ impl Daemon {
             Stage::Vm { id: vm, op } => self.vm_shell_ended(vm, op, &shell.proc, &how),
             Stage::Ending => log::debug!("wispd: shell {pid} ended ({how})"),
         }
-        // Dropping the shell frees the rest (see the module comment).
+        // Its files go on the helper thread (an unlink can wait on the disk); dropping the shell
+        // frees the rest.
+        self.helper.remove(shell.proc.take_files());
         drop(shell);
     }
 
@@ -310,7 +354,8 @@ impl Daemon {
         }
     }
 
-    /// Shell `pid` will not be prepared: say why, and answer a create waiting for it.
+    /// Shell `pid` (0: never started) will not be prepared: say why, and answer a create waiting
+    /// for it.
     fn prepare_failed(&mut self, pid: u32, create: Option<Box<CreateRequest>>, why: &str) {
         self.prepare_failures += 1;
         if self.prepare_failures >= 2 {
@@ -326,8 +371,9 @@ impl Daemon {
         }
     }
 
-    /// A create request: a prepared shell that fits, else one being prepared that fits, else a
-    /// new one of the requested size (both are cold starts, and say so).
+    /// A create request: a prepared shell that fits, else one being prepared or started that
+    /// fits, else a new one of the requested size (all but the first are cold starts, and say
+    /// so).
     pub(crate) fn create(
         &mut self,
         from: Requester,
@@ -354,16 +400,21 @@ impl Daemon {
         if let Some(&id) = self.preparing.iter().find(|id| fits(self.shells.get(id))) {
             return self.attach(id, req);
         }
+        let starting = self
+            .spawning
+            .values_mut()
+            .find(|s| s.create.is_none() && mem <= s.mem_mib && vcpus <= s.vcpus);
+        if let Some(spawning) = starting {
+            spawning.create = Some(Box::new(req));
+            return;
+        }
         // A cold start of the requested size. The configuration is checked first (on a scratch
         // page) so that a bad one starts nothing.
         let checked = ControlPage::create().and_then(|page| page.write_config(&req.config));
         if let Err(e) = checked {
             return self.reply(req.from, error(e));
         }
-        match self.spawn_shell(mem, vcpus.max(1)) {
-            Ok(id) => self.attach(id, req),
-            Err(e) => self.reply(req.from, error(format!("cold start failed: {e}"))),
-        }
+        self.spawn_shell(mem, vcpus.max(1), Some(Box::new(req)));
     }
 
     /// Hands `req` to shell `id`, still preparing: the create starts once it is prepared.

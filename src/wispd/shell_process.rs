@@ -86,6 +86,8 @@ pub struct ShellProcess {
     pid: u32,
     pidfd: OwnedFd,
     reaped: bool,
+    /// `Drop` removes the console and API socket unless `take_files` handed them on.
+    owns_files: bool,
     pub page: ControlPage,
     doorbell: EventFd,
     ack: EventFd,
@@ -207,6 +209,7 @@ impl ShellProcess {
             pid,
             pidfd,
             reaped: false,
+            owns_files: true,
             page,
             doorbell,
             ack,
@@ -293,11 +296,17 @@ impl ShellProcess {
         self.reaped = true;
         Some(describe_exit(&info))
     }
+
+    /// The console and API socket, for the caller to remove (`Drop` then leaves them).
+    pub fn take_files(&mut self) -> Vec<PathBuf> {
+        self.owns_files = false;
+        vec![self.console.clone(), self.api_socket.clone()]
+    }
 }
 
 impl Drop for ShellProcess {
     /// The shell ends with its handle: killed if still running, reaped (waiting at most
-    /// `REAP_ON_DROP`), and its files removed.
+    /// `REAP_ON_DROP`), and its files removed (unless `take_files` took them).
     fn drop(&mut self) {
         if !self.reaped {
             self.kill();
@@ -317,8 +326,10 @@ impl Drop for ShellProcess {
                 unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
             }
         }
-        let _ = std::fs::remove_file(&self.console);
-        let _ = std::fs::remove_file(&self.api_socket);
+        if self.owns_files {
+            let _ = std::fs::remove_file(&self.console);
+            let _ = std::fs::remove_file(&self.api_socket);
+        }
     }
 }
 
