@@ -139,6 +139,11 @@ impl Daemon {
     }
 
     pub(crate) fn client_deadline(&mut self, id: u64) {
+        // A client waiting on its answer is not idle: the request has its own deadline, and
+        // answering it sets the client's next one.
+        if self.clients.get(&id).is_none_or(|c| c.busy) {
+            return;
+        }
         log::debug!("wispd: closing client {id}: idle, or not reading its answer");
         self.close_client(id);
     }

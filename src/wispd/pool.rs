@@ -214,7 +214,7 @@ impl Daemon {
             };
             match started.result {
                 Ok(proc) => self.watch_shell(started.id, proc, spawning.create),
-                Err(e) => self.prepare_failed(0, spawning.create, &format!("cannot start: {e}")),
+                Err(e) => self.prepare_failed(None, spawning.create, &e.to_string()),
             }
         }
     }
@@ -226,7 +226,7 @@ impl Daemon {
         if let Err(e) = watched {
             self.unwatch(proc.ack_fd());
             let why = format!("cannot be watched: {e}");
-            return self.prepare_failed(proc.pid(), create, &why);
+            return self.prepare_failed(Some(proc.pid()), create, &why);
         }
         log::debug!("wispd: started shell {} ({} MiB)", proc.pid(), proc.mem_mib);
         self.shells.insert(
@@ -254,7 +254,7 @@ impl Daemon {
                 let why = format!("failed to prepare{}", page_error(&shell.proc));
                 let pid = shell.proc.pid();
                 if let Stage::Preparing { create } = self.take_stage(id) {
-                    self.prepare_failed(pid, create, &why);
+                    self.prepare_failed(Some(pid), create, &why);
                 }
                 // It exits by itself; `shell_ended` frees it.
                 self.enter(id, Stage::Ending, Some(Instant::now() + KILL_WAIT));
@@ -283,7 +283,7 @@ impl Daemon {
         match stage {
             Stage::Preparing { create } => {
                 let why = format!("exited ({how}) while preparing{}", page_error(&shell.proc));
-                self.prepare_failed(pid, create, &why);
+                self.prepare_failed(Some(pid), create, &why);
             }
             Stage::Ready => log::warn!("wispd: prepared shell {pid} died ({how}); replacing it"),
             Stage::Creating(c) => {
@@ -320,7 +320,7 @@ impl Daemon {
             Stage::Preparing { .. } => {
                 if let Stage::Preparing { create } = self.take_stage(id) {
                     let why = format!("did not prepare within {PREPARE_TIMEOUT:?}");
-                    self.prepare_failed(pid, create, &why);
+                    self.prepare_failed(Some(pid), create, &why);
                 }
                 self.kill_shell(id);
             }
@@ -354,20 +354,23 @@ impl Daemon {
         }
     }
 
-    /// Shell `pid` (0: never started) will not be prepared: say why, and answer a create waiting
-    /// for it.
-    fn prepare_failed(&mut self, pid: u32, create: Option<Box<CreateRequest>>, why: &str) {
+    /// Shell `pid` (`None`: it never started) will not be prepared: say why, and answer a create
+    /// waiting for it.
+    fn prepare_failed(&mut self, pid: Option<u32>, create: Option<Box<CreateRequest>>, why: &str) {
         self.prepare_failures += 1;
         if self.prepare_failures >= 2 {
             self.back_off();
         }
+        let what = match pid {
+            Some(pid) => format!("the shell (pid {pid}) {why}"),
+            None => format!("a shell could not be started: {why}"),
+        };
         match create {
             Some(req) => {
-                log::warn!("wispd: request {}: shell {pid} {why}", req.from.tag());
-                let message = format!("cold start failed: the shell (pid {pid}) {why}");
-                self.reply(req.from, error(message));
+                log::warn!("wispd: request {}: {what}", req.from.tag());
+                self.reply(req.from, error(format!("cold start failed: {what}")));
             }
-            None => log::error!("wispd: shell {pid} {why}"),
+            None => log::error!("wispd: {what}"),
         }
     }
 
