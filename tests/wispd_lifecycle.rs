@@ -198,6 +198,30 @@ fn idle_clients_do_not_delay_others() {
     let (ok, out, err) = w.ctl(&["status"]);
     assert!(ok && out.starts_with("prepared=1"), "{out}{err}");
     drop((idle, mute));
+
+    // A client that asks and asks but never reads: once its answers no longer fit, wispd stops
+    // reading it, serves the others, and hangs up on it after a while.
+    let flooder = SeqpacketConn::connect(&w.socket).unwrap();
+    let ask = serde_json::to_vec(&CtlRequest::Status {}).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let sent = (0..100_000)
+            .take_while(|_| flooder.send(&ask).is_ok())
+            .count();
+        let _ = tx.send(sent);
+    });
+    // Its sends block once wispd stopped reading (the socket buffers are full).
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    assert!(matches!(
+        w.request(&CtlRequest::List {}),
+        CtlResponse::Vms { .. }
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    let sent = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("wispd never hung up on a client that does not read");
+    assert!(sent < 100_000, "wispd kept reading: {sent} requests");
 }
 
 #[test]
