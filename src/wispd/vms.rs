@@ -203,12 +203,13 @@ impl Daemon {
             return;
         };
         let pid = shell.proc.pid();
-        let Stage::Vm {
-            id: vm,
-            op: Some(mut op),
-        } = self.take_stage(id)
-        else {
-            return;
+        let (vm, mut op) = match self.take_stage(id) {
+            Stage::Vm {
+                id: vm,
+                op: Some(op),
+            } => (vm, op),
+            // Nothing in flight (a stale deadline): nothing to do.
+            other => return self.enter(id, other, None),
         };
         if op.command == ControlCommand::Destroy && !op.killed {
             if let Some(shell) = self.shells.get(&id) {
@@ -271,8 +272,13 @@ impl Daemon {
             }
         };
         let deadline = self.shells.get(&shell).and_then(|s| s.deadline);
-        let Stage::Vm { id, op } = self.take_stage(shell) else {
-            return self.reply(from, error(format!("no VM {name}")));
+        let (id, op) = match self.take_stage(shell) {
+            Stage::Vm { id, op } => (id, op),
+            // A record names only shells hosting its VM; anything else is left as it was.
+            other => {
+                self.enter(shell, other, deadline);
+                return self.reply(from, error(format!("no VM {name}")));
+            }
         };
         if let Some(old) = op {
             if old.command == ControlCommand::Destroy {
@@ -309,8 +315,13 @@ impl Daemon {
             Err(why) => return self.reply(from, error(why)),
         };
         let deadline = self.shells.get(&shell).and_then(|s| s.deadline);
-        let Stage::Vm { id, op } = self.take_stage(shell) else {
-            return self.reply(from, error(format!("no VM {name}")));
+        let (id, op) = match self.take_stage(shell) {
+            Stage::Vm { id, op } => (id, op),
+            // A record names only shells hosting its VM; anything else is left as it was.
+            other => {
+                self.enter(shell, other, deadline);
+                return self.reply(from, error(format!("no VM {name}")));
+            }
         };
         if let Some(op) = op {
             let busy = format!(
