@@ -104,6 +104,13 @@ fn a_thousand_create_destroy_cycles_leave_nothing_behind() {
         now = settled(&w);
     }
     assert_eq!(now, baseline, "fds now: {:?}", w.fds());
+    // What an ended VM printed is still there to read.
+    match w.request(&CtlRequest::Console {
+        id: ended[0].clone(),
+    }) {
+        CtlResponse::Console { text } => assert!(text.contains("hello from wisp"), "{text}"),
+        other => panic!("console of an ended VM: {other:?}"),
+    }
     for id in ended {
         assert_eq!(w.request(&CtlRequest::Destroy { id }), CtlResponse::Done);
     }
@@ -170,8 +177,12 @@ fn a_shell_killed_mid_create_is_reported_and_the_pool_refilled() {
         message.contains(&format!("pid {shell}")) && message.contains("signal 9"),
         "{message}"
     );
-    // Reaped (not left a zombie), replaced, and the next create is warm.
-    assert!(eventually(Duration::from_secs(5), || !alive(shell)));
+    // Reaped (not even a zombie is left), replaced, and the next create is warm.
+    let gone = || !std::path::Path::new(&format!("/proc/{shell}")).exists();
+    assert!(
+        eventually(Duration::from_secs(5), gone),
+        "shell {shell} was not reaped"
+    );
     w.wait_prepared(1);
     assert!(!w.shell_pids().contains(&shell));
     match create(&w, &unikernel_vm("idle"), true) {
