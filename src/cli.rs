@@ -81,6 +81,10 @@ pub struct CtlArgs {
     /// wispd's socket.
     #[arg(long, default_value = "/run/wispd.sock")]
     pub socket: PathBuf,
+    /// Id sent with the request and returned with its answer (default: generated), to follow
+    /// it through wispd's log; 1-64 characters of A-Z a-z 0-9 . _ : -
+    #[arg(long)]
+    pub request_id: Option<String>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }

@@ -1,10 +1,13 @@
-//! `wisp ctl`: the command-line client of `wispd`.
+//! `wisp ctl`: the command-line client of `wispd`. Every request carries a request id (given
+//! with `--request-id` or generated) that wispd logs and returns with its answer.
 
 use crate::cli::{CtlArgs, CtlCommand};
 use std::io::Write;
 use wisp_api::control_page::monotonic_ns;
 use wisp_api::seqpacket::SeqpacketConn;
-use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
+use wisp_api::wispd_protocol::{
+    valid_request_id, CtlRequest, CtlResponse, Envelope, MAX_MESSAGE, REQUEST_ID_MAX,
+};
 use wisp_api::VmConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,13 +34,36 @@ pub enum CtlError {
     },
     #[error("wispd sent an answer that is not understood: {0}")]
     Reply(#[source] serde_json::Error),
+    #[error("wispd answered request {got:?}, not {sent}")]
+    WrongAnswer { sent: String, got: Option<String> },
+    #[error("request id {0:?} is not 1 to {REQUEST_ID_MAX} characters of A-Z a-z 0-9 . _ : -")]
+    BadRequestId(String),
     #[error("{0}")]
     Refused(String),
 }
 
-/// Sends one request and waits for its answer. A create is stamped with the time it is sent,
-/// after connecting, so its create time is request → first guest instruction.
-pub fn request(socket: &std::path::Path, mut req: CtlRequest) -> Result<CtlResponse, CtlError> {
+/// A request id unique enough to find one request in a log: pid, time, and a counter.
+pub fn new_request_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{:x}-{:x}-{}",
+        std::process::id(),
+        monotonic_ns(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Sends one request with `request_id` and waits for its answer. A create is stamped with the
+/// time it is sent, after connecting, so its create time is request → first guest instruction.
+pub fn request(
+    socket: &std::path::Path,
+    mut req: CtlRequest,
+    request_id: &str,
+) -> Result<CtlResponse, CtlError> {
+    if !valid_request_id(request_id) {
+        return Err(CtlError::BadRequestId(request_id.to_string()));
+    }
     let conn = SeqpacketConn::connect(socket).map_err(|source| CtlError::Connect {
         path: socket.display().to_string(),
         source,
@@ -45,22 +71,38 @@ pub fn request(socket: &std::path::Path, mut req: CtlRequest) -> Result<CtlRespo
     if let CtlRequest::Create { sent_ns, .. } = &mut req {
         *sent_ns = monotonic_ns();
     }
-    let text = serde_json::to_vec(&req).map_err(CtlError::Reply)?;
+    let msg = Envelope {
+        request_id: Some(request_id.to_string()),
+        body: req,
+    };
+    let text = serde_json::to_vec(&msg).map_err(CtlError::Reply)?;
     conn.send(&text)?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let n = conn.recv(&mut buf)?;
-    let resp: CtlResponse = serde_json::from_slice(&buf[..n]).map_err(CtlError::Reply)?;
-    if let CtlResponse::Error { message } = resp {
+    if n == 0 {
+        return Err(CtlError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "wispd closed the connection without answering",
+        )));
+    }
+    let resp: Envelope<CtlResponse> = serde_json::from_slice(&buf[..n]).map_err(CtlError::Reply)?;
+    if let CtlResponse::Error { message } = resp.body {
         return Err(CtlError::Refused(message));
     }
-    Ok(resp)
+    if resp.request_id.as_deref() != Some(request_id) {
+        return Err(CtlError::WrongAnswer {
+            sent: request_id.to_string(),
+            got: resp.request_id,
+        });
+    }
+    Ok(resp.body)
 }
 
 fn fmt_us(v: Option<f64>) -> String {
     v.map(|us| format!("{us:.1}")).unwrap_or_else(|| "-".into())
 }
 
-fn run(args: &CtlArgs) -> Result<(), CtlError> {
+fn run(args: &CtlArgs, request_id: &str) -> Result<(), CtlError> {
     let req = match &args.command {
         CtlCommand::Create { config, wait_boot } => {
             let path = config.display().to_string();
@@ -85,7 +127,7 @@ fn run(args: &CtlArgs) -> Result<(), CtlError> {
     };
     // A closed stdout (e.g. `| head`) is not an error worth a panic.
     let mut out = std::io::stdout().lock();
-    match request(&args.socket, req)? {
+    match request(&args.socket, req, request_id)? {
         CtlResponse::Created { vm, times, cold } => {
             let _ = writeln!(
                 out,
@@ -129,10 +171,11 @@ fn run(args: &CtlArgs) -> Result<(), CtlError> {
 }
 
 pub fn run_ctl(args: &CtlArgs) -> i32 {
-    match run(args) {
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
+    match run(args, &request_id) {
         Ok(()) => 0,
         Err(e) => {
-            report!("wisp ctl: error: {e}");
+            report!("wisp ctl: error: {e} (request {request_id})");
             1
         }
     }

@@ -8,7 +8,6 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
-
 use wisp_test_support::{run_with_deadline, unikernel, Scratch};
 
 fn wisp() -> std::process::Command {

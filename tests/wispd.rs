@@ -4,173 +4,18 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod wispd_common;
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wisp_api::control_page::{layout, ControlCommand, ControlPage, ShellState};
-use wisp_api::seqpacket::SeqpacketConn;
-use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
-use wisp_api::{BootSource, MachineConfig, NetworkInterface, VmConfig};
+use wisp_api::wispd_protocol::{CtlRequest, CtlResponse};
+use wisp_api::{BootSource, NetworkInterface, VmConfig};
 use wisp_test_support::{unikernel, NetNs};
-
-struct Wispd {
-    child: Child,
-    socket: PathBuf,
-    dir: PathBuf,
-}
-
-impl Wispd {
-    fn start(name: &str, pool: usize, shell_mem: u32) -> Wispd {
-        Self::start_in(None, name, pool, shell_mem)
-    }
-
-    /// wispd (and so its shells) inside the network namespace `netns`, if given.
-    fn start_in(netns: Option<&str>, name: &str, pool: usize, shell_mem: u32) -> Wispd {
-        let dir = std::env::temp_dir().join(format!("wisp-wispd-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let socket = dir.join("wispd.sock");
-        // `ip netns exec` enters the namespace and execs wispd: the child pid is wispd's.
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_wispd")]);
-                c
-            }
-            None => Command::new(env!("CARGO_BIN_EXE_wispd")),
-        };
-        let child = cmd
-            .arg("--socket")
-            .arg(&socket)
-            .args([
-                "--pool",
-                &pool.to_string(),
-                "--shell-mem",
-                &shell_mem.to_string(),
-            ])
-            .arg("--wisp")
-            .arg(env!("CARGO_BIN_EXE_wisp"))
-            .spawn()
-            .unwrap();
-        let w = Wispd { child, socket, dir };
-        w.wait_prepared(pool);
-        w
-    }
-
-    fn request(&self, req: &CtlRequest) -> CtlResponse {
-        let conn = SeqpacketConn::connect(&self.socket).unwrap();
-        conn.send(&serde_json::to_vec(req).unwrap()).unwrap();
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        let n = conn.recv(&mut buf).unwrap();
-        serde_json::from_slice(&buf[..n]).unwrap()
-    }
-
-    fn ctl(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_wisp"))
-            .arg("ctl")
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn wait_prepared(&self, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(conn) = SeqpacketConn::connect(&self.socket) {
-                drop(conn);
-                if let CtlResponse::Status { prepared, .. } = self.request(&CtlRequest::Status {}) {
-                    if prepared >= n {
-                        return;
-                    }
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "wispd never had {n} prepared shells"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Direct children of wispd: its shells.
-    fn shell_pids(&self) -> Vec<u32> {
-        children_of(self.child.id())
-    }
-
-    fn memfds(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .unwrap()
-            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-            .filter(|target| target.to_string_lossy().contains("memfd:wisp-control"))
-            .count()
-    }
-}
-
-impl Drop for Wispd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// Children of every thread of `pid` (/proc lists a child under the thread that forked it).
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
-}
-
-fn unikernel_config(dir: &Path, cmdline: &str) -> PathBuf {
-    write_config(dir, &unikernel_vm(cmdline))
-}
-
-fn unikernel_vm(cmdline: &str) -> VmConfig {
-    VmConfig {
-        boot_source: Some(BootSource {
-            kernel_image_path: unikernel(),
-            initrd_path: None,
-            boot_args: Some(cmdline.into()),
-        }),
-        machine_config: MachineConfig {
-            vcpu_count: 1,
-            mem_size_mib: 32,
-            smt: false,
-        },
-        ..Default::default()
-    }
-}
-
-fn write_config(dir: &Path, config: &VmConfig) -> PathBuf {
-    let path = dir.join("vm.json");
-    std::fs::write(&path, serde_json::to_vec(config).unwrap()).unwrap();
-    path
-}
-
-fn alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
+use wispd_common::{alive, unikernel_config, unikernel_vm, write_config, Wispd};
 
 #[test]
 fn ctl_creates_lists_pauses_resumes_and_destroys_unikernel_vms() {

@@ -63,19 +63,42 @@ impl SeqpacketListener {
     }
 
     pub fn accept(&self) -> io::Result<SeqpacketConn> {
+        self.accept_flags(libc::SOCK_CLOEXEC)
+    }
+
+    /// Accepts a connection whose `send` and `recv` fail with `WouldBlock` instead of waiting
+    /// (an event loop's connections). On a non-blocking listener (`set_nonblocking`) this
+    /// also fails with `WouldBlock` when no client is waiting.
+    pub fn accept_nonblocking(&self) -> io::Result<SeqpacketConn> {
+        self.accept_flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+    }
+
+    fn accept_flags(&self, flags: libc::c_int) -> io::Result<SeqpacketConn> {
         // SAFETY: accept4 with null address pointers is allowed; the result is checked.
         let fd = cvt(unsafe {
             libc::accept4(
                 self.fd.as_raw_fd(),
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
-                libc::SOCK_CLOEXEC,
+                flags,
             )
         })?;
         // SAFETY: accept4 returned a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(SeqpacketConn { fd })
     }
+
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        set_nonblocking(self.fd.as_raw_fd())
+    }
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL on a valid fd we own; results are checked.
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    // SAFETY: as above.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) })?;
+    Ok(())
 }
 
 impl AsRawFd for SeqpacketListener {
@@ -87,6 +110,12 @@ impl AsRawFd for SeqpacketListener {
 /// One SOCK_SEQPACKET connection: `send` and `recv` move whole messages.
 pub struct SeqpacketConn {
     fd: OwnedFd,
+}
+
+impl AsRawFd for SeqpacketConn {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
 }
 
 impl SeqpacketConn {
@@ -188,6 +217,24 @@ mod tests {
         assert!(server.recv(&mut small).is_err());
         drop(client);
         assert_eq!(server.recv(&mut buf).unwrap(), 0);
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn nonblocking_ends_wait_with_would_block() {
+        let path = std::env::temp_dir().join(format!("wisp-seqpacket-nb-{}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let listener = SeqpacketListener::bind(&path).unwrap();
+        listener.set_nonblocking().unwrap();
+        let err = listener.accept_nonblocking().err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let client = SeqpacketConn::connect(&path).unwrap();
+        let server = listener.accept_nonblocking().unwrap();
+        let mut buf = [0u8; 16];
+        let err = server.recv(&mut buf).err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        client.send(b"hi").unwrap();
+        assert_eq!(server.recv(&mut buf).unwrap(), 2);
         std::fs::remove_file(&path).unwrap();
     }
 }

@@ -1,21 +1,32 @@
-//! wispd's state: the pool of prepared shells and the VMs they became, and the handlers of
-//! each control request. The pool refills in the background; create only takes a shell and
-//! writes its control page.
+//! wispd's event loop: one thread and one epoll set holding the listener, every client
+//! connection, each shell's ack eventfd and pidfd, and a signalfd for SIGTERM/SIGINT. Nothing
+//! in it waits on anyone: a request that needs a shell posts its command, rings, and is answered
+//! when the shell rings back, its process ends, or a deadline passes (deadlines are the epoll
+//! timeout). No lock exists to be held. Clients are in clients.rs, shells in pool.rs, VMs in
+//! vms.rs; starting shells and removing their files happen on a helper thread (helper.rs).
 
-use crate::shell_process::{ShellError, ShellProcess};
-use std::collections::{BTreeMap, VecDeque};
+use crate::clients::Client;
+use crate::helper::Helper;
+use crate::pool::{Shell, Spawning};
+use crate::vms::VmRecord;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
-use std::sync::{mpsc, Condvar, Mutex};
-use std::time::{Duration, Instant};
-use wisp_api::control_page::{ControlCommand, ShellState, Timestamp};
-use wisp_api::wispd_protocol::{CreateTimes, CtlRequest, CtlResponse, VmSummary};
-use wisp_api::VmConfig;
+use std::time::Instant;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use wisp_api::seqpacket::SeqpacketListener;
+use wisp_api::wispd_protocol::MAX_MESSAGE;
 
-const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
-const BOOT_WAIT: Duration = Duration::from_secs(5);
-/// Most console output returned by `console`.
-const CONSOLE_TAIL: u64 = 32 * 1024;
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot block SIGTERM and SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot set up the event loop: {0}")]
+    Setup(#[source] std::io::Error),
+    #[error("the event loop failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
 
 pub struct Settings {
     pub wisp: PathBuf,
@@ -25,332 +36,312 @@ pub struct Settings {
     pub shell_vcpus: u8,
 }
 
-struct Vm {
-    shell: ShellProcess,
-    config: VmConfig,
-    /// Set once the monitor saw the shell exit.
-    exited: Option<String>,
+/// What an epoll event is about. Ids are never reused, so an event for a connection or a shell
+/// that is already gone finds nothing and is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Token {
+    Listener,
+    Signals,
+    Client(u64),
+    ShellAck(u64),
+    ShellExit(u64),
+    /// The helper thread started shells.
+    Helper,
 }
 
-#[derive(Default)]
-struct State {
-    pool: VecDeque<ShellProcess>,
-    vms: BTreeMap<u64, Vm>,
-    next_id: u64,
+impl Token {
+    const SHIFT: u32 = 56;
+    const ID_MASK: u64 = (1 << Self::SHIFT) - 1;
+
+    fn encode(self) -> u64 {
+        let (kind, id) = match self {
+            Token::Listener => (0, 0),
+            Token::Signals => (1, 0),
+            Token::Client(id) => (2, id),
+            Token::ShellAck(id) => (3, id),
+            Token::ShellExit(id) => (4, id),
+            Token::Helper => (5, 0),
+        };
+        (kind << Self::SHIFT) | (id & Self::ID_MASK)
+    }
+
+    fn decode(v: u64) -> Option<Token> {
+        let id = v & Self::ID_MASK;
+        Some(match v >> Self::SHIFT {
+            0 => Token::Listener,
+            1 => Token::Signals,
+            2 => Token::Client(id),
+            3 => Token::ShellAck(id),
+            4 => Token::ShellExit(id),
+            5 => Token::Helper,
+            _ => return None,
+        })
+    }
 }
 
-/// A request to the spawner thread: the shell's size and where to send it.
-type SpawnJob = (u32, u8, mpsc::Sender<Result<ShellProcess, ShellError>>);
+/// Something due at an instant. Entries are never removed early: when one comes due, its owner
+/// is asked whether that is still its deadline (a client or shell keeps its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Timer {
+    Client(u64),
+    Shell(u64),
+    /// The pool may be refilled (a create's critical window or a failure back-off ended).
+    Refill,
+    /// Accepting may resume after the process ran out of fds.
+    Listener,
+}
 
 pub struct Daemon {
-    pub settings: Settings,
-    /// Every shell is forked by one long-lived thread: PR_SET_PDEATHSIG fires when the forking
-    /// *thread* exits, so a shell forked by a short-lived connection thread would die with it.
-    spawner: Mutex<mpsc::Sender<SpawnJob>>,
-    state: Mutex<State>,
-    /// Signalled when a shell leaves the pool, to wake the refiller.
-    pool_changed: Condvar,
+    pub(crate) settings: Settings,
+    epoll: Epoll,
+    pub(crate) listener: SeqpacketListener,
+    signals: OwnedFd,
+    pub(crate) helper: Helper,
+    pub(crate) clients: HashMap<u64, Client>,
+    /// Shells the helper is starting.
+    pub(crate) spawning: HashMap<u64, Spawning>,
+    pub(crate) shells: HashMap<u64, Shell>,
+    /// Prepared shells in the pool, oldest first.
+    pub(crate) ready: VecDeque<u64>,
+    /// Shells being prepared for the pool (no create waiting on them yet).
+    pub(crate) preparing: VecDeque<u64>,
+    /// Shells whose Create is posted, with when: the pool is not refilled meanwhile.
+    pub(crate) creating: BTreeMap<u64, Instant>,
+    pub(crate) vms: BTreeMap<u64, VmRecord>,
+    /// VMs that ended by themselves, oldest first (their records are kept a while).
+    pub(crate) ended: VecDeque<u64>,
+    next_id: u64,
+    pub(crate) next_vm: u64,
+    timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    pub(crate) refill_not_before: Option<Instant>,
+    /// The refill timer already set.
+    pub(crate) refill_wakeup: Option<Instant>,
+    pub(crate) prepare_failures: u32,
+    pub(crate) listener_paused: bool,
+    stopping: bool,
+    /// One receive buffer for every client.
+    pub(crate) buf: Vec<u8>,
 }
 
-/// "exit status N" or "signal N", from a waitpid status.
-fn describe_status(status: libc::c_int) -> String {
-    if libc::WIFSIGNALED(status) {
-        format!("signal {}", libc::WTERMSIG(status))
-    } else {
-        format!("exit status {}", libc::WEXITSTATUS(status))
+/// SIGTERM and SIGINT, to be read from a signalfd instead of interrupting anything. Call before
+/// anything else so that no signal can arrive while the default action would still kill wispd
+/// without cleaning up.
+pub fn block_exit_signals() -> Result<libc::sigset_t, DaemonError> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: sigemptyset/sigaddset/pthread_sigmask write only `set` / the thread's mask.
+    let rc = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(DaemonError::Signals(std::io::Error::from_raw_os_error(rc)));
     }
-}
-
-fn vm_id(n: u64) -> String {
-    format!("vm-{n}")
-}
-
-fn parse_id(id: &str) -> Option<u64> {
-    id.strip_prefix("vm-")?.parse().ok()
-}
-
-fn error(message: impl std::fmt::Display) -> CtlResponse {
-    CtlResponse::Error {
-        message: message.to_string(),
-    }
-}
-
-fn us_between(from_ns: u64, to_ns: u64) -> Option<f64> {
-    (from_ns != 0 && to_ns >= from_ns).then(|| (to_ns - from_ns) as f64 / 1000.0)
+    Ok(set)
 }
 
 impl Daemon {
-    pub fn new(settings: Settings) -> Daemon {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        let (wisp, run_dir) = (settings.wisp.clone(), settings.run_dir.clone());
-        std::thread::spawn(move || {
-            for (mem, vcpus, reply) in rx {
-                let _ = reply.send(ShellProcess::spawn(&wisp, &run_dir, mem, vcpus));
-            }
-        });
-        Daemon {
+    /// The loop around `listener` (already bound), its signalfd reading `signals`.
+    pub fn new(
+        settings: Settings,
+        listener: SeqpacketListener,
+        signals: &libc::sigset_t,
+    ) -> Result<Daemon, DaemonError> {
+        // SAFETY: signalfd reads one valid sigset_t; the result is checked.
+        let fd = unsafe { libc::signalfd(-1, signals, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(DaemonError::Signals(std::io::Error::last_os_error()));
+        }
+        // SAFETY: signalfd returned a fresh fd that nothing else owns.
+        let signals = unsafe { OwnedFd::from_raw_fd(fd) };
+        listener.set_nonblocking().map_err(DaemonError::Setup)?;
+        let helper = Helper::start(settings.wisp.clone(), settings.run_dir.clone())
+            .map_err(DaemonError::Setup)?;
+        let daemon = Daemon {
             settings,
-            spawner: Mutex::new(tx),
-            state: Mutex::new(State::default()),
-            pool_changed: Condvar::new(),
-        }
+            epoll: Epoll::new().map_err(DaemonError::Setup)?,
+            listener,
+            signals,
+            helper,
+            clients: HashMap::new(),
+            spawning: HashMap::new(),
+            shells: HashMap::new(),
+            ready: VecDeque::new(),
+            preparing: VecDeque::new(),
+            creating: BTreeMap::new(),
+            vms: BTreeMap::new(),
+            ended: VecDeque::new(),
+            next_id: 0,
+            next_vm: 1,
+            timers: BinaryHeap::new(),
+            refill_not_before: None,
+            refill_wakeup: None,
+            prepare_failures: 0,
+            listener_paused: false,
+            stopping: false,
+            buf: vec![0; MAX_MESSAGE],
+        };
+        daemon
+            .watch(daemon.listener.as_raw_fd(), Token::Listener, EventSet::IN)
+            .map_err(DaemonError::Setup)?;
+        daemon
+            .watch(daemon.signals.as_raw_fd(), Token::Signals, EventSet::IN)
+            .map_err(DaemonError::Setup)?;
+        daemon
+            .watch(daemon.helper.wake_fd(), Token::Helper, EventSet::IN)
+            .map_err(DaemonError::Setup)?;
+        Ok(daemon)
     }
 
-    fn spawn_shell(&self, mem: u32, vcpus: u8) -> Result<ShellProcess, ShellError> {
-        let (reply, result) = mpsc::channel();
-        let gone = || ShellError::Doorbell(std::io::Error::other("the spawner thread is gone"));
-        self.spawner
-            .lock()
-            .map_err(|_| gone())?
-            .send((mem, vcpus, reply))
-            .map_err(|_| gone())?;
-        let mut shell = result.recv().map_err(|_| gone())??;
-        if let Err(e) = shell.wait_prepared(PREPARE_TIMEOUT) {
-            shell.kill();
-            return Err(e);
-        }
-        Ok(shell)
+    /// A fresh id for a client or a shell.
+    pub(crate) fn new_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
     }
 
-    /// Keeps the pool full; runs on its own thread.
-    pub fn refill_forever(&self) {
-        loop {
-            {
-                let Ok(mut state) = self.state.lock() else {
-                    return;
-                };
-                while state.pool.len() >= self.settings.pool {
-                    state = match self.pool_changed.wait(state) {
-                        Ok(s) => s,
-                        Err(_) => return,
-                    };
+    pub(crate) fn watch(&self, fd: RawFd, token: Token, events: EventSet) -> std::io::Result<()> {
+        let ev = EpollEvent::new(events, token.encode());
+        self.epoll.ctl(ControlOperation::Add, fd, ev)
+    }
+
+    pub(crate) fn rewatch(&self, fd: RawFd, token: Token, events: EventSet) -> std::io::Result<()> {
+        let ev = EpollEvent::new(events, token.encode());
+        self.epoll.ctl(ControlOperation::Modify, fd, ev)
+    }
+
+    pub(crate) fn unwatch(&self, fd: RawFd) {
+        let _ = self
+            .epoll
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// Calls back `timer` at `when` (see `Timer`).
+    pub(crate) fn at(&mut self, when: Instant, timer: Timer) {
+        self.timers.push(Reverse((when, timer)));
+    }
+
+    /// Serves until SIGTERM or SIGINT, then ends every shell.
+    pub fn run(&mut self) -> Result<(), DaemonError> {
+        let mut events = vec![EpollEvent::default(); 64];
+        self.refill();
+        while !self.stopping {
+            let timeout = self.timeout_ms();
+            let n = match self.epoll.wait(timeout, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => {
+                    self.shutdown();
+                    return Err(DaemonError::Wait(e));
+                }
+            };
+            for ev in &events[..n] {
+                if let Some(token) = Token::decode(ev.data()) {
+                    self.dispatch(token, ev.event_set());
                 }
             }
-            // Prepare outside the lock: creates go on meanwhile.
-            match self.spawn_shell(self.settings.shell_mem, self.settings.shell_vcpus) {
-                Ok(shell) => {
-                    if let Ok(mut state) = self.state.lock() {
-                        state.pool.push_back(shell);
+            self.fire_timers();
+            self.refill();
+        }
+        self.shutdown();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, token: Token, events: EventSet) {
+        match token {
+            Token::Listener => self.accept_clients(),
+            Token::Signals => self.read_signals(),
+            Token::Client(id) => self.client_event(id, events),
+            Token::ShellAck(id) => self.shell_rang(id),
+            Token::ShellExit(id) => self.shell_ended(id),
+            Token::Helper => self.shells_started(),
+        }
+    }
+
+    fn read_signals(&mut self) {
+        // SAFETY: signalfd_siginfo is plain data; all-zero is valid.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reads at most `size` bytes into `info`, which is that large.
+        let n = unsafe {
+            libc::read(
+                self.signals.as_raw_fd(),
+                (&mut info as *mut libc::signalfd_siginfo).cast(),
+                size,
+            )
+        };
+        if n == size as isize {
+            log::info!("wispd: signal {}: shutting down", info.ssi_signo);
+            self.stopping = true;
+        }
+    }
+
+    /// Milliseconds until the next timer (rounded up, so it is due when we wake), or -1.
+    fn timeout_ms(&self) -> i32 {
+        match self.timers.peek() {
+            None => -1,
+            Some(Reverse((at, _))) => {
+                let left = at.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32
+            }
+        }
+    }
+
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Client(id) => {
+                    if self.clients.get(&id).is_some_and(|c| c.deadline == at) {
+                        self.client_deadline(id);
                     }
                 }
-                Err(e) => {
-                    log::error!("wispd: cannot prepare a shell: {e}");
-                    std::thread::sleep(Duration::from_secs(1));
+                Timer::Shell(id) => {
+                    if self.shells.get(&id).is_some_and(|s| s.deadline == Some(at)) {
+                        self.shell_deadline(id);
+                    }
                 }
+                // `refill` runs after every turn of the loop.
+                Timer::Refill => {}
+                Timer::Listener => self.resume_listener(),
             }
         }
     }
 
-    /// Notices shells that died: pooled ones are replaced, VMs are marked. It reaps with
-    /// `waitpid(-1)` and takes the lock only when a child died, so a thousand running VMs cost
-    /// the create path nothing (polling each child would hold the lock for a thousand syscalls).
-    pub fn monitor_forever(&self) {
-        loop {
-            std::thread::sleep(Duration::from_millis(100));
-            loop {
-                let mut status: libc::c_int = 0;
-                // SAFETY: waitpid writes one int, which `status` is.
-                let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                self.reaped(pid as u32, describe_status(status));
-            }
+    /// Ends every shell (SIGKILL through its pidfd, then reaped) and drops every client. The
+    /// helper finishes removing files when the daemon is dropped.
+    fn shutdown(&mut self) {
+        for shell in self.shells.values() {
+            shell.proc.kill();
         }
+        // Dropping a shell reaps it and removes its files.
+        self.shells.clear();
+        self.clients.clear();
+        self.spawning.clear();
     }
+}
 
-    fn reaped(&self, pid: u32, how: String) {
-        let Ok(mut state) = self.state.lock() else {
-            return;
-        };
-        if let Some(i) = state.pool.iter().position(|s| s.pid() == pid) {
-            log::warn!("wispd: prepared shell {pid} died ({how}); replacing it");
-            state.pool.remove(i);
-            self.pool_changed.notify_all();
-        } else if let Some(vm) = state.vms.values_mut().find(|v| v.shell.pid() == pid) {
-            let clean = vm.shell.page.state() == Some(ShellState::Halted);
-            vm.exited = Some(if clean {
-                "halted".into()
-            } else {
-                format!("failed ({how}): {}", vm.shell.page.error())
-            });
-        }
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    pub fn handle(&self, req: CtlRequest) -> CtlResponse {
-        match req {
-            CtlRequest::Create {
-                config,
-                sent_ns,
-                wait_boot,
-            } => self.create(*config, sent_ns, wait_boot),
-            CtlRequest::List {} => self.list(),
-            CtlRequest::Destroy { id } => self.destroy(&id),
-            CtlRequest::Pause { id } => self.command(&id, ControlCommand::Pause),
-            CtlRequest::Resume { id } => self.command(&id, ControlCommand::Resume),
-            CtlRequest::Console { id } => self.console(&id),
-            CtlRequest::Status {} => match self.state.lock() {
-                Ok(s) => CtlResponse::Status {
-                    prepared: s.pool.len(),
-                    running: s.vms.values().filter(|v| v.exited.is_none()).count(),
-                },
-                Err(_) => error("wispd state is poisoned"),
-            },
+    #[test]
+    fn tokens_round_trip() {
+        for t in [
+            Token::Listener,
+            Token::Signals,
+            Token::Client(7),
+            Token::ShellAck(1 << 40),
+            Token::ShellExit(3),
+            Token::Helper,
+        ] {
+            assert_eq!(Token::decode(t.encode()), Some(t));
         }
-    }
-
-    fn summary(id: u64, vm: &Vm) -> VmSummary {
-        let state = match &vm.exited {
-            Some(how) => how.clone(),
-            None => vm
-                .shell
-                .page
-                .state()
-                .map(|s| s.name().to_string())
-                .unwrap_or_else(|| "unknown".into()),
-        };
-        VmSummary {
-            id: vm_id(id),
-            pid: vm.shell.pid(),
-            state,
-            mem_size_mib: vm.config.machine_config.mem_size_mib,
-            vcpu_count: vm.config.machine_config.vcpu_count,
-            api_socket: Some(vm.shell.api_socket.display().to_string()),
-        }
-    }
-
-    fn create(&self, config: VmConfig, sent_ns: u64, wait_boot: bool) -> CtlResponse {
-        let mc = config.machine_config.clone();
-        let fits = |s: &ShellProcess| mc.mem_size_mib <= s.mem_mib && mc.vcpu_count <= s.vcpus;
-        let taken = match self.state.lock() {
-            Ok(mut state) => {
-                let pos = state.pool.iter().position(fits);
-                pos.and_then(|i| state.pool.remove(i))
-            }
-            Err(_) => return error("wispd state is poisoned"),
-        };
-        let (shell, cold) = match taken {
-            Some(shell) => (shell, false),
-            None => {
-                // Nothing prepared fits (or the pool is empty): a cold start, said so.
-                match self.spawn_shell(mc.mem_size_mib, mc.vcpu_count.max(1)) {
-                    Ok(shell) => (shell, true),
-                    Err(e) => return error(format!("cold start failed: {e}")),
-                }
-            }
-        };
-        if let Err(e) = shell.page.write_config(&config) {
-            shell.kill();
-            return error(e);
-        }
-        if let Err(e) = shell.command(ControlCommand::Create, COMMAND_TIMEOUT) {
-            shell.kill();
-            return error(e);
-        }
-        let page = &shell.page;
-        // The boot vCPU stamps its first entry itself, just after the acknowledgement.
-        let deadline = Instant::now() + Duration::from_millis(200);
-        while page.time(Timestamp::FirstEntry) == 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(20));
-        }
-        let first = page.time(Timestamp::FirstEntry);
-        if wait_boot {
-            let deadline = Instant::now() + BOOT_WAIT;
-            while page.time(Timestamp::BootTimer) == 0 && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_micros(200));
-            }
-        }
-        let times = CreateTimes {
-            request_to_first_entry_us: us_between(sent_ns, first),
-            doorbell_to_first_entry_us: us_between(page.time(Timestamp::Command), first),
-            request_to_boot_timer_us: us_between(sent_ns, page.time(Timestamp::BootTimer)),
-        };
-        // Refill only now: preparing a shell (fork, exec, KVM setup) would compete for the CPU
-        // with the create it replaces.
-        self.pool_changed.notify_all();
-        let Ok(mut state) = self.state.lock() else {
-            return error("wispd state is poisoned");
-        };
-        state.next_id += 1;
-        let id = state.next_id;
-        let vm = Vm {
-            shell,
-            config,
-            exited: None,
-        };
-        let summary = Self::summary(id, &vm);
-        state.vms.insert(id, vm);
-        CtlResponse::Created {
-            vm: summary,
-            times,
-            cold,
-        }
-    }
-
-    fn list(&self) -> CtlResponse {
-        match self.state.lock() {
-            Ok(state) => CtlResponse::Vms {
-                vms: state
-                    .vms
-                    .iter()
-                    .map(|(id, vm)| Self::summary(*id, vm))
-                    .collect(),
-            },
-            Err(_) => error("wispd state is poisoned"),
-        }
-    }
-
-    fn destroy(&self, id: &str) -> CtlResponse {
-        let vm = match (parse_id(id), self.state.lock()) {
-            (Some(n), Ok(mut state)) => state.vms.remove(&n),
-            _ => None,
-        };
-        let Some(vm) = vm else {
-            return error(format!("no VM {id}"));
-        };
-        if vm.exited.is_none() {
-            // Ask politely first so the shell records Halted; kill regardless.
-            let _ = vm
-                .shell
-                .command(ControlCommand::Destroy, Duration::from_millis(500));
-        }
-        vm.shell.kill();
-        CtlResponse::Done
-    }
-
-    fn command(&self, id: &str, command: ControlCommand) -> CtlResponse {
-        let Ok(state) = self.state.lock() else {
-            return error("wispd state is poisoned");
-        };
-        match parse_id(id).and_then(|n| state.vms.get(&n)) {
-            Some(vm) if vm.exited.is_none() => match vm.shell.command(command, COMMAND_TIMEOUT) {
-                Ok(()) => CtlResponse::Done,
-                Err(e) => error(e),
-            },
-            Some(_) => error(format!("VM {id} is not running")),
-            None => error(format!("no VM {id}")),
-        }
-    }
-
-    fn console(&self, id: &str) -> CtlResponse {
-        let path = match (parse_id(id), self.state.lock()) {
-            (Some(n), Ok(state)) => state.vms.get(&n).map(|vm| vm.shell.console.clone()),
-            _ => None,
-        };
-        let Some(path) = path else {
-            return error(format!("no VM {id}"));
-        };
-        use std::io::{Read, Seek, SeekFrom};
-        let text = std::fs::File::open(&path).and_then(|mut f| {
-            let len = f.metadata()?.len();
-            f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL)))?;
-            let mut s = Vec::new();
-            f.read_to_end(&mut s)?;
-            Ok(String::from_utf8_lossy(&s).into_owned())
-        });
-        match text {
-            Ok(text) => CtlResponse::Console { text },
-            Err(e) => error(format!("cannot read the console of {id}: {e}")),
-        }
+        assert_eq!(Token::decode(9 << Token::SHIFT), None);
     }
 }

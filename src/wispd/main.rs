@@ -1,7 +1,7 @@
-//! `wispd`: the split toolstack's daemon (LightVM's noxs on KVM, DESIGN.md §5). It keeps a
+//! `wispd`: the split toolstack's daemon (LightVM's noxs on KVM, docs/design.md §5). It keeps a
 //! pool of prepared `wisp shell` processes and turns each create request into one control-page
 //! write and one doorbell ring. Requests arrive on a Unix SOCK_SEQPACKET socket as compact JSON
-//! (`wisp ctl` is the client).
+//! (`wisp ctl` is the client). Everything runs on one event loop (daemon.rs).
 
 /// Like `eprintln!`, but a closed stderr is not worth a panic.
 macro_rules! report {
@@ -11,17 +11,20 @@ macro_rules! report {
     }};
 }
 
+mod clients;
 mod daemon;
+mod helper;
 #[path = "../logger.rs"]
 mod logger;
+mod pool;
 mod shell_process;
+mod socket_path;
+mod vms;
 
 use clap::Parser;
 use daemon::{Daemon, Settings};
-use std::path::PathBuf;
-use std::sync::Arc;
-use wisp_api::seqpacket::{SeqpacketConn, SeqpacketListener};
-use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -30,7 +33,8 @@ use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
     about = "Wisp's control-plane daemon: prepared VM shells"
 )]
 struct Args {
-    /// Socket to serve requests on.
+    /// Socket to serve requests on. An existing file there is never replaced, nor a socket
+    /// something answers on; a dead socket is.
     #[arg(long, default_value = "/run/wispd.sock")]
     socket: PathBuf,
     /// Prepared shells to keep ready.
@@ -42,7 +46,7 @@ struct Args {
     /// vCPUs each prepared shell creates.
     #[arg(long, default_value_t = 1)]
     shell_vcpus: u8,
-    /// Where consoles are written (default: a directory beside the socket).
+    /// Where consoles and VM API sockets go (default: a directory beside the socket, 0700).
     #[arg(long)]
     run_dir: Option<PathBuf>,
     /// The `wisp` binary (default: next to this one).
@@ -53,48 +57,6 @@ struct Args {
     log_level: String,
 }
 
-/// Threads accepting and serving client connections.
-const ACCEPT_WORKERS: usize = 8;
-
-/// How long a client connection may stay idle before its worker drops it.
-const IDLE_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
-
-fn serve(daemon: &Daemon, conn: SeqpacketConn) {
-    if let Err(e) = conn.set_read_timeout(IDLE_CLIENT) {
-        log::warn!("wispd: {e}");
-    }
-    let mut buf = vec![0u8; MAX_MESSAGE];
-    loop {
-        let n = match conn.recv(&mut buf) {
-            Ok(0) => return,
-            Ok(n) => n,
-            Err(e) => {
-                let _ = reply(
-                    &conn,
-                    &CtlResponse::Error {
-                        message: e.to_string(),
-                    },
-                );
-                return;
-            }
-        };
-        let resp = match serde_json::from_slice::<CtlRequest>(&buf[..n]) {
-            Ok(req) => daemon.handle(req),
-            Err(e) => CtlResponse::Error {
-                message: format!("bad request: {e}"),
-            },
-        };
-        if reply(&conn, &resp).is_err() {
-            return;
-        }
-    }
-}
-
-fn reply(conn: &SeqpacketConn, resp: &CtlResponse) -> std::io::Result<()> {
-    let text = serde_json::to_vec(resp).map_err(std::io::Error::other)?;
-    conn.send(&text)
-}
-
 fn sibling_wisp() -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -102,79 +64,96 @@ fn sibling_wisp() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("wisp"))
 }
 
-/// Removes the socket on SIGINT/SIGTERM and exits; shells die with us (PR_SET_PDEATHSIG).
-fn install_exit_handler(socket: PathBuf) {
-    static SOCKET: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    let _ = SOCKET.set(socket);
-    extern "C" fn on_signal(_: libc::c_int) {
-        if let Some(path) = SOCKET.get() {
-            let _ = std::fs::remove_file(path);
-        }
-        // SAFETY: _exit is async-signal-safe and ends the process at once.
-        unsafe { libc::_exit(0) };
+/// Creates the run directory (0700); true if it did. An existing one is used as it is, but the
+/// default one beside the socket is made private again (an older wispd made it 0755).
+fn make_run_dir(dir: &Path, default: bool) -> std::io::Result<bool> {
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
     }
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: installs a handler that only removes a file and calls _exit.
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::metadata(dir)?;
+    if !meta.is_dir() {
+        return Err(std::io::Error::other("it exists and is not a directory"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        if default {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        } else {
+            log::warn!(
+                "wispd: {} is open to other users; guest consoles inside it are not",
+                dir.display()
+            );
+        }
+    }
+    Ok(false)
+}
+
+/// Shells hold four fds each and every client one: the soft limit (often 1024) would cap wispd
+/// at a few hundred VMs, so it is raised to the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read or write one rlimit, which `lim` is.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }
 
 fn main() {
-    let args = Args::parse();
-    logger::init(&args.log_level);
-    let run_dir = args
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(format!("{}.d", args.socket.display())));
-    if let Err(e) = std::fs::create_dir_all(&run_dir) {
-        report!("wispd: error: cannot create {}: {e}", run_dir.display());
-        std::process::exit(1);
-    }
-    if wisp_api::seqpacket::SeqpacketConn::connect(&args.socket).is_ok() {
-        report!(
-            "wispd: error: {} is in use by a running wispd",
-            args.socket.display()
-        );
-        std::process::exit(1);
-    }
-    let _ = std::fs::remove_file(&args.socket);
-    let listener = match SeqpacketListener::bind(&args.socket) {
-        Ok(l) => l,
+    // First, so a SIGTERM from here on is read by the loop instead of killing wispd midway.
+    let signals = match daemon::block_exit_signals() {
+        Ok(set) => set,
         Err(e) => {
-            report!(
-                "wispd: error: cannot listen on {}: {e}",
-                args.socket.display()
-            );
+            report!("wispd: error: {e}");
             std::process::exit(1);
         }
     };
-    install_exit_handler(args.socket.clone());
-    let daemon = Arc::new(Daemon::new(Settings {
+    let args = Args::parse();
+    logger::init(&args.log_level);
+    raise_fd_limit();
+    let (run_dir, default_dir) = match &args.run_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (PathBuf::from(format!("{}.d", args.socket.display())), true),
+    };
+    let (listener, claimed) = match socket_path::claim(&args.socket) {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            report!("wispd: error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let made_run_dir = match make_run_dir(&run_dir, default_dir) {
+        Ok(made) => made,
+        Err(e) => {
+            report!("wispd: error: cannot use {}: {e}", run_dir.display());
+            claimed.release();
+            std::process::exit(1);
+        }
+    };
+    let settings = Settings {
         wisp: args.wisp.clone().unwrap_or_else(sibling_wisp),
-        run_dir,
+        run_dir: run_dir.clone(),
         pool: args.pool,
         shell_mem: args.shell_mem,
         shell_vcpus: args.shell_vcpus,
-    }));
-    let refill = daemon.clone();
-    std::thread::spawn(move || refill.refill_forever());
-    let monitor = daemon.clone();
-    std::thread::spawn(move || monitor.monitor_forever());
-    // A fixed set of workers each accept and serve connections: no thread is spawned on the
-    // create path, and a stalled client holds up one worker, not the daemon.
-    let listener = Arc::new(listener);
-    let workers: Vec<_> = (0..ACCEPT_WORKERS)
-        .map(|_| {
-            let (d, l) = (daemon.clone(), listener.clone());
-            std::thread::spawn(move || loop {
-                match l.accept() {
-                    Ok(conn) => serve(&d, conn),
-                    Err(e) => log::warn!("wispd: accept failed: {e}"),
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
+    };
+    let outcome = Daemon::new(settings, listener, &signals).and_then(|mut d| d.run());
+    // The loop ended every shell (and removed their files); what is left is ours to remove.
+    claimed.release();
+    if made_run_dir {
+        let _ = std::fs::remove_dir(&run_dir);
+    }
+    if let Err(e) = outcome {
+        report!("wispd: error: {e}");
+        std::process::exit(1);
     }
 }
