@@ -186,6 +186,9 @@ fn every_thread_of_wisp_api_sock_is_filtered_once_the_vm_runs() {
     cmd.arg("--api-sock").arg(&sock);
     let mut wisp = Running::spawn(cmd);
     wait_for_socket(&mut wisp, &sock);
+    // An answer means the API thread is past its filter (the socket accepts into its backlog
+    // as soon as it is bound, before the thread runs).
+    assert_eq!(curl(&sock, "GET", "/", None).0, 200);
     assert_eq!(mode_of(wisp.pid(), "wisp-api"), FILTERED);
     assert_eq!(mode_of(wisp.pid(), "wisp"), UNFILTERED);
 
@@ -251,25 +254,29 @@ fn every_thread_of_a_wispd_shell_is_filtered_once_it_hosts_a_vm() {
         .unwrap();
     let wispd_pid = wispd.id();
     let result = std::panic::catch_unwind(|| {
-        let deadline = Instant::now() + GUARD;
-        let shell = loop {
-            let shells = children_of(wispd_pid);
-            if let Some(&pid) = shells.first() {
-                let now = tasks(pid);
-                if ["vcpu0", "wisp-api"]
-                    .iter()
-                    .all(|n| now.iter().any(|t| t.name == *n))
-                {
-                    break pid;
-                }
-            }
-            assert!(Instant::now() < deadline, "wispd never prepared a shell");
-            std::thread::sleep(Duration::from_millis(10));
-        };
         // Prepared: the threads that will meet input are filtered already; the VMM thread
         // is not until it has built the guest.
-        assert_eq!(mode_of(shell, "vcpu0"), FILTERED);
-        assert_eq!(mode_of(shell, "wisp-api"), FILTERED);
+        let deadline = Instant::now() + GUARD;
+        let shell = loop {
+            let prepared = children_of(wispd_pid).into_iter().find(|&pid| {
+                let now = tasks(pid);
+                ["vcpu0", "wisp-api"]
+                    .iter()
+                    .all(|n| now.iter().any(|t| t.name == *n && t.seccomp == FILTERED))
+            });
+            if let Some(pid) = prepared {
+                break pid;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no prepared shell with filtered vCPU and API threads: {:?}",
+                children_of(wispd_pid)
+                    .into_iter()
+                    .map(tasks)
+                    .collect::<Vec<_>>()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
         assert_eq!(mode_of(shell, "wisp"), UNFILTERED);
 
         let config = write_config(&scratch.join("vm.json"));

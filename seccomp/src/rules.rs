@@ -16,159 +16,18 @@ pub struct Allowed {
     pub rules: Vec<SeccompRule>,
 }
 
-/// A syscall by name, for `allow!(read)`: the name the docs list, and libc's number for it.
+/// A syscall as the lists name it: `sys!(SYS_read)` is `("read", libc::SYS_read)`, so the
+/// name in the docs and the number the filter checks come from one token.
 macro_rules! sys {
-    ($name:ident) => {
-        (stringify!($name), $crate::rules::syscall_number!($name))
+    ($number:ident) => {
+        (
+            stringify!($number).trim_start_matches("SYS_"),
+            libc::$number,
+        )
     };
 }
 
-/// `libc::SYS_<name>`.
-macro_rules! syscall_number {
-    (accept4) => {
-        libc::SYS_accept4
-    };
-    (brk) => {
-        libc::SYS_brk
-    };
-    (clock_gettime) => {
-        libc::SYS_clock_gettime
-    };
-    (close) => {
-        libc::SYS_close
-    };
-    (connect) => {
-        libc::SYS_connect
-    };
-    (epoll_ctl) => {
-        libc::SYS_epoll_ctl
-    };
-    (epoll_pwait) => {
-        libc::SYS_epoll_pwait
-    };
-    (epoll_wait) => {
-        libc::SYS_epoll_wait
-    };
-    (exit) => {
-        libc::SYS_exit
-    };
-    (exit_group) => {
-        libc::SYS_exit_group
-    };
-    (fcntl) => {
-        libc::SYS_fcntl
-    };
-    (fdatasync) => {
-        libc::SYS_fdatasync
-    };
-    (fstat) => {
-        libc::SYS_fstat
-    };
-    (fsync) => {
-        libc::SYS_fsync
-    };
-    (futex) => {
-        libc::SYS_futex
-    };
-    (getpid) => {
-        libc::SYS_getpid
-    };
-    (getrandom) => {
-        libc::SYS_getrandom
-    };
-    (gettid) => {
-        libc::SYS_gettid
-    };
-    (ioctl) => {
-        libc::SYS_ioctl
-    };
-    (lseek) => {
-        libc::SYS_lseek
-    };
-    (madvise) => {
-        libc::SYS_madvise
-    };
-    (mmap) => {
-        libc::SYS_mmap
-    };
-    (mprotect) => {
-        libc::SYS_mprotect
-    };
-    (mremap) => {
-        libc::SYS_mremap
-    };
-    (munmap) => {
-        libc::SYS_munmap
-    };
-    (newfstatat) => {
-        libc::SYS_newfstatat
-    };
-    (openat) => {
-        libc::SYS_openat
-    };
-    (pread64) => {
-        libc::SYS_pread64
-    };
-    (preadv) => {
-        libc::SYS_preadv
-    };
-    (pwrite64) => {
-        libc::SYS_pwrite64
-    };
-    (pwritev) => {
-        libc::SYS_pwritev
-    };
-    (read) => {
-        libc::SYS_read
-    };
-    (readv) => {
-        libc::SYS_readv
-    };
-    (recvfrom) => {
-        libc::SYS_recvfrom
-    };
-    (rt_sigprocmask) => {
-        libc::SYS_rt_sigprocmask
-    };
-    (rt_sigreturn) => {
-        libc::SYS_rt_sigreturn
-    };
-    (sched_yield) => {
-        libc::SYS_sched_yield
-    };
-    (sendto) => {
-        libc::SYS_sendto
-    };
-    (shutdown) => {
-        libc::SYS_shutdown
-    };
-    (sigaltstack) => {
-        libc::SYS_sigaltstack
-    };
-    (socket) => {
-        libc::SYS_socket
-    };
-    (statx) => {
-        libc::SYS_statx
-    };
-    (tgkill) => {
-        libc::SYS_tgkill
-    };
-    (unlink) => {
-        libc::SYS_unlink
-    };
-    (unlinkat) => {
-        libc::SYS_unlinkat
-    };
-    (write) => {
-        libc::SYS_write
-    };
-    (writev) => {
-        libc::SYS_writev
-    };
-}
-
-pub(crate) use {sys, syscall_number};
+pub(crate) use sys;
 
 /// Builds one thread kind's list.
 #[derive(Default)]
@@ -203,7 +62,7 @@ impl SyscallList {
     /// Allows `ioctl` with these request numbers only.
     pub fn allow_ioctls(&mut self, ioctls: &[Ioctl]) -> Built {
         let numbers: Vec<u64> = ioctls.iter().map(|i| i.number).collect();
-        self.allow_arg(sys!(ioctl), 1, &numbers)
+        self.allow_arg(sys!(SYS_ioctl), 1, &numbers)
     }
 
     /// Allows `syscall` when argument `index` has none of the bits of `mask` set.

@@ -73,3 +73,49 @@ fn only_the_vmm_thread_opens_files_or_sockets() {
         }
     }
 }
+
+/// The syscall names docs/seccomp.md lists for `kind`: its own table and the one every
+/// filter shares (the first column of the tables between `<!-- seccomp:NAME -->` and
+/// `<!-- /seccomp -->`).
+fn documented(kind: ThreadKind) -> Vec<String> {
+    let mut names = section("every");
+    names.extend(section(kind.name()));
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+fn section(name: &str) -> Vec<String> {
+    let doc = include_str!("../../docs/seccomp.md");
+    let start = format!("<!-- seccomp:{name} -->");
+    let from = doc
+        .find(&start)
+        .unwrap_or_else(|| panic!("no {start} in the docs"));
+    let section = &doc[from..];
+    let section = &section[..section.find("<!-- /seccomp -->").unwrap()];
+    section
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn the_docs_list_exactly_the_syscalls_each_filter_allows() {
+    for kind in ThreadKind::ALL {
+        let mut want: Vec<String> = names(kind).into_iter().map(str::to_string).collect();
+        let mut have = documented(kind);
+        want.sort_unstable();
+        have.sort_unstable();
+        assert_eq!(have, want, "docs/seccomp.md, {kind} filter");
+    }
+}
+
+#[test]
+fn the_docs_name_every_allowed_ioctl() {
+    let doc = include_str!("../../docs/seccomp.md");
+    for ioctl in VMM_IOCTLS.iter().chain(VCPU_IOCTLS) {
+        assert!(doc.contains(ioctl.name), "{}", ioctl.name);
+    }
+}

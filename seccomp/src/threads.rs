@@ -35,40 +35,40 @@ pub fn allowed(kind: ThreadKind, params: &FilterParams) -> Result<Vec<Allowed>, 
 fn runtime(list: &mut SyscallList) -> Result<(), BackendError> {
     list.allow(&[
         // malloc: arenas, trimming, large blocks, realloc of large blocks.
-        sys!(brk),
-        sys!(madvise),
-        sys!(munmap),
-        sys!(mremap),
+        sys!(SYS_brk),
+        sys!(SYS_madvise),
+        sys!(SYS_munmap),
+        sys!(SYS_mremap),
         // Locks, channels, condition variables, thread join.
-        sys!(futex),
-        sys!(sched_yield),
+        sys!(SYS_futex),
+        sys!(SYS_sched_yield),
         // Instant/SystemTime when the vDSO cannot answer.
-        sys!(clock_gettime),
+        sys!(SYS_clock_gettime),
         // std's HashMap seeds (once per thread), request ids.
-        sys!(getrandom),
+        sys!(SYS_getrandom),
         // Log lines carry the pid; abort() and pthread_kill() use getpid/gettid.
-        sys!(getpid),
-        sys!(gettid),
+        sys!(SYS_getpid),
+        sys!(SYS_gettid),
         // Log lines and eventfd doorbells.
-        sys!(write),
+        sys!(SYS_write),
         // Dropping file descriptors.
-        sys!(close),
+        sys!(SYS_close),
         // Signal delivery (the vCPU kick, SIGABRT) and thread exit, which tears down the
         // thread's alternate signal stack.
-        sys!(rt_sigprocmask),
-        sys!(rt_sigreturn),
-        sys!(sigaltstack),
-        sys!(exit),
-        sys!(exit_group),
+        sys!(SYS_rt_sigprocmask),
+        sys!(SYS_rt_sigreturn),
+        sys!(SYS_sigaltstack),
+        sys!(SYS_exit),
+        sys!(SYS_exit_group),
     ]);
     // Memory: never executable.
     let exec = libc::PROT_EXEC as u64;
-    list.allow_without_bits(sys!(mmap), 2, exec)?;
-    list.allow_without_bits(sys!(mprotect), 2, exec)?;
+    list.allow_without_bits(sys!(SYS_mmap), 2, exec)?;
+    list.allow_without_bits(sys!(SYS_mprotect), 2, exec)?;
     // std checks in debug builds that a file descriptor it drops is open (F_GETFD).
-    list.allow_arg(sys!(fcntl), 1, &[libc::F_GETFD as u64])?;
+    list.allow_arg(sys!(SYS_fcntl), 1, &[libc::F_GETFD as u64])?;
     // abort() (a panic in a release build) raises SIGABRT on its own thread.
-    list.allow_arg(sys!(tgkill), 2, &[libc::SIGABRT as u64])
+    list.allow_arg(sys!(SYS_tgkill), 2, &[libc::SIGABRT as u64])
 }
 
 /// The ioctls of the VMM thread once the VM runs.
@@ -84,47 +84,44 @@ pub const VMM_IOCTLS: &[Ioctl] = &[
 fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError> {
     list.allow(&[
         // The event loop.
-        sys!(epoll_ctl),
-        sys!(epoll_pwait),
-        sys!(epoll_wait),
+        sys!(SYS_epoll_ctl),
+        sys!(SYS_epoll_pwait),
+        sys!(SYS_epoll_wait),
         // Eventfds, timerfd, console input, tap frames, block requests.
-        sys!(read),
-        sys!(readv),
-        sys!(writev),
-        sys!(pread64),
-        sys!(preadv),
-        sys!(pwrite64),
-        sys!(pwritev),
+        sys!(SYS_read),
+        sys!(SYS_readv),
+        sys!(SYS_writev),
+        sys!(SYS_pread64),
+        sys!(SYS_preadv),
+        sys!(SYS_pwrite64),
+        sys!(SYS_pwritev),
         // virtio-blk flush.
-        sys!(fdatasync),
-        sys!(fsync),
+        sys!(SYS_fdatasync),
+        sys!(SYS_fsync),
         // FlushMetrics appends to the metrics file; PATCH /drives opens the new backing file
-        // and reads its size.
-        sys!(openat),
-        sys!(fstat),
-        sys!(newfstatat),
-        sys!(statx),
-        sys!(lseek),
+        // and reads its size (statx; fstat where the kernel has no statx).
+        sys!(SYS_openat),
+        sys!(SYS_statx),
+        sys!(SYS_fstat),
         // vsock: host connections accepted on the Unix socket, guest connections to
         // `<uds>_<port>`, half-close and stream I/O.
-        sys!(accept4),
-        sys!(connect),
-        sys!(recvfrom),
-        sys!(sendto),
-        sys!(shutdown),
+        sys!(SYS_accept4),
+        sys!(SYS_connect),
+        sys!(SYS_recvfrom),
+        sys!(SYS_sendto),
+        sys!(SYS_shutdown),
         // Teardown removes the API socket and the vsock socket.
-        sys!(unlink),
-        sys!(unlinkat),
+        sys!(SYS_unlink),
     ]);
-    list.allow_arg(sys!(socket), 0, &[libc::AF_UNIX as u64])?;
+    list.allow_arg(sys!(SYS_socket), 0, &[libc::AF_UNIX as u64])?;
     list.allow_arg(
-        sys!(fcntl),
+        sys!(SYS_fcntl),
         1,
         &[libc::F_GETFL as u64, libc::F_SETFL as u64],
     )?;
     // Kicking vCPUs out of KVM_RUN (pause, resume, stop).
     let kick = u64::try_from(params.kick_signal).unwrap_or(u64::MAX);
-    list.allow_arg(sys!(tgkill), 2, &[kick])?;
+    list.allow_arg(sys!(SYS_tgkill), 2, &[kick])?;
     list.allow_ioctls(VMM_IOCTLS)
 }
 
@@ -133,16 +130,16 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
 fn api(list: &mut SyscallList) {
     list.allow(&[
         // tokio's reactor.
-        sys!(epoll_ctl),
-        sys!(epoll_pwait),
-        sys!(epoll_wait),
+        sys!(SYS_epoll_ctl),
+        sys!(SYS_epoll_pwait),
+        sys!(SYS_epoll_wait),
         // Clients: accept (non-blocking, close-on-exec in one call), read, answer, close.
-        sys!(accept4),
-        sys!(read),
-        sys!(recvfrom),
-        sys!(writev),
-        sys!(sendto),
-        sys!(shutdown),
+        sys!(SYS_accept4),
+        sys!(SYS_read),
+        sys!(SYS_recvfrom),
+        sys!(SYS_writev),
+        sys!(SYS_sendto),
+        sys!(SYS_shutdown),
     ]);
 }
 
