@@ -21,7 +21,9 @@ static POLICY: OnceLock<Policy> = OnceLock::new();
 /// Compiles the filters and makes every thread that starts from now on install its own.
 /// Call once, early in `main`, before any VMM, API or vCPU thread exists.
 pub fn enable(params: &FilterParams) -> Result<(), SeccompError> {
+    let started = std::time::Instant::now();
     let filters = Filters::compile(params)?;
+    log::debug!("seccomp filters compiled in {:?}", started.elapsed());
     set(Some(filters));
     Ok(())
 }

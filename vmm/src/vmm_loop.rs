@@ -28,8 +28,9 @@ pub enum VmmLoopError {
     Run(#[source] event_manager::Error),
     #[error("the controller lock is poisoned")]
     Poisoned,
-    #[error("the VM was stopped: {0}")]
-    Seccomp(#[source] wisp_seccomp::SeccompError),
+    /// The VM is not served unfiltered: it is torn down instead.
+    #[error(transparent)]
+    Seccomp(wisp_seccomp::SeccompError),
 }
 
 /// The controller as the loop and its front-end subscribers share it.
