@@ -33,12 +33,33 @@ struct Task {
     seccomp: String,
 }
 
-/// Every thread of `pid` as /proc shows it now.
+/// `PF_USER_WORKER | PF_KTHREAD` (include/linux/sched.h): KVM's worker threads (e.g.
+/// `kvm-nx-lpage-recovery`) are listed among the process's tasks but run only kernel code, and
+/// whether they inherit a filter depends on which thread the kernel version creates them from.
+const KERNEL_WORKER_FLAGS: u64 = 0x0000_4000 | 0x0020_0000;
+
+/// Whether the task at `dir` runs user code (the `flags` field of its stat).
+fn runs_user_code(dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(dir.join("stat")) else {
+        return false;
+    };
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let flags: u64 = after_comm
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    flags & KERNEL_WORKER_FLAGS == 0
+}
+
+/// Every thread of `pid` that runs user code, as /proc shows it now.
 fn tasks(pid: u32) -> Vec<Task> {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return Vec::new();
     };
-    dir.filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+    dir.filter_map(|t| Some(t.ok()?.path()))
+        .filter(|path| runs_user_code(path))
+        .filter_map(|path| std::fs::read_to_string(path.join("status")).ok())
         .map(|status| {
             let field = |key: &str| {
                 status
