@@ -18,6 +18,10 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "warn", env = "WISP_LOG")]
     pub log_level: String,
 
+    /// Run without the per-thread seccomp filters (docs/seccomp.md). For debugging only.
+    #[arg(long, global = true)]
+    pub no_seccomp: bool,
+
     /// Serve the REST API (Firecracker's resources) on this Unix socket; boot on InstanceStart.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,

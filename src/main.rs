@@ -27,6 +27,12 @@ fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
     logger::init(&cli.log_level);
+    if runs_a_vmm(&cli) {
+        if let Err(e) = choose_seccomp(cli.no_seccomp) {
+            report!("wisp: error: {e}");
+            std::process::exit(run::EXIT_VMM_ERROR);
+        }
+    }
     let code = match &cli.command {
         None if cli.api_sock.is_some() || cli.config_file.is_some() => {
             let args = api_mode::ApiModeArgs {
@@ -58,4 +64,22 @@ fn main() {
         Some(Command::Ctl(args)) => ctl::run_ctl(args),
     };
     std::process::exit(code);
+}
+
+/// Whether this invocation runs a VMM (and so its threads get seccomp filters); `wisp ctl` is
+/// a client and runs none.
+fn runs_a_vmm(cli: &Cli) -> bool {
+    !matches!(cli.command, Some(Command::Ctl(_)))
+}
+
+/// Compiles the per-thread filters once, before any VMM, API or vCPU thread exists; each
+/// thread installs its own (docs/seccomp.md). `--no-seccomp` leaves them off.
+fn choose_seccomp(off: bool) -> Result<(), wisp_seccomp::SeccompError> {
+    if off {
+        wisp_seccomp::disable();
+        return Ok(());
+    }
+    wisp_seccomp::enable(&wisp_seccomp::FilterParams {
+        kick_signal: wisp_vmm::vcpu_control::kick_signal(),
+    })
 }

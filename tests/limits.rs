@@ -188,6 +188,9 @@ struct Pass {
     guest_rate: f64,
     host_rate: f64,
     iops_host: f64,
+    /// Requests per second by the guest's TSC: free of the console's arrival jitter, which on
+    /// a loaded host moves a pass's host-side timing by tens of percent.
+    iops_guest: f64,
 }
 
 fn next_pass(wisp: &Wisp, after: Instant, tsc_hz: f64) -> (Instant, Pass) {
@@ -200,6 +203,7 @@ fn next_pass(wisp: &Wisp, after: Instant, tsc_hz: f64) -> (Instant, Pass) {
         guest_rate: bytes * tsc_hz / cycles,
         host_rate: bytes / secs,
         iops_host: requests / secs,
+        iops_guest: requests * tsc_hz / cycles,
     };
     (at, pass)
 }
@@ -226,7 +230,10 @@ fn a_disk_limited_to_one_mib_per_second_is_read_at_that_rate() {
         at = next;
         let (guest, host) = (pass.guest_rate / MIB as f64, pass.host_rate / MIB as f64);
         println!("1 MiB/s limit: guest measured {guest:.3} MiB/s, host {host:.3} MiB/s");
-        assert!((0.9..=1.1).contains(&host), "host-timed rate {host} MiB/s");
+        assert!(
+            (0.75..=1.25).contains(&host),
+            "host-timed rate {host} MiB/s"
+        );
         assert!(
             (0.9..=1.1).contains(&guest),
             "guest-timed rate {guest} MiB/s"
@@ -252,12 +259,17 @@ fn an_ops_limit_holds_and_patch_drives_changes_it_on_the_running_vm() {
     let (at, _) = wisp.wait_for("blk-hog: pass=1 ");
     let (at, pass) = next_pass(&wisp, at, tsc_hz);
     println!(
-        "4 ops/s limit: host measured {:.2} requests/s",
-        pass.iops_host
+        "4 ops/s limit: guest measured {:.2} requests/s, host {:.2}",
+        pass.iops_guest, pass.iops_host
     );
     assert!(
-        (3.6..=4.4).contains(&pass.iops_host),
-        "{} iops",
+        (3.6..=4.4).contains(&pass.iops_guest),
+        "guest-timed {} iops",
+        pass.iops_guest
+    );
+    assert!(
+        (3.0..=5.0).contains(&pass.iops_host),
+        "host-timed {} iops",
         pass.iops_host
     );
 
@@ -279,12 +291,17 @@ fn an_ops_limit_holds_and_patch_drives_changes_it_on_the_running_vm() {
     }
     let (_, pass) = next_pass(&wisp, at, tsc_hz);
     println!(
-        "after PATCH to 16 ops/s: host measured {:.2} requests/s",
-        pass.iops_host
+        "after PATCH to 16 ops/s: guest measured {:.2} requests/s, host {:.2}",
+        pass.iops_guest, pass.iops_host
     );
     assert!(
-        (14.0..=18.0).contains(&pass.iops_host),
-        "{} iops",
+        (14.4..=17.6).contains(&pass.iops_guest),
+        "guest-timed {} iops",
+        pass.iops_guest
+    );
+    assert!(
+        (12.0..=20.0).contains(&pass.iops_host),
+        "host-timed {} iops",
         pass.iops_host
     );
 }

@@ -80,6 +80,8 @@ pub enum ServerError {
     Thread(#[source] io::Error),
     #[error("the API thread panicked")]
     ThreadPanicked,
+    #[error(transparent)]
+    Seccomp(wisp_seccomp::SeccompError),
 }
 
 /// A running server. Dropping it (or `shutdown`) stops the thread and removes the socket.
@@ -176,10 +178,27 @@ pub fn spawn_api_server_with(
         metrics: Arc::clone(&metrics),
     });
     let (stop, stopped) = oneshot::channel();
+    // The API filter goes on before the first accept; the caller hears whether it did.
+    let (filtered_tx, filtered) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("wisp-api".to_string())
-        .spawn(move || runtime.block_on(accept_loop(listener, ctx, stopped)))
+        .spawn(move || {
+            let entered = wisp_seccomp::enter(wisp_seccomp::ThreadKind::Api);
+            let serve = entered.is_ok();
+            let _ = filtered_tx.send(entered);
+            if serve {
+                runtime.block_on(accept_loop(listener, ctx, stopped));
+            }
+        })
         .map_err(ServerError::Thread)?;
+    match filtered.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            return Err(ServerError::Seccomp(e));
+        }
+        Err(_) => return Err(ServerError::ThreadPanicked),
+    }
     Ok(ApiServerHandle {
         path: path.to_path_buf(),
         socket: Some(socket),

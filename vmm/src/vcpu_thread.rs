@@ -8,7 +8,7 @@
 //! tells every thread to finish, kicks it, and joins it. `MicroVm` keeps its `Vcpus` first in
 //! drop order and finishes them before it removes the memory slots and unmaps guest memory.
 
-use crate::exit::VmExitSignal;
+use crate::exit::{VmExit, VmExitSignal};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{kick_signal, FirstEntryHook};
 use std::os::unix::thread::JoinHandleExt;
@@ -71,6 +71,9 @@ impl VcpuThread {
         let handle = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
             .spawn(move || {
+                // The vCPU filter goes on before this thread can be handed a vCPU (the guest's
+                // input); a thread that could not install it never runs one.
+                let filtered = wisp_seccomp::enter(wisp_seccomp::ThreadKind::Vcpu);
                 // A shell destroyed before any create drops the sender: the thread just ends.
                 if let Ok(launch) = parked.recv() {
                     let Launch {
@@ -81,6 +84,10 @@ impl VcpuThread {
                         responses,
                         first_entry,
                     } = launch;
+                    if let Err(e) = filtered {
+                        exit.send(VmExit::Error(format!("vCPU {id} not started: {e}")));
+                        return;
+                    }
                     if let Some(reason) = vcpu.run_loop(&io, &events, &responses, first_entry) {
                         exit.send(reason);
                     }

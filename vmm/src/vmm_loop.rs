@@ -28,6 +28,9 @@ pub enum VmmLoopError {
     Run(#[source] event_manager::Error),
     #[error("the controller lock is poisoned")]
     Poisoned,
+    /// The VM is not served unfiltered: it is torn down instead.
+    #[error(transparent)]
+    Seccomp(wisp_seccomp::SeccompError),
 }
 
 /// The controller as the loop and its front-end subscribers share it.
@@ -65,15 +68,20 @@ impl VmmLoop {
 
     /// Serves until the controller has an outcome, then tears the VM down (vCPUs joined,
     /// memory slots removed) and returns the outcome.
+    ///
+    /// Once the VM runs, and before the loop serves any of its devices, this thread installs
+    /// the VMM seccomp filter (docs/seccomp.md): building the VM needed more than serving it.
     pub fn run(mut self) -> Result<Outcome, VmmLoopError> {
+        let mut filtered = false;
         loop {
-            let (new, timer, outcome) = {
+            let (new, timer, outcome, running) = {
                 let mut c = lock(&self.controller);
                 c.check_exit();
                 (
                     c.take_new_subscribers(),
                     c.take_metrics_timer_wanted(),
                     c.outcome().cloned(),
+                    c.vm().is_some(),
                 )
             };
             for subscriber in new {
@@ -90,6 +98,13 @@ impl VmmLoop {
             if let Some(outcome) = outcome {
                 lock(&self.controller).release_vm();
                 return Ok(outcome);
+            }
+            if running && !filtered {
+                if let Err(e) = wisp_seccomp::enter(wisp_seccomp::ThreadKind::Vmm) {
+                    lock(&self.controller).release_vm();
+                    return Err(VmmLoopError::Seccomp(e));
+                }
+                filtered = true;
             }
             self.events.run().map_err(VmmLoopError::Run)?;
         }

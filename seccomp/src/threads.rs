@@ -1,0 +1,161 @@
+//! What each kind of thread may do: the syscall lists behind the filters, with why each entry
+//! is there. docs/seccomp.md lists the same, and a test keeps the two in step.
+//!
+//! Arguments are checked where the kernel's interface makes it meaningful: `ioctl` by request
+//! number, `fcntl` by command, `mmap`/`mprotect` never with `PROT_EXEC` (nothing in Wisp maps
+//! code after start-up), `socket` for Unix sockets only, `tgkill` for the vCPU kick and
+//! `abort()`'s SIGABRT only. Paths cannot be checked by seccomp (the kernel sees a pointer);
+//! the VMM thread's `openat` is confined by the jail, not by its filter.
+
+use crate::ioctls::{self, Ioctl};
+use crate::rules::{sys, Allowed, SyscallList};
+use crate::ThreadKind;
+use seccompiler::BackendError;
+
+/// What the filters need to know about the process they are compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterParams {
+    /// The signal the VMM thread sends to kick a vCPU out of KVM_RUN.
+    pub kick_signal: i32,
+}
+
+/// The allowed syscalls of one thread kind, merged and in number order.
+pub fn allowed(kind: ThreadKind, params: &FilterParams) -> Result<Vec<Allowed>, BackendError> {
+    let mut list = SyscallList::default();
+    runtime(&mut list)?;
+    match kind {
+        ThreadKind::Vmm => vmm(&mut list, params)?,
+        ThreadKind::Api => api(&mut list),
+        ThreadKind::Vcpu => vcpu(&mut list)?,
+    }
+    Ok(list.merged())
+}
+
+/// What every Rust thread of ours needs from glibc and std once it runs.
+fn runtime(list: &mut SyscallList) -> Result<(), BackendError> {
+    list.allow(&[
+        // malloc: arenas, trimming, large blocks, realloc of large blocks.
+        sys!(SYS_brk),
+        sys!(SYS_madvise),
+        sys!(SYS_munmap),
+        sys!(SYS_mremap),
+        // Locks, channels, condition variables, thread join.
+        sys!(SYS_futex),
+        sys!(SYS_sched_yield),
+        // Instant/SystemTime when the vDSO cannot answer.
+        sys!(SYS_clock_gettime),
+        // std's HashMap seeds (once per thread), request ids.
+        sys!(SYS_getrandom),
+        // Log lines carry the pid; abort() and pthread_kill() use getpid/gettid.
+        sys!(SYS_getpid),
+        sys!(SYS_gettid),
+        // Log lines and eventfd doorbells.
+        sys!(SYS_write),
+        // Dropping file descriptors.
+        sys!(SYS_close),
+        // Signal delivery (the vCPU kick, SIGABRT) and thread exit, which tears down the
+        // thread's alternate signal stack.
+        sys!(SYS_rt_sigprocmask),
+        sys!(SYS_rt_sigreturn),
+        sys!(SYS_sigaltstack),
+        sys!(SYS_exit),
+        sys!(SYS_exit_group),
+    ]);
+    // Memory: never executable.
+    let exec = libc::PROT_EXEC as u64;
+    list.allow_without_bits(sys!(SYS_mmap), 2, exec)?;
+    list.allow_without_bits(sys!(SYS_mprotect), 2, exec)?;
+    // std checks in debug builds that a file descriptor it drops is open (F_GETFD).
+    list.allow_arg(sys!(SYS_fcntl), 1, &[libc::F_GETFD as u64])?;
+    // abort() (a panic in a release build) raises SIGABRT on its own thread.
+    list.allow_arg(sys!(SYS_tgkill), 2, &[libc::SIGABRT as u64])
+}
+
+/// The ioctls of the VMM thread once the VM runs.
+pub const VMM_IOCTLS: &[Ioctl] = &[
+    ioctls::KVM_SET_USER_MEMORY_REGION,
+    ioctls::FIONBIO,
+    ioctls::TCGETS,
+    ioctls::TCSETS,
+];
+
+/// The VMM thread once the VM runs: the event loop serving devices, the API channel and the
+/// control page, pause/resume, metrics, drive updates and the teardown.
+fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError> {
+    list.allow(&[
+        // The event loop.
+        sys!(SYS_epoll_ctl),
+        sys!(SYS_epoll_pwait),
+        sys!(SYS_epoll_wait),
+        // Eventfds, timerfd, console input, tap frames, block requests.
+        sys!(SYS_read),
+        sys!(SYS_readv),
+        sys!(SYS_writev),
+        sys!(SYS_pread64),
+        sys!(SYS_preadv),
+        sys!(SYS_pwrite64),
+        sys!(SYS_pwritev),
+        // virtio-blk flush.
+        sys!(SYS_fdatasync),
+        sys!(SYS_fsync),
+        // FlushMetrics appends to the metrics file; PATCH /drives opens the new backing file
+        // and reads its size (statx; fstat where the kernel has no statx). Host paths are
+        // resolved by wisp-hostfs without symbolic links (openat2 RESOLVE_NO_SYMLINKS), the
+        // last component checked with fstatat before it is opened.
+        sys!(SYS_openat),
+        sys!(SYS_openat2),
+        sys!(SYS_newfstatat),
+        sys!(SYS_statx),
+        sys!(SYS_fstat),
+        // vsock: host connections accepted on the Unix socket, guest connections to
+        // `<uds>_<port>`, half-close and stream I/O.
+        sys!(SYS_accept4),
+        sys!(SYS_connect),
+        sys!(SYS_recvfrom),
+        sys!(SYS_sendto),
+        sys!(SYS_shutdown),
+        // Rate limiters re-arm their timerfd when a bucket runs dry.
+        sys!(SYS_timerfd_settime),
+        // Teardown removes the API socket and the vsock socket (wisp-hostfs: unlinkat in
+        // the socket's directory, after checking it is still the inode it bound).
+        sys!(SYS_unlink),
+        sys!(SYS_unlinkat),
+    ]);
+    list.allow_arg(sys!(SYS_socket), 0, &[libc::AF_UNIX as u64])?;
+    list.allow_arg(
+        sys!(SYS_fcntl),
+        1,
+        &[libc::F_GETFL as u64, libc::F_SETFL as u64],
+    )?;
+    // Kicking vCPUs out of KVM_RUN (pause, resume, stop).
+    let kick = u64::try_from(params.kick_signal).unwrap_or(u64::MAX);
+    list.allow_arg(sys!(SYS_tgkill), 2, &[kick])?;
+    list.allow_ioctls(VMM_IOCTLS)
+}
+
+/// The API thread: hyper on a current-thread tokio runtime, accepting on a socket that was
+/// bound before the thread started. It reaches the VMM only through the API channel.
+fn api(list: &mut SyscallList) {
+    list.allow(&[
+        // tokio's reactor.
+        sys!(SYS_epoll_ctl),
+        sys!(SYS_epoll_pwait),
+        sys!(SYS_epoll_wait),
+        // Clients: accept (non-blocking, close-on-exec in one call), read, answer, close.
+        sys!(SYS_accept4),
+        sys!(SYS_read),
+        sys!(SYS_recvfrom),
+        sys!(SYS_writev),
+        sys!(SYS_sendto),
+        sys!(SYS_shutdown),
+    ]);
+}
+
+/// The ioctls of a vCPU thread.
+pub const VCPU_IOCTLS: &[Ioctl] = &[ioctls::KVM_RUN, ioctls::KVM_GET_REGS];
+
+/// A vCPU thread: KVM_RUN and the device handlers of the MMIO and port-I/O exits, which
+/// write the console and ring eventfds (all `write`, in `runtime`).
+fn vcpu(list: &mut SyscallList) -> Result<(), BackendError> {
+    list.allow_ioctls(VCPU_IOCTLS)
+}
