@@ -9,10 +9,8 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use wisp_api::{
-    api_channel, new_request_id, spawn_api_server_with, HostLimits, ServerConfig, VmConfig,
-    VmResources, VmmAction,
-};
+use wisp_api::{api_channel, new_request_id, HostLimits, VmConfig, VmResources, VmmAction};
+use wisp_http::{spawn_api_server_with, ServerConfig};
 use wisp_vmm::controller::{ApiMetricsHook, LoggerHook};
 use wisp_vmm::vmm_loop::lock;
 use wisp_vmm::{ApiFrontEnd, Controller, ControllerHooks, MicroVmOptions, VmmLoop};

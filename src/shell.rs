@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{monotonic_ns, ControlCommand, ControlPage, ShellState, Timestamp};
-use wisp_api::{api_channel, request_id_or_new, spawn_api_server, VmResources, VmState, VmmAction};
+use wisp_api::{api_channel, request_id_or_new, VmResources, VmState, VmmAction};
+use wisp_http::spawn_api_server;
 use wisp_vmm::vmm_loop::{lock, SharedController};
 use wisp_vmm::{
     ApiFrontEnd, Controller, ControllerHooks, MicroVmOptions, Outcome, PreparedVm, VmmLoop,

@@ -1,16 +1,14 @@
-//! Wisp's API layer: the VM configuration models shared by every front end, the typed
-//! `VmmAction` boundary to the VMM thread, the configuration store with its validation, and the
-//! REST server on a Unix socket. Knows nothing of KVM or devices (DESIGN.md §2).
+//! Wisp's API layer without a runtime: the VM configuration models shared by every front end,
+//! the typed `VmmAction` boundary to the VMM thread and its channel, the configuration store
+//! with its validation, the noxs control page and the wispd protocol. Knows nothing of KVM,
+//! devices or HTTP (the REST server is wisp-http, above this crate; docs/design.md §2).
 
 pub mod action;
 pub mod config;
 pub mod control_page;
 pub mod metrics;
 pub mod resources;
-pub mod response;
-pub mod routes;
 pub mod seqpacket;
-pub mod server;
 pub mod validate;
 pub mod vmm_channel;
 pub mod wispd_protocol;
@@ -22,11 +20,7 @@ pub use config::{
     BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig,
     MachineConfigUpdate, Metrics, NetworkInterface, RateLimiter, TokenBucket, VmConfig, Vsock,
 };
-pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use resources::{host_mem_mib, HostLimits, ResourcesError, VmResources};
-pub use server::{
-    spawn_api_server, spawn_api_server_with, ApiServerHandle, ServerConfig, ServerError,
-};
 pub use vmm_channel::{
     api_channel, new_request_id, request_id_or_new, ApiReceiver, ApiRequest, ApiSender,
     ChannelError, ReplySender, VmmResult,

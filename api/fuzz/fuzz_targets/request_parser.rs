@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wisp_api::routes::parse_request;
+use wisp_http::routes::parse_request;
 use wisp_api::{HostLimits, VmResources, VmState};
 
 const METHODS: [&str; 6] = ["GET", "PUT", "PATCH", "POST", "DELETE", "get"];

@@ -1,4 +1,4 @@
-//! `api/openapi.yaml` against the server: the same paths and methods both ways, the documented
+//! `http/openapi.yaml` against the server: the same paths and methods both ways, the documented
 //! answers, request examples (and every enum value) accepted by the real request parser, and
 //! the real response bodies matching their documented schemas field for field.
 
@@ -7,11 +7,11 @@
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use wisp_api::routes::{parse_request, ROUTES};
 use wisp_api::{
     BootSource, Drive, Entropy, InstanceInfo, LogLevel, Logger, MachineConfig, Metrics,
     NetworkInterface, RateLimiter, TokenBucket, VersionInfo, VmConfig, VmState, Vsock,
 };
+use wisp_http::routes::{parse_request, ROUTES};
 
 const METHODS: [&str; 8] = [
     "get", "put", "patch", "post", "delete", "head", "options", "trace",

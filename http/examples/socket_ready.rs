@@ -1,12 +1,13 @@
 //! Measures, in process, how long `spawn_api_server` takes until the socket answers a first
 //! `GET /` (bind, runtime and thread start, one request through the VMM channel). Prints the
 //! median and range of 20 runs; compare with Firecracker's ~1.7 ms from process start.
-//! Run: `cargo run --release -p wisp-api --example socket_ready`.
+//! Run: `cargo run --release -p wisp-http --example socket_ready`.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
-use wisp_api::{api_channel, spawn_api_server, HostLimits, VmResources, VmState};
+use wisp_api::{api_channel, HostLimits, VmResources, VmState};
+use wisp_http::spawn_api_server;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("wisp-socket-ready-{}", std::process::id()));

@@ -11,7 +11,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
-use wisp_api::{api_channel, spawn_api_server, ServerConfig, ServerError};
+use wisp_api::api_channel;
+use wisp_http::{spawn_api_server, ServerConfig, ServerError};
 use wisp_test_support::curl;
 
 const HALF_HEADERS: &[u8] = b"GET / HTTP/1.1\r\nHost: local";

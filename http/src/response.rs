@@ -2,13 +2,13 @@
 //! read, and `{"fault_message": "..."}` with the status that says who is at fault (Firecracker's
 //! convention: 400 for the client's request, 500 for the VMM).
 
-use crate::action::{ErrorKind, VmmData};
 use crate::routes::RouteError;
-use crate::vmm_channel::VmmResult;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::{Deserialize, Serialize};
+use wisp_api::action::{ErrorKind, VmmData};
+use wisp_api::vmm_channel::VmmResult;
 
 /// Every response body the server produces.
 pub type ApiResponse = Response<Full<Bytes>>;

@@ -9,7 +9,6 @@
 use crate::metrics::{ApiMetrics, Refusal};
 use crate::response::{self, fault, ApiResponse};
 use crate::routes;
-use crate::vmm_channel::{request_id_or_new, ApiSender, ReplySender};
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -24,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 use tokio::net::UnixListener;
 use tokio::sync::oneshot;
+use wisp_api::vmm_channel::{request_id_or_new, ApiSender, ReplySender};
 use wisp_hostfs::{BoundSocket, HostFsError, SocketOptions};
 
 /// The header a client may set to name its request; the answer carries it (or a generated
@@ -330,11 +330,7 @@ async fn read_body(req: Request<Incoming>, ctx: &Context) -> Result<bytes::Bytes
 }
 
 /// Hands the action to the VMM thread and waits for its result.
-async fn execute(
-    action: crate::action::VmmAction,
-    request_id: String,
-    ctx: &Context,
-) -> ApiResponse {
+async fn execute(action: wisp_api::VmmAction, request_id: String, ctx: &Context) -> ApiResponse {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let reply = ReplySender::new(move |result| {
         if tx.send(result).is_err() {

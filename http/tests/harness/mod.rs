@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::thread::JoinHandle;
 use wisp_api::{
-    api_channel, spawn_api_server_with, ApiReceiver, ApiServerHandle, HostLimits, ServerConfig,
-    VmResources, VmState, VmmAction, VmmActionError, VmmData,
+    api_channel, ApiReceiver, HostLimits, VmResources, VmState, VmmAction, VmmActionError, VmmData,
 };
+use wisp_http::{spawn_api_server_with, ApiServerHandle, ServerConfig};
 use wisp_test_support::curl;
 
 /// Host limit used by the harness, so "above the host limit" is testable.
@@ -82,7 +82,7 @@ impl Drop for Harness {
 }
 
 /// The VMM side: the store answers what it can; the rest is the lifecycle a VMM would run.
-fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_api::ApiMetrics>) {
+fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_http::ApiMetrics>) {
     let mut resources = VmResources::new(HostLimits::with_max_vcpus(MAX_VCPUS));
     let mut state = VmState::NotStarted;
     while let Some(req) = rx.recv() {
@@ -111,7 +111,7 @@ fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_api::ApiMetrics>) {
 
 fn flush_metrics(
     resources: &VmResources,
-    metrics: &wisp_api::ApiMetrics,
+    metrics: &wisp_http::ApiMetrics,
 ) -> Result<VmmData, VmmActionError> {
     let path = &resources.vm_config().metrics.as_ref().unwrap().metrics_path;
     wisp_api::metrics::append_json_line(path, &metrics.snapshot())

@@ -2,13 +2,13 @@
 //! path and body become a `VmmAction`. Pure functions over bytes, so they can be fuzzed without
 //! a server. Resource names and JSON fields are Firecracker's.
 
-use crate::action::VmmAction;
-use crate::config::{
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use wisp_api::action::VmmAction;
+use wisp_api::config::{
     BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
     NetworkInterface, Vsock,
 };
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
 /// The HTTP methods the API uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,7 +68,7 @@ pub struct Route {
 
 use HttpMethod::{Get, Patch, Put};
 
-/// Every route the server serves; `api/openapi.yaml` must list exactly these.
+/// Every route the server serves; `http/openapi.yaml` must list exactly these.
 pub static ROUTES: &[Route] = &[
     route(Resource::Root, "/", "root", &[Get]),
     route(Resource::Version, "/version", "version", &[Get]),

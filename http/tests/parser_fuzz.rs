@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
 use std::path::Path;
-use wisp_api::routes::parse_request;
 use wisp_api::{HostLimits, VmConfig, VmResources, VmState};
+use wisp_http::routes::parse_request;
 
 const ITERATIONS: usize = 20_000;
 const METHODS: [&str; 6] = ["GET", "PUT", "PATCH", "POST", "DELETE", "get"];
@@ -43,7 +43,7 @@ impl Rng {
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/seeds")
+        .join("../api/fuzz/seeds")
         .join(target);
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap()
