@@ -1,5 +1,5 @@
 //! The Linux boot path on this machine's own /dev/kvm. Under `kvm_pvm` (software PVM) an
-//! unmodified kernel stops early (it hits instructions PVM cannot emulate, DESIGN.md §7), so
+//! unmodified kernel stops early (it hits instructions PVM cannot emulate, docs/design.md §7), so
 //! this checks what can be checked here: `wisp run` loads the Tinyx kernel, enters it (PVH for
 //! the vmlinux) and the kernel's early console prints `Linux version` over our serial port, and
 //! when the kernel then dies wisp ends with a clear one-line error, not a hang or a panic. Full

@@ -1,5 +1,5 @@
 //! The noxs device page: Wisp's read-only page at guest-physical 0xd000_1000 that lists the
-//! VM's devices, so the unikernel finds them without probing (DESIGN.md §5; the host half is
+//! VM's devices, so the unikernel finds them without probing (docs/design.md §5; the host half is
 //! `devices/src/noxs_page.rs`).
 //!
 //! The layout is the host's, from `wisp_abi::noxs`: u32 magic "NOXS", u32 version, u32 device

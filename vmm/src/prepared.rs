@@ -1,7 +1,7 @@
 //! `PreparedVm`: the expensive, configuration-independent half of creating a VM — /dev/kvm, the
 //! VM fd, irqchip and PIT, guest memory mapped and registered, vCPU fds with their CPU state and
 //! parked threads, the legacy devices and the VMM loop.
-//! LightVM's split toolstack does this ahead of time (DESIGN.md §5): a prepared shell then only
+//! LightVM's split toolstack does this ahead of time (docs/design.md §5): a prepared shell then only
 //! has to load the guest and start it.
 
 use crate::device_manager::{DeviceManager, DeviceManagerError};
