@@ -241,7 +241,8 @@ impl Block {
                 }));
                 return 0;
             }
-            Ok(c) if c.writable.is_empty() => {
+            // Empty device-writable descriptors leave no byte for the status either.
+            Ok(c) if chain::total_len(&c.writable) == 0 => {
                 self.fail(&RequestError::NoStatus);
                 return 0;
             }
@@ -529,6 +530,21 @@ mod tests {
         g.notify(0);
         assert_eq!(g.read(status, 1), [S_OK]);
         assert!(g.read(data, 512).iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn zero_length_status_buffer_fails_alone() {
+        // Found by fuzz/ (virtio_block): device-writable descriptors that are all empty leave
+        // no byte for the status; finding its offset underflowed (a panic in debug builds).
+        let f = TempFile::new("blk-empty-status", &image());
+        let mut g = guest(&f, false);
+        let hdr = g.alloc(16);
+        g.write(hdr, &[0; 16]);
+        let status = g.alloc(1);
+        g.add_raw(0, 0, &[(hdr, 16, F_NEXT, 1), (status, 0, F_WRITE, 0)], 0);
+        g.notify(0);
+        assert_eq!(g.take_used(0), [(0, 0)]);
+        assert_eq!(g.errors(), 1);
     }
 
     #[test]
