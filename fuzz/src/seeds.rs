@@ -12,6 +12,9 @@ use wisp_api::{
 use crate::input::Output;
 use crate::virtq::{QueueLayout, F_INDIRECT, F_NEXT, F_WRITE, ROUND_RESET};
 
+/// Named inputs of one target.
+pub type Seeds = Vec<(&'static str, Vec<u8>)>;
+
 /// A guest-memory image under construction: descriptor tables, available rings, buffers.
 struct Image(Vec<u8>);
 
@@ -76,7 +79,7 @@ fn round_adding(o: &mut Output, q: &QueueLayout, slot: u16, head: u16, notify: u
 
 /// virtio-rng: one single buffer, one two-buffer chain, one indirect chain; then a round
 /// adding another buffer, and a device reset.
-pub fn virtio_rng() -> Vec<(&'static str, Vec<u8>)> {
+pub fn virtio_rng() -> Seeds {
     let q = queue(0);
     let mut img = Image::new(0x1a00);
     img.desc(q.desc, 0, 0x1000, 64, F_WRITE, 0);
@@ -119,7 +122,7 @@ fn blk_request(img: &mut Image, q: &QueueLayout, first: u16, at: u64, t: u32, da
 }
 
 /// virtio-blk (first byte: read-only flag): a read, a write, a flush and a GET_ID.
-pub fn virtio_block() -> Vec<(&'static str, Vec<u8>)> {
+pub fn virtio_block() -> Seeds {
     let q = queue(0);
     let mut img = Image::new(0x1e00);
     blk_request(&mut img, &q, 0, 0x1000, 0, 1024);
@@ -150,7 +153,7 @@ fn vsock_hdr(op: u16, len: u32) -> [u8; 44] {
 
 /// virtio-vsock: the guest connects to host port 52, the host accepts and writes, the guest
 /// sends data and shuts down; a host process connects to guest port 5000.
-pub fn virtio_vsock() -> Vec<(&'static str, Vec<u8>)> {
+pub fn virtio_vsock() -> Seeds {
     let (rx, tx, ev) = (queue(0), queue(1), queue(2));
     let mut img = Image::new(0x1b00);
     for i in 0..8u16 {
@@ -197,7 +200,7 @@ fn arp_request() -> Vec<u8> {
 
 /// virtio-net (first byte: bit 0 gives the device a MAC): rx buffers, one transmitted ARP
 /// request, then the host puts two frames into the tap.
-pub fn virtio_net() -> Vec<(&'static str, Vec<u8>)> {
+pub fn virtio_net() -> Seeds {
     let (rx, tx) = (queue(0), queue(1));
     let mut img = Image::new(0x1900);
     for i in 0..4u16 {
@@ -228,7 +231,7 @@ fn mmio_r(o: &mut Output, off: u16) {
 }
 
 /// The virtio_mmio target: a driver's whole bring-up on each device, then a notification.
-pub fn virtio_mmio() -> Vec<(&'static str, Vec<u8>)> {
+pub fn virtio_mmio() -> Seeds {
     let mut out = Vec::new();
     for (name, dev, queues) in [("rng", 0u8, 1u32), ("block", 1, 1), ("vsock", 2, 3)] {
         let mut o = Output::default();
@@ -270,7 +273,7 @@ pub fn virtio_mmio() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// The i8042 target: Linux's controller probe, the keyboard probe, a Ctrl-Alt-Del, a reboot.
-pub fn i8042() -> Vec<(&'static str, Vec<u8>)> {
+pub fn i8042() -> Seeds {
     let (w60, w64, r60, r64, drain, cad) = (0u8, 1u8, 2u8, 3u8, 4u8, 5u8);
     let probe = [
         (w64, 0x20),
@@ -357,7 +360,7 @@ fn bzimage() -> Vec<u8> {
 }
 
 /// The kernel_loader target: an ELF with and without a PVH note, a bzImage.
-pub fn kernel_loader() -> Vec<(&'static str, Vec<u8>)> {
+pub fn kernel_loader() -> Seeds {
     vec![
         ("elf", elf(false)),
         ("elf_pvh", elf(true)),
@@ -408,7 +411,7 @@ pub fn sample_config() -> VmConfig {
 
 /// The control_page target: the sample page as written; an empty page given memory and
 /// vCPUs; the sample page with its device count raised past the table.
-pub fn control_page() -> Vec<(&'static str, Vec<u8>)> {
+pub fn control_page() -> Seeds {
     use wisp_api::control_page::layout::{OFF_DEVICE_COUNT, OFF_MEM_MIB, OFF_VCPUS};
     let mut minimal = Output::default();
     minimal.u8(0);
@@ -424,7 +427,7 @@ pub fn control_page() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Every target's seeds.
-pub fn all() -> Vec<(&'static str, Vec<(&'static str, Vec<u8>)>)> {
+pub fn all() -> Vec<(&'static str, Seeds)> {
     vec![
         ("virtio_block", virtio_block()),
         ("virtio_net", virtio_net()),
