@@ -18,7 +18,7 @@ fn setup() -> &'static (GuestMemoryMmap, std::path::PathBuf) {
     static S: OnceLock<(GuestMemoryMmap, std::path::PathBuf)> = OnceLock::new();
     S.get_or_init(|| {
         let mem = create_guest_memory(MEM_MIB).expect("guest memory");
-        let path = std::env::temp_dir().join(format!("wisp-fuzz-kernel-{}", std::process::id()));
+        let path = wisp_guest_fuzz::scratch_dir().join("kernel");
         (mem, path)
     })
 }

@@ -16,7 +16,7 @@ const SECTORS: usize = 64;
 fn backing() -> &'static (std::path::PathBuf, std::fs::File, Vec<u8>) {
     static B: OnceLock<(std::path::PathBuf, std::fs::File, Vec<u8>)> = OnceLock::new();
     B.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("wisp-fuzz-blk-{}", std::process::id()));
+        let path = wisp_guest_fuzz::scratch_dir().join("disk.img");
         let pattern: Vec<u8> = (0..SECTORS * 512).map(|i| (i / 512) as u8).collect();
         std::fs::write(&path, &pattern).expect("backing file");
         let file = std::fs::OpenOptions::new()

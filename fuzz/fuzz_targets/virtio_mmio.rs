@@ -31,7 +31,7 @@ const MAX_OPS: usize = 512;
 
 fn device(choice: u8) -> Box<dyn VirtioDevice> {
     static FILE: OnceLock<std::path::PathBuf> = OnceLock::new();
-    let tmp = || std::env::temp_dir().join(format!("wisp-fuzz-mmio-{}", std::process::id()));
+    let tmp = || wisp_guest_fuzz::scratch_dir().join("mmio");
     match choice % 3 {
         0 => Box::new(Rng::new()),
         1 => {

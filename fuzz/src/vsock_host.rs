@@ -31,12 +31,9 @@ pub struct VsockHost {
 }
 
 impl VsockHost {
-    /// Under a directory of its own in the system temp dir, removed by nobody: the fuzzer
-    /// process is short-lived and the sockets are tiny.
+    /// Sockets in the process's scratch directory.
     pub fn new() -> VsockHost {
-        let dir = std::env::temp_dir().join(format!("wisp-fuzz-vsock-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("vsock temp dir");
-        let uds_path = dir.join("v.sock");
+        let uds_path = crate::scratch_dir().join("v.sock");
         let listeners = HOST_PORTS
             .iter()
             .map(|p| {
