@@ -10,5 +10,5 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo test --workspace --all-targets "$@"
 if [ $# -eq 0 ]; then
-    api/fuzz/run.sh "${WISP_FUZZ_SECS:-20}"
+    fuzz/run.sh "${WISP_FUZZ_SECS:-20}"
 fi
