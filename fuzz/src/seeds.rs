@@ -386,11 +386,14 @@ pub fn sample_config() -> VmConfig {
             path_on_host: PathBuf::from("/img/root.ext4"),
             is_root_device: true,
             is_read_only: true,
+            rate_limiter: None,
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
             host_dev_name: "tap0".into(),
             guest_mac: Some("06:00:AC:10:00:02".into()),
+            rx_rate_limiter: None,
+            tx_rate_limiter: None,
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
