@@ -3,7 +3,7 @@
 //! InstanceStart. Measures process start → the socket accepting a connection, the three
 //! requests, and first request → the guest's first line.
 
-use super::{launch_record, metric, micros};
+use super::{launch_record, metric, micros, run_failed};
 use crate::http_unix;
 use crate::launch::{Input, Launched};
 use crate::peers::{GUEST_LINE, GUEST_MEM_MIB};
@@ -70,10 +70,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                     );
                     record.runs.push(sample);
                 }
-                Err(why) => {
-                    eprintln!("[api] run {run}/{} {}: failed: {why}", setup.runs, vmm.name);
-                    record.failures.push(format!("run {run}: {why}"));
-                }
+                Err(why) => run_failed("api", record, &format!("run {run}/{}", setup.runs), &why),
             }
             let _ = std::fs::remove_file(&socket);
         }
