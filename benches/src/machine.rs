@@ -16,8 +16,12 @@ pub struct MachineInfo {
     pub kernel: String,
     /// The KVM backend, e.g. "kvm_pvm (software PVM, no VT-x/AMD-V)".
     pub host_kvm: String,
-    /// `qemu-system-x86_64 --version`, first line, when QEMU is installed.
+    /// The QEMU binary compared (`--qemu`): its `--version` first line and its path; `None`
+    /// when QEMU is not compared.
     pub qemu_version: Option<String>,
+    /// The Firecracker binary compared (`--firecracker`): its `--version` first line and path.
+    #[serde(default)]
+    pub firecracker_version: Option<String>,
     /// `wisp --version`.
     pub wisp_version: Option<String>,
     /// /proc/loadavg when the run started: the machine may be shared, and load shows in
@@ -27,7 +31,9 @@ pub struct MachineInfo {
 }
 
 impl MachineInfo {
-    pub fn detect(wisp: &Path) -> MachineInfo {
+    /// This machine, and the versions of the binaries this run uses (`qemu`, `firecracker`:
+    /// the peers actually compared, if any).
+    pub fn detect(wisp: &Path, qemu: Option<&Path>, firecracker: Option<&Path>) -> MachineInfo {
         let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
         MachineInfo {
@@ -36,7 +42,8 @@ impl MachineInfo {
             mem_total_kib: meminfo_kib(&meminfo, "MemTotal").unwrap_or(0),
             kernel: kernel(),
             host_kvm: HostKvm::detect().to_string(),
-            qemu_version: first_line_of(Command::new("qemu-system-x86_64").arg("--version")),
+            qemu_version: qemu.and_then(version_of),
+            firecracker_version: firecracker.and_then(version_of),
             wisp_version: first_line_of(Command::new(wisp).arg("--version")),
             load_average: fs::read_to_string("/proc/loadavg")
                 .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -78,6 +85,13 @@ fn kernel() -> String {
     )
 }
 
+/// `PROGRAM --version`'s first line, with the program's path: the binary that ran, not
+/// whichever one PATH finds.
+fn version_of(program: &Path) -> Option<String> {
+    let line = first_line_of(Command::new(program).arg("--version"))?;
+    Some(format!("{line} ({})", program.display()))
+}
+
 fn first_line_of(command: &mut Command) -> Option<String> {
     let out = command.output().ok()?;
     if !out.status.success() {
@@ -104,12 +118,29 @@ mod tests {
     }
 
     #[test]
+    fn versions_name_the_binary_that_ran() {
+        // QEMU is a project dependency (scripts/install-deps.sh).
+        let qemu = crate::setup::find_program("qemu-system-x86_64")
+            .expect("qemu-system-x86_64 on PATH: run scripts/install-deps.sh");
+        let info = MachineInfo::detect(Path::new("/nonexistent/wisp"), Some(&qemu), None);
+        let version = info.qemu_version.unwrap();
+        assert!(version.starts_with("QEMU emulator version "), "{version}");
+        assert!(
+            version.ends_with(&format!("({})", qemu.display())),
+            "{version}"
+        );
+        assert_eq!(version_of(Path::new("/nonexistent/qemu")), None);
+    }
+
+    #[test]
     fn detect_reads_this_machine() {
-        let info = MachineInfo::detect(Path::new("/nonexistent/wisp"));
+        let info = MachineInfo::detect(Path::new("/nonexistent/wisp"), None, None);
         assert!(info.cpus >= 1);
         assert!(info.mem_total_kib > 0);
         assert!(info.kernel.starts_with("Linux"), "{}", info.kernel);
         assert_eq!(info.wisp_version, None);
+        assert_eq!(info.qemu_version, None);
+        assert_eq!(info.firecracker_version, None);
         assert_eq!(
             info.load_average.split(' ').count(),
             3,

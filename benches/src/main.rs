@@ -1,6 +1,7 @@
 //! `wisp-bench`: the command line over the library. Measures Wisp and its peers (QEMU `-M
 //! microvm`, Firecracker) on the same guest in the same run, interleaved, and writes
-//! results.json (raw samples and the machine), results.md (tables) and SVG plots.
+//! results.json (raw samples and the machine), results.md (tables) and SVG plots. Exits
+//! non-zero when a suite's VMM failed every run (the outputs are still written).
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -24,7 +25,11 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let setup = Setup::resolve(cli).map_err(|e| e.to_string())?;
-    let machine = machine::MachineInfo::detect(&setup.wisp);
+    let machine = machine::MachineInfo::detect(
+        &setup.wisp,
+        setup.qemu.as_deref(),
+        setup.firecracker.as_deref(),
+    );
     eprintln!(
         "wisp-bench: {} on {} ({}), output in {}",
         cli.suite.name(),
@@ -38,6 +43,9 @@ fn run(cli: &Cli) -> Result<(), String> {
         machine,
         suites: Vec::new(),
     };
+    // VMMs that failed every run of a suite: the run fails, so nobody reads a table whose
+    // comparison is missing.
+    let mut broken = Vec::new();
     for suite in cli.suite.expand() {
         eprintln!("wisp-bench: suite {}", suite.name());
         let outcome = match suite {
@@ -52,10 +60,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         if let SuiteOutcome::Skipped { reason } = &outcome {
             eprintln!("wisp-bench: {}: skipped: {reason}", suite.name());
         }
-        results.suites.push(SuiteResult {
+        let result = SuiteResult {
             suite: suite.name().to_string(),
             outcome,
-        });
+        };
+        for failed in result.vmms_that_failed_every_run() {
+            eprintln!("wisp-bench: {}: {failed}", suite.name());
+            broken.push(format!("{}: {failed}", suite.name()));
+        }
+        results.suites.push(result);
         // Written after every suite, so a long `all` leaves what it has if interrupted.
         write_outputs(&setup, &results)?;
     }
@@ -63,7 +76,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         "wisp-bench: wrote {}",
         setup.out.join("results.md").display()
     );
-    Ok(())
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "a VMM failed every run, so the tables lack it:\n  {}",
+            broken.join("\n  ")
+        ))
+    }
 }
 
 fn write_outputs(setup: &Setup, results: &Results) -> Result<(), String> {

@@ -31,7 +31,12 @@ pub fn render(results: &Results) -> String {
     let _ = writeln!(
         md,
         "| QEMU | {} |",
-        cell(m.qemu_version.as_deref().unwrap_or("not found"))
+        cell(m.qemu_version.as_deref().unwrap_or("not compared"))
+    );
+    let _ = writeln!(
+        md,
+        "| Firecracker | {} |",
+        cell(m.firecracker_version.as_deref().unwrap_or("not compared"))
     );
     let _ = writeln!(
         md,
@@ -82,15 +87,17 @@ fn render_comparison(md: &mut String, c: &Comparison) {
         }
     }
     render_ratios(md, c);
-    let failures: Vec<(&str, &String)> = c
-        .vmms
-        .iter()
-        .flat_map(|v| v.failures.iter().map(move |f| (v.name.as_str(), f)))
-        .collect();
-    if !failures.is_empty() {
+    if c.vmms.iter().any(|v| !v.failures.is_empty()) {
         let _ = writeln!(md, "\n### Runs that did not count\n");
-        for (name, why) in failures {
-            let _ = writeln!(md, "- {name}: {}", cell(why));
+        for vmm in &c.vmms {
+            // A VMM that failed every run is one line: the count and its first error.
+            if let Some(line) = vmm.every_run_failed() {
+                let _ = writeln!(md, "- **{}**", cell(&line));
+                continue;
+            }
+            for why in &vmm.failures {
+                let _ = writeln!(md, "- {}: {}", vmm.name, cell(why));
+            }
         }
     }
     let _ = writeln!(md, "\n### Commands\n");
@@ -265,7 +272,32 @@ mod tests {
         );
         assert!(md.contains("- qemu-microvm: exited with status 1"));
         assert!(md.contains("| /dev/kvm | kvm_pvm |"));
+        assert!(
+            md.contains("| QEMU | QEMU emulator version 10.0.2 (/usr/bin/qemu-system-x86_64) |")
+        );
+        assert!(md.contains("| Firecracker | not compared |"), "{md}");
         assert!(md.contains("| load average at start | 0.50 0.40 0.30 |"));
+    }
+
+    #[test]
+    fn a_vmm_that_failed_every_run_is_listed_once() {
+        let mut results = sample_results();
+        let SuiteOutcome::Comparison(cold) = &mut results.suites[0].outcome else {
+            unreachable!()
+        };
+        cold.vmms[1].runs.clear();
+        cold.vmms[1].failures = (1..=20)
+            .map(|i| format!("run {i}/20: no bootable device"))
+            .collect();
+        let md = render(&results);
+        assert!(
+            md.contains(
+                "- **qemu-microvm: every run failed (20 failed, none counted); the first: \
+                 run 1/20: no bootable device**"
+            ),
+            "{md}"
+        );
+        assert!(!md.contains("run 2/20"), "{md}");
     }
 
     #[test]

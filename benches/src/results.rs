@@ -115,6 +115,26 @@ impl VmmRuns {
         }
     }
 
+    /// It ran and not one run counted: a VMM that does not work here, whose table would be
+    /// missing without anyone noticing.
+    pub fn failed_every_run(&self) -> bool {
+        self.runs.is_empty() && !self.failures.is_empty()
+    }
+
+    /// One line for a VMM that failed every run: how many failures, and the first of them
+    /// (the later ones are almost always the same).
+    pub fn every_run_failed(&self) -> Option<String> {
+        if !self.failed_every_run() {
+            return None;
+        }
+        Some(format!(
+            "{}: every run failed ({} failed, none counted); the first: {}",
+            self.name,
+            self.failures.len(),
+            self.failures[0]
+        ))
+    }
+
     pub fn samples(&self, key: &str) -> Vec<f64> {
         self.runs
             .iter()
@@ -157,6 +177,20 @@ pub struct MemoryPoint {
     pub total_pss_kib: u64,
     /// Host MemTotal − MemAvailable, minus the same before the first VM.
     pub host_used_delta_kib: i64,
+}
+
+impl SuiteResult {
+    /// [`VmmRuns::every_run_failed`] for each VMM of this suite that failed every run.
+    pub fn vmms_that_failed_every_run(&self) -> Vec<String> {
+        match &self.outcome {
+            SuiteOutcome::Comparison(c) => c
+                .vmms
+                .iter()
+                .filter_map(VmmRuns::every_run_failed)
+                .collect(),
+            SuiteOutcome::Skipped { .. } | SuiteOutcome::Density(_) => Vec::new(),
+        }
+    }
 }
 
 impl Results {
@@ -218,7 +252,10 @@ pub mod tests {
                 mem_total_kib: 1 << 20,
                 kernel: "Linux 6.1".into(),
                 host_kvm: "kvm_pvm".into(),
-                qemu_version: Some("QEMU emulator version 7.2".into()),
+                qemu_version: Some(
+                    "QEMU emulator version 10.0.2 (/usr/bin/qemu-system-x86_64)".into(),
+                ),
+                firecracker_version: None,
                 wisp_version: Some("wisp 0.1.0".into()),
                 load_average: "0.50 0.40 0.30".into(),
             },
@@ -292,6 +329,35 @@ pub mod tests {
         let err = Results::read_json(&path).unwrap_err();
         assert!(err.to_string().contains("not a wisp-bench results file"));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_vmm_that_failed_every_run_is_one_line_with_its_first_error() {
+        let mut fc = VmmRuns::new("firecracker", String::new());
+        assert!(!fc.failed_every_run(), "no runs yet is not a failure");
+        fc.failures = vec!["run 1: exited with status 1: no drives".into(); 20];
+        fc.failures[1] = "run 2: something else".into();
+        assert_eq!(
+            fc.every_run_failed().as_deref(),
+            Some(
+                "firecracker: every run failed (20 failed, none counted); the first: run 1: \
+                 exited with status 1: no drives"
+            )
+        );
+        fc.runs.push(BTreeMap::new());
+        assert_eq!(fc.every_run_failed(), None);
+
+        let results = sample_results();
+        // The sample's QEMU failed one run of three: not every run.
+        assert!(results.suites[0].vmms_that_failed_every_run().is_empty());
+        let mut suite = results.suites[0].clone();
+        if let SuiteOutcome::Comparison(c) = &mut suite.outcome {
+            c.vmms[1].runs.clear();
+        }
+        assert_eq!(
+            suite.vmms_that_failed_every_run(),
+            vec!["qemu-microvm: every run failed (1 failed, none counted); the first: exited with status 1"]
+        );
     }
 
     #[test]

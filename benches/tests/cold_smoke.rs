@@ -2,8 +2,10 @@
 //! No timing thresholds: benchmarks report, they do not fail on speed. These tests check that
 //! every run counted and that the outputs are complete and consistent.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use wisp_bench::results::{Results, SuiteOutcome};
 
 const BENCH: &str = env!("CARGO_BIN_EXE_wisp-bench");
@@ -14,29 +16,43 @@ fn workspace_root() -> &'static Path {
         .expect("benches/ is inside the workspace")
 }
 
-/// The `wisp` binary of this build (`cargo test --workspace` builds it beside wisp-bench);
-/// when it is missing (`cargo test -p wisp-bench` alone), it is built in its own target
-/// directory, which also builds the unikernel.
+/// The `wisp` binary of this build, with `wispd` beside it (`cargo test --workspace` builds
+/// both beside wisp-bench); when either is missing (`cargo test -p wisp-bench` alone), both
+/// are built in their own target directory (this test's cargo holds the lock on its own),
+/// which also builds the unikernel. Built once per test process.
 fn wisp_binary() -> PathBuf {
-    let beside = Path::new(BENCH)
-        .parent()
-        .expect("wisp-bench is in a target directory")
-        .join("wisp");
-    let unikernel = wisp_bench::setup::default_unikernel();
-    if beside.is_file() && unikernel.is_file() {
-        return beside;
-    }
-    let target_dir = workspace_root().join("target/wisp-bench-wisp");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args(["build", "--release", "--bin", "wisp", "--target-dir"])
-        .arg(&target_dir)
-        .env_remove("CARGO_TARGET_DIR")
-        .status()
-        .expect("run cargo to build wisp");
-    assert!(status.success(), "building wisp failed: {status}");
-    target_dir.join("release/wisp")
+    static WISP: OnceLock<PathBuf> = OnceLock::new();
+    WISP.get_or_init(|| {
+        let beside = Path::new(BENCH).with_file_name("wisp");
+        let unikernel = wisp_bench::setup::default_unikernel();
+        if beside.is_file() && beside.with_file_name("wispd").is_file() && unikernel.is_file() {
+            return beside;
+        }
+        let target_dir = workspace_root().join("target/wisp-bench-wisp");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args(["build", "--release", "--bin", "wisp", "--bin", "wispd"])
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .status()
+            .expect("run cargo to build wisp and wispd");
+        assert!(status.success(), "building wisp and wispd failed: {status}");
+        let wisp = target_dir.join("release/wisp");
+        assert!(
+            wisp.with_file_name("wispd").is_file(),
+            "no wispd in {target_dir:?}"
+        );
+        wisp
+    })
+    .clone()
+}
+
+/// QEMU, a project dependency (scripts/install-deps.sh): the peer every run compares with.
+fn qemu() -> PathBuf {
+    wisp_bench::setup::find_program("qemu-system-x86_64")
+        .expect("qemu-system-x86_64 is not on PATH: run scripts/install-deps.sh")
 }
 
 fn out_dir(name: &str) -> PathBuf {
@@ -91,22 +107,31 @@ fn cold_with_two_runs_measures_wisp_and_qemu_and_writes_every_output() {
         assert!(timer > 0.0 && timer <= exit, "{run:?}");
         assert!(run["max_rss_kib"] > 0.0);
     }
-    // QEMU is installed by scripts/install-deps.sh; it must boot the same guest to its line.
-    if wisp_bench::setup::find_program("qemu-system-x86_64").is_some() {
-        let qemu = cold.vmms.iter().find(|v| v.name == "qemu-microvm").unwrap();
-        assert!(
-            qemu.failures.is_empty(),
-            "QEMU runs failed: {:?}",
-            qemu.failures
-        );
-        assert_eq!(qemu.runs.len(), 2);
-        assert!(!qemu.runs[0].contains_key("boot_timer_us"));
+    // The QEMU peer boots the same guest to its line, every run.
+    let qemu_version = results.machine.qemu_version.as_deref().unwrap_or_default();
+    assert!(
+        qemu_version.starts_with("QEMU emulator version ")
+            && qemu_version.ends_with(&format!("({})", qemu().display())),
+        "the machine block names another QEMU: {qemu_version:?}"
+    );
+    let qemu = cold.vmms.iter().find(|v| v.name == "qemu-microvm").unwrap();
+    assert!(
+        qemu.failures.is_empty(),
+        "QEMU runs failed: {:?}",
+        qemu.failures
+    );
+    assert_eq!(qemu.runs.len(), 2);
+    for run in &qemu.runs {
+        assert!(run["first_line_us"] > 0.0 && run["first_line_us"] <= run["exit_us"]);
+        assert!(!run.contains_key("boot_timer_us"), "{run:?}");
     }
 
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("## cold"));
     assert!(md.contains("| VMM | n | min | median | p99 | max |"));
     assert!(md.contains("| wisp | 2 |"), "{md}");
+    assert!(md.contains("| qemu-microvm | 2 |"), "{md}");
+    assert!(md.contains("| wisp / qemu-microvm |"), "{md}");
     for plot in [
         "cold-first_line_us.svg",
         "cold-exit_us.svg",
@@ -124,6 +149,14 @@ fn cold_with_two_runs_measures_wisp_and_qemu_and_writes_every_output() {
 fn linux_suite_times_tinyx_in_the_test_host_or_says_why_not() {
     let out = out_dir("linux");
     let run = bench(&["linux", "--runs", "1"], &out);
+    // The test host's retries of a stalled L1 go to wisp-bench's stderr; pass them on
+    // straight to ours (not `eprintln!`, which the harness swallows for passing tests), so
+    // every log shows them as it does for the tests/linux_* suites.
+    for line in String::from_utf8_lossy(&run.stderr).lines() {
+        if line.starts_with("testhost:") {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
+    }
     assert!(
         run.status.success(),
         "{}",
@@ -155,9 +188,61 @@ fn a_missing_guest_is_a_clear_error() {
     assert!(!out.join("results.json").exists());
 }
 
-/// Runs one suite with two runs; returns its comparison, or `None` when it was skipped
-/// because `wisp --help` does not offer `needle` (an interface not in this build).
-fn run_suite(suite: &str, needle: &str) -> Option<wisp_bench::results::Comparison> {
+/// A peer that fails every run (here `false`, standing in for a Firecracker that refuses its
+/// config) is reported once with its first error, and the run exits non-zero.
+#[test]
+fn a_peer_that_fails_every_run_is_reported_once_and_fails_the_run() {
+    let out = out_dir("broken-peer");
+    let run = bench(
+        &[
+            "cold",
+            "--runs",
+            "3",
+            "--qemu",
+            "none",
+            "--firecracker",
+            "/bin/false",
+        ],
+        &out,
+    );
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "a suite without its peer passed: {stderr}"
+    );
+    assert!(
+        stderr.contains("[cold] run 1/3 firecracker: failed: "),
+        "{stderr}"
+    );
+    for later in ["run 2/3 firecracker", "run 3/3 firecracker"] {
+        assert!(!stderr.contains(later), "reported per run: {stderr}");
+    }
+    assert!(
+        stderr.contains("[cold] run 3/3 wisp: first line"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: a VMM failed every run, so the tables lack it:\n  cold: firecracker: every \
+             run failed (3 failed, none counted); the first: run 1/3: "
+        ),
+        "{stderr}"
+    );
+    // The outputs are still written, with the failure in them once.
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| wisp | 3 |"), "{md}");
+    assert_eq!(
+        md.matches("firecracker: every run failed").count(),
+        1,
+        "{md}"
+    );
+    assert!(!md.contains("run 2/3"), "{md}");
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// Runs one suite with two runs and returns its comparison; the suite must run (its
+/// interface is in this build) and exit cleanly.
+fn run_suite(suite: &str) -> wisp_bench::results::Comparison {
     let out = out_dir(suite);
     let run = bench(&[suite, "--runs", "2"], &out);
     assert!(
@@ -166,7 +251,6 @@ fn run_suite(suite: &str, needle: &str) -> Option<wisp_bench::results::Compariso
         String::from_utf8_lossy(&run.stderr)
     );
     let results = Results::read_json(&out.join("results.json")).expect("results.json");
-    let offered = wisp_bench::setup::help_mentions(&wisp_binary(), &[], needle);
     let outcome = results
         .suites
         .into_iter()
@@ -175,26 +259,14 @@ fn run_suite(suite: &str, needle: &str) -> Option<wisp_bench::results::Compariso
         .outcome;
     std::fs::remove_dir_all(&out).expect("remove the output directory");
     match outcome {
-        SuiteOutcome::Comparison(c) => {
-            assert!(offered, "{suite} ran although wisp does not offer {needle}");
-            Some(c)
-        }
-        SuiteOutcome::Skipped { reason } => {
-            assert!(
-                !offered,
-                "{suite} skipped although wisp offers {needle}: {reason}"
-            );
-            None
-        }
-        other => panic!("unexpected outcome {other:?}"),
+        SuiteOutcome::Comparison(c) => c,
+        other => panic!("{suite} did not run: {other:?}"),
     }
 }
 
 #[test]
-fn api_configures_and_starts_the_guest_over_rest_when_wisp_serves_it() {
-    let Some(api) = run_suite("api", "--api-sock") else {
-        return;
-    };
+fn api_configures_and_starts_the_guest_over_rest() {
+    let api = run_suite("api");
     let wisp = api.vmms.iter().find(|v| v.name == "wisp").unwrap();
     assert!(wisp.failures.is_empty(), "{:?}", wisp.failures);
     assert_eq!(wisp.runs.len(), 2);
@@ -205,13 +277,8 @@ fn api_configures_and_starts_the_guest_over_rest_when_wisp_serves_it() {
 }
 
 #[test]
-fn warm_creates_from_wispd_shells_when_wispd_is_built() {
-    if !Path::new(BENCH).with_file_name("wispd").is_file() {
-        return;
-    }
-    let Some(warm) = run_suite("warm", "ctl") else {
-        return;
-    };
+fn warm_creates_from_wispd_shells() {
+    let warm = run_suite("warm");
     let wisp = &warm.vmms[0];
     assert!(wisp.failures.is_empty(), "{:?}", wisp.failures);
     assert_eq!(wisp.runs.len(), 2);

@@ -3,10 +3,10 @@
 //! InstanceStart. Measures process start → the socket accepting a connection, the three
 //! requests, and first request → the guest's first line.
 
-use super::{launch_record, metric, micros};
+use super::{launch_record, metric, micros, run_failed};
 use crate::http_unix;
 use crate::launch::{Input, Launched};
-use crate::peers::{GUEST_LINE, GUEST_MEM_MIB};
+use crate::peers::{describe, FIRECRACKER_ARGS, GUEST_LINE, GUEST_MEM_MIB};
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
 use crate::setup::{help_mentions, Setup};
 use std::collections::BTreeMap;
@@ -23,6 +23,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(5);
 struct ApiVmm {
     name: &'static str,
     binary: PathBuf,
+    /// Flags before `--api-sock`.
+    args: &'static [&'static str],
 }
 
 pub fn run(setup: &Setup) -> SuiteOutcome {
@@ -37,6 +39,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
     let mut vmms = vec![ApiVmm {
         name: "wisp",
         binary: setup.wisp.clone(),
+        args: &[],
     }];
     let mut notes = vec![
         "socket ready: process start → the API socket accepts a connection (polled every 100 µs)"
@@ -49,12 +52,17 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         Some(fc) => vmms.push(ApiVmm {
             name: "firecracker",
             binary: fc.clone(),
+            args: FIRECRACKER_ARGS,
         }),
         None => notes.push("Firecracker not compared: give --firecracker PATH".to_string()),
     }
     let mut records: Vec<VmmRuns> = vmms
         .iter()
-        .map(|v| VmmRuns::new(v.name, format!("{} --api-sock SOCKET", v.binary.display())))
+        .map(|v| {
+            let mut cmd = Command::new(&v.binary);
+            cmd.args(v.args).arg("--api-sock").arg("SOCKET");
+            VmmRuns::new(v.name, describe(&cmd))
+        })
         .collect();
     for run in 1..=setup.runs {
         for (vmm, record) in vmms.iter().zip(records.iter_mut()) {
@@ -70,10 +78,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                     );
                     record.runs.push(sample);
                 }
-                Err(why) => {
-                    eprintln!("[api] run {run}/{} {}: failed: {why}", setup.runs, vmm.name);
-                    record.failures.push(format!("run {run}: {why}"));
-                }
+                Err(why) => run_failed("api", record, &format!("run {run}/{}", setup.runs), &why),
             }
             let _ = std::fs::remove_file(&socket);
         }
@@ -115,7 +120,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
 fn api_boot(setup: &Setup, vmm: &ApiVmm, socket: &Path) -> Result<BTreeMap<String, f64>, String> {
     let _ = std::fs::remove_file(socket);
     let mut cmd = Command::new(&vmm.binary);
-    cmd.arg("--api-sock").arg(socket);
+    cmd.args(vmm.args).arg("--api-sock").arg(socket);
     let mut launched = Launched::spawn(cmd, Input::Null, GUEST_LINE).map_err(|e| e.to_string())?;
     let outcome = configure_and_start(setup, &mut launched, socket);
     if outcome.is_err() {

@@ -2,7 +2,7 @@
 //! serial line (seen on the child's stdout pipe), → the boot-timer write (Wisp reports it on
 //! stderr, µs since its own start), → process exit; and the process's peak RSS.
 
-use super::{launch_record, metric};
+use super::{launch_record, metric, run_failed};
 use crate::launch::{Input, Launched};
 use crate::peers::{self, describe, Peer, GUEST_LINE};
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
@@ -41,8 +41,9 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         .map(|p| VmmRuns::new(p.name(), describe(&p.command(setup, CMDLINE))))
         .collect();
     for peer in &peers {
+        // A failed warm-up is said by the runs that follow, if it was not a one-off.
         if let Err(why) = boot_once(setup, peer) {
-            eprintln!("[cold] warm-up {}: {why}", peer.name());
+            log::info!("[cold] warm-up {}: {why}", peer.name());
         }
     }
     for run in 1..=setup.runs {
@@ -59,14 +60,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                     );
                     record.runs.push(sample);
                 }
-                Err(why) => {
-                    eprintln!(
-                        "[cold] run {run}/{} {}: failed: {why}",
-                        setup.runs,
-                        peer.name()
-                    );
-                    record.failures.push(format!("run {run}: {why}"));
-                }
+                Err(why) => run_failed("cold", record, &format!("run {run}/{}", setup.runs), &why),
             }
         }
     }

@@ -12,9 +12,21 @@ pub mod virtio_vsock;
 pub mod warm;
 
 use crate::launch::Finished;
-use crate::results::{MetricDef, Unit};
+use crate::results::{MetricDef, Unit, VmmRuns};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Records a run of `record`'s VMM that did not count (`label`: "run 3/20") and says so on
+/// stderr: in full for its first failure, and after that only once some run of it has
+/// counted. A VMM that fails every run is one line here and one at the end of the suite
+/// (main.rs), not a line per run.
+pub fn run_failed(suite: &str, record: &mut VmmRuns, label: &str, why: &str) {
+    let first = record.failures.is_empty();
+    record.failures.push(format!("{label}: {why}"));
+    if first || !record.runs.is_empty() {
+        eprintln!("[{suite}] {label} {}: failed: {why}", record.name);
+    }
+}
 
 pub fn metric(key: &str, label: &str, unit: Unit) -> MetricDef {
     MetricDef {

@@ -11,7 +11,7 @@
 //! the image is written just before the runs, so both sides read from a warm cache.
 
 use super::host_tsc::{host_tsc_khz, tsc_source};
-use super::{metric, virtio_net, virtio_vsock};
+use super::{metric, run_failed, virtio_net, virtio_vsock};
 use crate::launch::{Input, Launched};
 use crate::peers::{describe, Peer, GUEST_LINE, GUEST_MEM_MIB};
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
@@ -119,7 +119,12 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         for (g, record) in &mut vmms {
             let command = g.command(setup, &image, &cmdline);
             let mut sample = guest_once(command, timeout, tsc_hz).unwrap_or_else(|why| {
-                record.failures.push(format!("run {run} blk: {why}"));
+                run_failed(
+                    "virtio",
+                    record,
+                    &format!("run {run}/{} blk", setup.runs),
+                    &why,
+                );
                 BTreeMap::new()
             });
             if matches!(g, Guest::Wisp) {
@@ -127,43 +132,68 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                     Ok(mbps) => {
                         sample.insert("vsock_stream_mbps".to_string(), mbps);
                     }
-                    Err(why) => record.failures.push(format!("run {run} vsock: {why}")),
+                    Err(why) => run_failed(
+                        "virtio",
+                        record,
+                        &format!("run {run}/{} vsock", setup.runs),
+                        &why,
+                    ),
                 }
                 match virtio_net::guest_once(setup, &net_cmdline, run, timeout, tsc_hz) {
                     Ok(mbps) => {
                         sample.insert("net_tx_mbps".to_string(), mbps);
                     }
-                    Err(why) => record.failures.push(format!("run {run} net: {why}")),
+                    Err(why) => run_failed(
+                        "virtio",
+                        record,
+                        &format!("run {run}/{} net", setup.runs),
+                        &why,
+                    ),
                 }
             }
-            eprintln!(
-                "[virtio] run {run}/{} {}: {}",
-                setup.runs,
-                g.name(),
-                show(&sample)
-            );
             if !sample.is_empty() {
+                eprintln!(
+                    "[virtio] run {run}/{} {}: {}",
+                    setup.runs,
+                    g.name(),
+                    show(&sample)
+                );
                 record.runs.push(sample);
             }
         }
         let mut sample = host_once(&image).unwrap_or_else(|why| {
-            host.failures.push(format!("run {run} blk: {why}"));
+            run_failed(
+                "virtio",
+                &mut host,
+                &format!("run {run}/{} blk", setup.runs),
+                &why,
+            );
             BTreeMap::new()
         });
         match virtio_vsock::host_once() {
             Ok(mbps) => {
                 sample.insert("vsock_stream_mbps".to_string(), mbps);
             }
-            Err(why) => host.failures.push(format!("run {run} vsock: {why}")),
+            Err(why) => run_failed(
+                "virtio",
+                &mut host,
+                &format!("run {run}/{} vsock", setup.runs),
+                &why,
+            ),
         }
         match virtio_net::host_once(run) {
             Ok(mbps) => {
                 sample.insert("net_tx_mbps".to_string(), mbps);
             }
-            Err(why) => host.failures.push(format!("run {run} net: {why}")),
+            Err(why) => run_failed(
+                "virtio",
+                &mut host,
+                &format!("run {run}/{} net", setup.runs),
+                &why,
+            ),
         }
-        eprintln!("[virtio] run {run}/{} host: {}", setup.runs, show(&sample));
         if !sample.is_empty() {
+            eprintln!("[virtio] run {run}/{} host: {}", setup.runs, show(&sample));
             host.runs.push(sample);
         }
     }

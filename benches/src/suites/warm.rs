@@ -4,7 +4,7 @@
 //! instruction, request → boot timer with `--wait-boot`). Records those and the client's whole
 //! round trip (process start → exit of `wisp ctl`).
 
-use super::{metric, micros};
+use super::{metric, micros, run_failed};
 use crate::launch::{Input, Launched};
 use crate::peers::firecracker_config;
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
@@ -81,10 +81,12 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                     );
                     record.runs.push(sample);
                 }
-                Err(why) => {
-                    eprintln!("[warm] create {run}/{}: failed: {why}", setup.runs);
-                    record.failures.push(format!("create {run}: {why}"));
-                }
+                Err(why) => run_failed(
+                    "warm",
+                    &mut record,
+                    &format!("create {run}/{}", setup.runs),
+                    &why,
+                ),
             }
             std::thread::sleep(REFILL);
         }
