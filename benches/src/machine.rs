@@ -1,5 +1,5 @@
 //! What the numbers were measured on: CPU, kernel, the kind of /dev/kvm (hardware or PVM), and
-//! the versions of the VMMs. Absolute times mean little without it (DESIGN.md §7).
+//! the versions of the VMMs. Absolute times mean little without it (docs/design.md §7).
 
 use serde::{Deserialize, Serialize};
 use std::fs;

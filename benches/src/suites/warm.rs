@@ -1,4 +1,4 @@
-//! `warm`: creates through `wispd` from prepared shells (DESIGN.md §5). `wispd --socket PATH
+//! `warm`: creates through `wispd` from prepared shells (docs/design.md §5). `wispd --socket PATH
 //! --pool N` keeps the shells; each create is `wisp ctl --socket PATH create --config vm.json`,
 //! which prints the VM id and its times (request → first guest instruction, doorbell → first
 //! instruction, request → boot timer with `--wait-boot`). Records those and the client's whole
