@@ -219,10 +219,21 @@ fn every_thread_of_wisp_api_sock_is_filtered_once_the_vm_runs() {
     })
     .to_string();
     let machine = r#"{"vcpu_count": 2, "mem_size_mib": 64}"#;
+    let (disk_a, disk_b) = (scratch.join("a.img"), scratch.join("b.img"));
+    for disk in [&disk_a, &disk_b] {
+        std::fs::write(disk, vec![0u8; 1 << 20]).unwrap();
+    }
+    let drive = serde_json::json!({
+        "drive_id": "d", "path_on_host": disk_a, "is_root_device": false, "is_read_only": false,
+    })
+    .to_string();
+    let metrics = serde_json::json!({"metrics_path": scratch.join("metrics.json")}).to_string();
     for (path, body) in [
         ("/boot-source", boot.as_str()),
         ("/machine-config", machine),
         ("/entropy", "{}"),
+        ("/drives/d", drive.as_str()),
+        ("/metrics", metrics.as_str()),
         ("/actions", r#"{"action_type": "InstanceStart"}"#),
     ] {
         let (status, answer) = curl(&sock, "PUT", path, Some(body));
@@ -234,11 +245,18 @@ fn every_thread_of_wisp_api_sock_is_filtered_once_the_vm_runs() {
         &["wisp", "wisp-api", "vcpu0", "vcpu1"],
         FILTERED,
     );
-    // The filtered VMM thread still serves the API: pause, resume, flush nothing.
+    // The filtered VMM thread still serves the API: pause, resume, a drive's new backing
+    // file (opened, type-checked and sized on the VMM thread), a metrics line.
     for state in ["Paused", "Resumed"] {
         let body = format!(r#"{{"state": "{state}"}}"#);
         assert_eq!(curl(&sock, "PATCH", "/vm", Some(&body)).0, 204, "{state}");
     }
+    let swap = serde_json::json!({"drive_id": "d", "path_on_host": disk_b}).to_string();
+    let (status, answer) = curl(&sock, "PATCH", "/drives/d", Some(&swap));
+    assert_eq!(status, 204, "PATCH /drives: {answer}");
+    let flush = r#"{"action_type": "FlushMetrics"}"#;
+    let (status, answer) = curl(&sock, "PUT", "/actions", Some(flush));
+    assert_eq!(status, 204, "FlushMetrics: {answer}");
     let (status, _) = curl(&sock, "GET", "/", None);
     assert_eq!(status, 200);
     assert_eq!(wisp.child.try_wait().unwrap(), None, "wisp died");

@@ -107,6 +107,8 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
         sys!(SYS_newfstatat),
         sys!(SYS_statx),
         sys!(SYS_fstat),
+        // ...and a block device's size is found by seeking to its end.
+        sys!(SYS_lseek),
         // vsock: host connections accepted on the Unix socket, guest connections to
         // `<uds>_<port>`, half-close and stream I/O.
         sys!(SYS_accept4),
