@@ -12,15 +12,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use wisp_test_support::{curl, run_with_deadline, unikernel, NetNs, Outcome, Scratch};
+use wisp_test_support::{
+    curl, run_with_deadline, spawn_with_lines, unikernel, NetNs, Outcome, Scratch,
+};
 
 const JAILER: &str = env!("CARGO_BIN_EXE_wisp-jailer");
 const WISP: &str = env!("CARGO_BIN_EXE_wisp");
@@ -69,21 +70,8 @@ struct Jailed {
 }
 
 impl Jailed {
-    fn spawn(mut cmd: Command) -> Jailed {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+    fn spawn(cmd: Command) -> Jailed {
+        let (child, lines) = spawn_with_lines(cmd);
         Jailed { child, lines }
     }
 

@@ -6,14 +6,15 @@
 // Test helpers outside #[test] functions may unwrap too: a failure is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-use wisp_test_support::{curl, run_with_deadline, unikernel, Outcome, Scratch};
+use wisp_test_support::{
+    children_of, curl, run_with_deadline, spawn_with_lines, unikernel, Outcome, Scratch,
+};
 
 /// The binaries under test.
 const WISP: &str = env!("CARGO_BIN_EXE_wisp");
@@ -110,21 +111,8 @@ struct Running {
 }
 
 impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+    fn spawn(cmd: Command) -> Running {
+        let (child, lines) = spawn_with_lines(cmd);
         Running { child, lines }
     }
 
@@ -260,21 +248,6 @@ fn every_thread_of_wisp_api_sock_is_filtered_once_the_vm_runs() {
     let (status, _) = curl(&sock, "GET", "/", None);
     assert_eq!(status, 200);
     assert_eq!(wisp.child.try_wait().unwrap(), None, "wisp died");
-}
-
-/// wispd's child `wisp shell` processes.
-fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 /// A prepared shell has its vCPU and API threads filtered while it waits; once wispd creates

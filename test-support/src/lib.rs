@@ -9,12 +9,14 @@
 
 mod curl;
 mod netns;
+mod process;
 mod run;
 mod scratch;
 mod unikernel;
 
 pub use curl::curl;
 pub use netns::NetNs;
+pub use process::{children_of, spawn_with_lines};
 pub use run::{run_with_deadline, wisp_run, Outcome};
 pub use scratch::{Scratch, TempFile};
 pub use unikernel::unikernel;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use wisp_api::seqpacket::SeqpacketConn;
 use wisp_api::wispd_protocol::{CtlRequest, CtlResponse, MAX_MESSAGE};
 use wisp_api::{BootSource, MachineConfig, VmConfig};
+pub use wisp_test_support::children_of;
 use wisp_test_support::unikernel;
 
 pub struct Wispd {
@@ -143,21 +144,6 @@ impl Drop for Wispd {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Children of every thread of `pid` (/proc lists a child under the thread that forked it).
-pub fn children_of(pid: u32) -> Vec<u32> {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Vec::new();
-    };
-    tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("children")).ok())
-        .flat_map(|text| {
-            text.split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
-        .collect()
 }
 
 /// A unikernel VM of 32 MiB running the commands in `cmdline` (empty: greet and reset).
