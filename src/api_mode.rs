@@ -72,6 +72,7 @@ pub fn run_api(start: Instant, api_sock: Option<&Path>, config_file: Option<&Pat
         console_in: None,
         on_boot: None,
         on_first_entry: None,
+        legacy_console_lifecycle: false,
     };
     let configure_logger: LoggerHook = Box::new(|cfg| {
         logger::configure(cfg).map_err(|e| format!("cannot open {}: {e}", cfg.log_path.display()))

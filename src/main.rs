@@ -36,7 +36,12 @@ fn main() {
             run::EXIT_VMM_ERROR
         }
         Some(Command::Run(args)) => match run::config_from_args(args) {
-            Ok(config) => run::run_vm(start, &config, args.boot_timer),
+            Ok(config) => run::run_vm(
+                start,
+                &config,
+                args.boot_timer,
+                args.legacy_console_lifecycle,
+            ),
             Err(e) => {
                 report!("wisp: error: {e}");
                 run::EXIT_VMM_ERROR

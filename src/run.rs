@@ -62,7 +62,13 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
 
 /// Builds and runs `config` through the controller (one `ConfigureAll`, then `InstanceStart`:
 /// the same validation as every other front end); returns the process exit status.
-pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
+/// `legacy_console_lifecycle`: see `MicroVmOptions`.
+pub fn run_vm(
+    start: Instant,
+    config: &VmConfig,
+    print_boot_time: bool,
+    legacy_console_lifecycle: bool,
+) -> i32 {
     let (stdout, stdin) = match (
         dup_stream(std::io::stdout().as_fd()),
         dup_stream(std::io::stdin().as_fd()),
@@ -86,6 +92,7 @@ pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
         console_in: Some(stdin),
         on_boot,
         on_first_entry: None,
+        legacy_console_lifecycle,
     };
     let controller = Controller::new(
         VmResources::new(host_limits()),

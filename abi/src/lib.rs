@@ -3,7 +3,8 @@
 //!
 //! * guest-visible ABI, shared by the VMM and devices (host) and the unikernel (guest):
 //!   the MMIO map and device IRQs ([`memory_map`]), the boot timer ([`boot_timer`]), the noxs
-//!   device page ([`noxs`]) and the MP table ([`mptable`]);
+//!   device page ([`noxs`]), the MP table ([`mptable`]) and the ACPI lifecycle registers
+//!   ([`acpi`]);
 //! * the control page between `wispd` and a prepared `wisp shell` ([`control_page`]).
 //!
 //! Constants only: no code that touches memory, no dependencies, `no_std`, so the freestanding
@@ -11,6 +12,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod acpi;
 pub mod boot_timer;
 pub mod control_page;
 pub mod memory_map;
@@ -40,6 +42,21 @@ mod tests {
         assert_eq!(memory_map::EBDA_START, 0x9fc00);
         assert_eq!(&mptable::FLOATING_POINTER_SIGNATURE, b"_MP_");
         assert_eq!(&mptable::CONFIG_TABLE_SIGNATURE, b"PCMP");
+        assert_eq!(acpi::RSDP_ADDR, 0xe_0000);
+        assert_eq!(
+            (
+                acpi::SLEEP_CONTROL_PORT,
+                acpi::SLEEP_STATUS_PORT,
+                acpi::RESET_PORT
+            ),
+            (0x600, 0x601, 0x602)
+        );
+        // Linux's value for an S5 entry with SLP_TYP 5: (5 << 2) | SLP_EN.
+        assert_eq!(
+            (acpi::SLP_TYP_S5 << acpi::SLP_TYP_SHIFT) | acpi::SLP_EN,
+            0x34
+        );
+        assert_eq!(acpi::PVPANIC_PORT, 0x505);
     }
 
     #[test]
