@@ -6,7 +6,7 @@
 //! The L2 guest is the probe initramfs (tests/testhost/l2_init.sh), which prints
 //! `WISP-L2 key=value` facts and ends the VM as its command line asks.
 //!
-//! The VM's lifecycle comes from devices, not console text: power-off through the ACPI sleep
+//! The VM's lifecycle comes from devices, not console text: power-off through the ACPI PM1
 //! control register, panic through pvpanic, reset through the i8042. The lifecycle scenarios
 //! run with `--log-level info`, so wisp names the exit it saw on stderr.
 
@@ -238,7 +238,7 @@ fn guest_panic_ends_wisp_with_failure() -> Result<(), TestHostError> {
     Ok(())
 }
 
-/// Linux's `poweroff -f` enters ACPI S5 through wisp's sleep control register: wisp exits 0
+/// Linux's `poweroff -f` enters ACPI S5 through wisp's PM1 control register: wisp exits 0
 /// and names the power-off (console banners are not watched).
 #[test]
 fn guest_poweroff_ends_wisp_cleanly() -> Result<(), TestHostError> {

@@ -1,9 +1,9 @@
-//! Hardware-reduced ACPI as Wisp presents it (ACPI 6.5): where the tables sit in guest memory,
+//! ACPI as Wisp presents it (ACPI 6.5, fixed hardware with no optional blocks): where the tables sit in guest memory,
 //! and the I/O ports of the two lifecycle devices they describe.
 //!
-//! * The power-management registers the FADT names: the sleep control register (a write of
-//!   SLP_TYP = [`SLP_TYP_S5`] with [`SLP_EN`] powers the machine off, ACPI 6.5 §4.8.3.7), the
-//!   sleep status register, and the reset register (a write of [`RESET_VALUE`] resets it).
+//! * The power-management registers the FADT names: the PM1a event and control blocks (a
+//!   write of SLP_TYP = [`SLP_TYP_S5`] with [`SLP_EN`] to PM1_CNT powers the machine off,
+//!   ACPI 6.5 §4.8.3.2, §7.4.2) and the reset register (a write of [`RESET_VALUE`] resets it).
 //! * pvpanic (QEMU's docs/specs/pvpanic.rst): the DSDT device `QEMU0001` at [`PVPANIC_PORT`];
 //!   reading the port gives the events the device supports, writing one reports it.
 //!
@@ -16,23 +16,31 @@ pub const RSDP_ADDR: u64 = 0x000e_0000;
 /// End (exclusive) of the area the tables may use: the rest of the BIOS area.
 pub const ACPI_TABLES_END: u64 = 0x0010_0000;
 
-/// Sleep control register (one byte): SLP_TYP in bits 2..4, SLP_EN in bit 5.
-pub const SLEEP_CONTROL_PORT: u16 = 0x600;
-/// Sleep status register (one byte): WAK_STS in bit 7. It never reads as woken.
-pub const SLEEP_STATUS_PORT: u16 = 0x601;
+/// PM1a event block (ACPI 6.5 §4.8.3.1): PM1_STS (2 bytes), then PM1_EN (2 bytes).
+pub const PM1_EVT_PORT: u16 = 0x600;
+pub const PM1_EVT_LEN: u8 = 4;
+/// PM1a control block (ACPI 6.5 §4.8.3.2, 2 bytes): SCI_EN bit 0, SLP_TYP bits 10..12,
+/// SLP_EN bit 13.
+pub const PM1_CNT_PORT: u16 = 0x604;
+pub const PM1_CNT_LEN: u8 = 2;
 /// Reset register (one byte).
-pub const RESET_PORT: u16 = 0x602;
-/// The ports the power-management device decodes, from [`SLEEP_CONTROL_PORT`].
-pub const PM_PORT_COUNT: u16 = 3;
-/// SLP_EN: "enter the sleep state in SLP_TYP" (sleep control register bit 5).
-pub const SLP_EN: u8 = 1 << 5;
-/// SLP_TYP sits in bits 2..4 of the sleep control register.
-pub const SLP_TYP_SHIFT: u8 = 2;
-pub const SLP_TYP_MASK: u8 = 0b111 << SLP_TYP_SHIFT;
+pub const RESET_PORT: u16 = 0x606;
+/// The ports the power-management device decodes, from [`PM1_EVT_PORT`].
+pub const PM_PORT_COUNT: u16 = 7;
+/// SCI_EN: the machine is in ACPI mode (always: there is no SMI command port).
+pub const SCI_EN: u16 = 1 << 0;
+/// SLP_EN: "enter the sleep state in SLP_TYP".
+pub const SLP_EN: u16 = 1 << 13;
+/// SLP_TYP sits in bits 10..12 of PM1_CNT.
+pub const SLP_TYP_SHIFT: u16 = 10;
+pub const SLP_TYP_MASK: u16 = 0b111 << SLP_TYP_SHIFT;
 /// The SLP_TYP value the DSDT's `\_S5_` package gives for soft-off.
 pub const SLP_TYP_S5: u8 = 5;
 /// The byte that resets the machine through the reset register.
 pub const RESET_VALUE: u8 = 0x0f;
+/// The SCI's ISA IRQ: 3, the one no Wisp device uses (COM1 is 4, virtio devices 5..23). The
+/// VMM never raises it: there are no GPEs and no fixed events to report.
+pub const SCI_IRQ: u8 = 3;
 
 /// pvpanic's I/O port (QEMU's default for the ISA pvpanic device).
 pub const PVPANIC_PORT: u16 = 0x505;

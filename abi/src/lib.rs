@@ -44,17 +44,13 @@ mod tests {
         assert_eq!(&mptable::CONFIG_TABLE_SIGNATURE, b"PCMP");
         assert_eq!(acpi::RSDP_ADDR, 0xe_0000);
         assert_eq!(
-            (
-                acpi::SLEEP_CONTROL_PORT,
-                acpi::SLEEP_STATUS_PORT,
-                acpi::RESET_PORT
-            ),
-            (0x600, 0x601, 0x602)
+            (acpi::PM1_EVT_PORT, acpi::PM1_CNT_PORT, acpi::RESET_PORT),
+            (0x600, 0x604, 0x606)
         );
-        // Linux's value for an S5 entry with SLP_TYP 5: (5 << 2) | SLP_EN.
+        // PM1_CNT for an S5 entry with SLP_TYP 5: (5 << 10) | SLP_EN.
         assert_eq!(
-            (acpi::SLP_TYP_S5 << acpi::SLP_TYP_SHIFT) | acpi::SLP_EN,
-            0x34
+            (u16::from(acpi::SLP_TYP_S5) << acpi::SLP_TYP_SHIFT) | acpi::SLP_EN,
+            0x3400
         );
         assert_eq!(acpi::PVPANIC_PORT, 0x505);
     }

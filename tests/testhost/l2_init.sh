@@ -4,7 +4,7 @@
 # Signals the boot timer, prints what the tests check as "WISP-L2 key=value" lines (one word
 # per value), then ends the VM the way the kernel command line asks:
 #   wisp_l2=reboot   (default) `reboot -f`: with `reboot=k` Linux resets through the i8042.
-#   wisp_l2=poweroff `poweroff -f`: Linux enters ACPI S5 through wisp's sleep control register
+#   wisp_l2=poweroff `poweroff -f`: Linux enters ACPI S5 through wisp's PM1 control register
 #                    (with `acpi=off` it halts instead, which only wisp's legacy console watch
 #                    notices).
 #   wisp_l2=exit     init exits: the kernel panics ("Attempted to kill init"), tells pvpanic;

@@ -18,7 +18,7 @@ use crate::source::{find_source, unpacked_tree, KernelSource, SourceError};
 pub const MICROVM_FRAGMENT: &str = include_str!("../configs/microvm.config");
 /// The application fragment shipped with the crate (also in `configs/`).
 pub const APP_FRAGMENT: &str = include_str!("../configs/app.config");
-/// The ACPI fragment (hardware-reduced ACPI, pvpanic): power-off and panic reach the VMM
+/// The ACPI fragment (ACPI, PCI for ACPICA, pvpanic): power-off and panic reach the VMM
 /// through devices.
 pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.

@@ -9,7 +9,7 @@ pub enum VmExit {
     /// The guest reset the machine (i8042 pulse, ACPI reset register, KVM system event): a
     /// clean stop.
     Reset,
-    /// The guest powered the machine off (ACPI sleep control register, S5): a clean stop.
+    /// The guest powered the machine off (ACPI PM1 control register, S5): a clean stop.
     PowerOff,
     /// The guest halted its only way out (KVM_EXIT_HLT reached user space), or, for a legacy
     /// guest watched on its console, Linux said it halted.

@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
-use wisp_abi::acpi::{PM_PORT_COUNT, PVPANIC_PORT, SLEEP_CONTROL_PORT};
+use wisp_abi::acpi::{PM1_EVT_PORT, PM_PORT_COUNT, PVPANIC_PORT};
 use wisp_devices::acpi_pm::AcpiPm;
 use wisp_devices::boot_timer::BootTimer;
 use wisp_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_COUNT};
@@ -114,7 +114,7 @@ impl LegacyDevices {
         let pm = AcpiPm::new(power_off_trigger, acpi_reset_trigger);
         devices.add_pio(
             "ACPI power management",
-            SLEEP_CONTROL_PORT,
+            PM1_EVT_PORT,
             PM_PORT_COUNT,
             Arc::new(Mutex::new(pm)),
         )?;

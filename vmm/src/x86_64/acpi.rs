@@ -1,14 +1,25 @@
-//! The ACPI tables of a hardware-reduced machine (ACPI 6.5 §4.1: no PM1 blocks, no SCI, no
-//! GPEs), so a guest's lifecycle goes through devices and not through console text:
+//! The ACPI tables of a minimal fixed-hardware machine, so a guest's lifecycle goes through
+//! devices and not through console text:
 //!
-//! * RSDP → XSDT → FADT and MADT; FADT → DSDT.
-//! * FADT: HW_REDUCED_ACPI, the sleep control/status registers (`poweroff` writes S5 there)
-//!   and the reset register, all one-byte I/O ports of `wisp_devices::acpi_pm`.
+//! * RSDP → XSDT → FADT and MADT; FADT → DSDT and FACS.
+//! * FADT: the PM1a event and control blocks (`poweroff` writes S5 to PM1_CNT) and the reset
+//!   register, I/O ports of `wisp_devices::acpi_pm`; an SCI that is never raised; no GPE
+//!   blocks, no PM timer, no SMI command port (always in ACPI mode).
+//!
+//!   Not hardware-reduced (HW_REDUCED_ACPI): Linux then drops the legacy PIC and maps ISA IRQs
+//!   only through devices the DSDT declares, so COM1, the i8042 and the virtio-mmio devices
+//!   of the command line (IRQ 4, 1, 5..) would lose their interrupts (seen in the test host:
+//!   the serial tty never transmitted). With fixed hardware the IRQs stay identity-mapped as
+//!   with the MP table.
 //! * DSDT: `\_S5_` (SLP_TYP for soft-off; Linux offers power-off only when S5 is declared and
 //!   the sleep registers exist) and the pvpanic device `QEMU0001` on its I/O port.
 //! * MADT: the local APICs, the IOAPIC and LINT1 as NMI — what the MP table says (mptable.rs),
-//!   which Linux with ACPI ignores in favour of the MADT. The MP table stays for the
-//!   unikernel and for `acpi=off`.
+//!   which Linux with ACPI ignores in favour of the MADT — and the SCI's interrupt source
+//!   override (level, active high). The MP table stays for the unikernel and for `acpi=off`.
+//!
+//! Linux with these tables gets interrupts for ISA IRQs 0..15 only (the MP table also maps
+//! 16..23): a virtio-mmio device on IRQ 16..23 (the 12th and later) needs `acpi=off` until
+//! the DSDT declares the virtio devices.
 //!
 //! Written as plain bytes with their offsets spelled out, like the MP table; the tables sit in
 //! the BIOS area (reserved in the e820 map) from `wisp_abi::acpi::RSDP_ADDR`.
@@ -16,8 +27,8 @@
 use crate::layout::{APIC_START, IOAPIC_START};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use wisp_abi::acpi::{
-    ACPI_TABLES_END, PVPANIC_PORT, RESET_PORT, RESET_VALUE, RSDP_ADDR, SLEEP_CONTROL_PORT,
-    SLEEP_STATUS_PORT, SLP_TYP_S5,
+    ACPI_TABLES_END, PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, PVPANIC_PORT,
+    RESET_PORT, RESET_VALUE, RSDP_ADDR, SCI_IRQ, SLP_TYP_S5,
 };
 
 const OEM_ID: [u8; 6] = *b"WISP  ";
@@ -27,22 +38,26 @@ const HEADER_LEN: usize = 36;
 const LENGTH_OFFSET: usize = 4;
 const CHECKSUM_OFFSET: usize = 9;
 
-/// FADT: revision 6 (ACPI 6.x, 276 bytes: the sleep registers need revision 5 or later).
+/// FADT: revision 6 (ACPI 6.x, 276 bytes).
 const FADT_REVISION: u8 = 6;
 const FADT_MINOR_REVISION: u8 = 5;
 const FADT_LEN: usize = 276;
 /// FADT field offsets (ACPI 6.5 table 5.9).
+const FADT_FIRMWARE_CTRL: usize = 36;
+const FADT_SCI_INT: usize = 46;
+const FADT_PM1A_EVT_BLK: usize = 56;
+const FADT_PM1A_CNT_BLK: usize = 64;
+const FADT_PM1_EVT_LEN: usize = 88;
+const FADT_PM1_CNT_LEN: usize = 89;
 const FADT_IAPC_BOOT_ARCH: usize = 109;
 const FADT_FLAGS: usize = 112;
 const FADT_RESET_REG: usize = 116;
 const FADT_RESET_VALUE: usize = 128;
 const FADT_MINOR_VERSION: usize = 131;
 const FADT_X_DSDT: usize = 140;
-const FADT_SLEEP_CONTROL_REG: usize = 244;
-const FADT_SLEEP_STATUS_REG: usize = 256;
 const FADT_HYPERVISOR_ID: usize = 268;
 /// FADT flags: RESET_REG_SUP (bit 10), PWR_BUTTON and SLP_BUTTON (bits 4, 5: no fixed-feature
-/// buttons) and HW_REDUCED_ACPI (bit 20).
+/// buttons); HW_REDUCED_ACPI (bit 20) stays clear (see the module docs).
 pub const FADT_FLAG_PWR_BUTTON: u32 = 1 << 4;
 pub const FADT_FLAG_SLP_BUTTON: u32 = 1 << 5;
 pub const FADT_FLAG_RESET_REG_SUP: u32 = 1 << 10;
@@ -63,7 +78,15 @@ const MADT_PCAT_COMPAT: u32 = 1;
 const MADT_LOCAL_APIC: u8 = 0;
 const MADT_IO_APIC: u8 = 1;
 const MADT_LOCAL_APIC_NMI: u8 = 4;
+const MADT_INTERRUPT_OVERRIDE: u8 = 2;
 const LOCAL_APIC_ENABLED: u32 = 1;
+/// MPS INTI flags: active high (01), level triggered (11 << 2).
+const INTI_LEVEL_HIGH: u16 = 0b1101;
+
+/// FACS (ACPI 6.5 §5.2.10): 64 bytes on a 64-byte boundary, no checksum; required outside
+/// hardware-reduced mode (waking vector and global lock, both unused here).
+const FACS_LEN: usize = 64;
+const FACS_VERSION: u8 = 2;
 
 /// The RSDP (ACPI 6.5 §5.2.5.3): revision 2 points at the XSDT.
 const RSDP_LEN: usize = 36;
@@ -218,30 +241,43 @@ fn dsdt() -> Vec<u8> {
     finish(t)
 }
 
-fn fadt(dsdt_addr: u64) -> Vec<u8> {
+fn facs() -> Vec<u8> {
+    let mut t = vec![0u8; FACS_LEN];
+    t[..4].copy_from_slice(b"FACS");
+    t[4..8].copy_from_slice(&(FACS_LEN as u32).to_le_bytes());
+    t[32] = FACS_VERSION;
+    t
+}
+
+fn fadt(dsdt_addr: u64, facs_addr: u64) -> Vec<u8> {
     let mut t = header(b"FACP", FADT_REVISION, b"WISPFACP");
     t.resize(FADT_LEN, 0);
+    put(
+        &mut t,
+        FADT_FIRMWARE_CTRL,
+        &(facs_addr as u32).to_le_bytes(),
+    );
+    put(&mut t, FADT_SCI_INT, &u16::from(SCI_IRQ).to_le_bytes());
+    put(
+        &mut t,
+        FADT_PM1A_EVT_BLK,
+        &u32::from(PM1_EVT_PORT).to_le_bytes(),
+    );
+    put(
+        &mut t,
+        FADT_PM1A_CNT_BLK,
+        &u32::from(PM1_CNT_PORT).to_le_bytes(),
+    );
+    t[FADT_PM1_EVT_LEN] = PM1_EVT_LEN;
+    t[FADT_PM1_CNT_LEN] = PM1_CNT_LEN;
     let boot_arch = IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC;
     put(&mut t, FADT_IAPC_BOOT_ARCH, &boot_arch.to_le_bytes());
-    let flags = FADT_FLAG_PWR_BUTTON
-        | FADT_FLAG_SLP_BUTTON
-        | FADT_FLAG_RESET_REG_SUP
-        | FADT_FLAG_HW_REDUCED_ACPI;
+    let flags = FADT_FLAG_PWR_BUTTON | FADT_FLAG_SLP_BUTTON | FADT_FLAG_RESET_REG_SUP;
     put(&mut t, FADT_FLAGS, &flags.to_le_bytes());
     put(&mut t, FADT_RESET_REG, &io_port_gas(RESET_PORT));
     t[FADT_RESET_VALUE] = RESET_VALUE;
     t[FADT_MINOR_VERSION] = FADT_MINOR_REVISION;
     put(&mut t, FADT_X_DSDT, &dsdt_addr.to_le_bytes());
-    put(
-        &mut t,
-        FADT_SLEEP_CONTROL_REG,
-        &io_port_gas(SLEEP_CONTROL_PORT),
-    );
-    put(
-        &mut t,
-        FADT_SLEEP_STATUS_REG,
-        &io_port_gas(SLEEP_STATUS_PORT),
-    );
     put(&mut t, FADT_HYPERVISOR_ID, b"WISPVMM\0");
     finish(t)
 }
@@ -259,6 +295,11 @@ fn madt(cpus: u8) -> Vec<u8> {
     t.extend_from_slice(&[MADT_IO_APIC, 12, cpus, 0]);
     t.extend_from_slice(&(IOAPIC_START as u32).to_le_bytes());
     t.extend_from_slice(&0u32.to_le_bytes());
+    // The SCI: ISA IRQ 3 on GSI 3, level triggered, active high (KVM's IOAPIC honours the
+    // polarity, and nothing drives the line, so it stays quiet).
+    t.extend_from_slice(&[MADT_INTERRUPT_OVERRIDE, 10, 0, SCI_IRQ]);
+    t.extend_from_slice(&u32::from(SCI_IRQ).to_le_bytes());
+    t.extend_from_slice(&INTI_LEVEL_HIGH.to_le_bytes());
     // NMI on LINT1 of every processor (UID 0xff), conforming polarity and trigger.
     t.extend_from_slice(&[MADT_LOCAL_APIC_NMI, 6, 0xff, 0, 0, 1]);
     finish(t)
@@ -290,24 +331,27 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
 /// The tables and the guest address of each, from `RSDP_ADDR` on (16-byte aligned).
 fn layout(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let mut next = RSDP_ADDR + RSDP_LEN as u64;
-    let mut place = |len: usize| {
-        let at = next.next_multiple_of(16);
+    let mut place = |len: usize, align: u64| {
+        let at = next.next_multiple_of(align);
         next = at + len as u64;
         at
     };
+    let facs = facs();
+    let facs_at = place(facs.len(), 64);
     let dsdt = dsdt();
-    let dsdt_at = place(dsdt.len());
-    let fadt = fadt(dsdt_at);
-    let fadt_at = place(fadt.len());
+    let dsdt_at = place(dsdt.len(), 16);
+    let fadt = fadt(dsdt_at, facs_at);
+    let fadt_at = place(fadt.len(), 16);
     let madt = madt(cpus);
-    let madt_at = place(madt.len());
+    let madt_at = place(madt.len(), 16);
     let xsdt = xsdt(&[fadt_at, madt_at]);
-    let xsdt_at = place(xsdt.len());
+    let xsdt_at = place(xsdt.len(), 16);
     if next > ACPI_TABLES_END {
         return Err(AcpiError::TooLarge((next - RSDP_ADDR) as usize));
     }
     Ok(vec![
         (RSDP_ADDR, rsdp(xsdt_at)),
+        (facs_at, facs),
         (dsdt_at, dsdt),
         (fadt_at, fadt),
         (madt_at, madt),
@@ -353,8 +397,8 @@ mod tests {
         t
     }
 
-    /// Follows RSDP → XSDT → FADT, MADT → DSDT as Linux does, checking every checksum.
-    fn tables(cpus: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    /// Follows RSDP → XSDT → FADT, MADT → DSDT, FACS as Linux does, checking every checksum.
+    fn tables(cpus: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
         let mem = create_guest_memory(16).unwrap();
         let rsdp_addr = setup_acpi(&mem, cpus).unwrap();
         assert_eq!(rsdp_addr, RSDP_ADDR);
@@ -376,31 +420,45 @@ mod tests {
         assert_eq!((&fadt[..4], &madt[..4]), (&b"FACP"[..], &b"APIC"[..]));
         let dsdt = read_table(&mem, u64_at(&fadt, FADT_X_DSDT));
         assert_eq!(&dsdt[..4], b"DSDT");
-        (fadt, madt, dsdt)
+        let facs_addr = u64::from(u32_at(&fadt, FADT_FIRMWARE_CTRL));
+        assert_eq!(facs_addr % 64, 0, "the FACS sits on a 64-byte boundary");
+        let mut facs = vec![0u8; FACS_LEN];
+        mem.read_slice(&mut facs, GuestAddress(facs_addr)).unwrap();
+        (fadt, madt, dsdt, facs)
     }
 
     #[test]
-    fn fadt_describes_a_hardware_reduced_machine_with_sleep_and_reset_registers() {
-        let (fadt, _, _) = tables(1);
+    fn fadt_describes_pm1_blocks_reset_register_and_a_fixed_hardware_machine() {
+        let (fadt, _, _, facs) = tables(1);
         assert_eq!((fadt.len(), fadt[8], fadt[FADT_MINOR_VERSION]), (276, 6, 5));
         let flags = u32_at(&fadt, FADT_FLAGS);
-        assert_ne!(flags & FADT_FLAG_HW_REDUCED_ACPI, 0);
+        // Not hardware-reduced: Linux keeps the legacy PIC and ISA IRQs 0..15.
+        assert_eq!(flags & FADT_FLAG_HW_REDUCED_ACPI, 0);
         assert_ne!(flags & FADT_FLAG_RESET_REG_SUP, 0);
+        assert_eq!(u32_at(&fadt, FADT_PM1A_EVT_BLK), 0x600);
+        assert_eq!(u32_at(&fadt, FADT_PM1A_CNT_BLK), 0x604);
+        assert_eq!((fadt[FADT_PM1_EVT_LEN], fadt[FADT_PM1_CNT_LEN]), (4, 2));
+        assert_eq!(u16_at(&fadt, FADT_SCI_INT), 3);
+        assert_eq!(
+            u32_at(&fadt, 48),
+            0,
+            "no SMI command port: always in ACPI mode"
+        );
         // GAS: system I/O, 8 bits at bit 0, byte access, the port.
         let gas = |off: usize| (fadt[off..off + 4].to_vec(), u64_at(&fadt, off + 4));
-        assert_eq!(gas(FADT_SLEEP_CONTROL_REG), (vec![1, 8, 0, 1], 0x600));
-        assert_eq!(gas(FADT_SLEEP_STATUS_REG), (vec![1, 8, 0, 1], 0x601));
-        assert_eq!(gas(FADT_RESET_REG), (vec![1, 8, 0, 1], 0x602));
+        assert_eq!(gas(FADT_RESET_REG), (vec![1, 8, 0, 1], 0x606));
         assert_eq!(fadt[FADT_RESET_VALUE], RESET_VALUE);
         // Linux keeps its i8042 driver (Ctrl-Alt-Del) only if the 8042 flag is set.
         assert_ne!(u16_at(&fadt, FADT_IAPC_BOOT_ARCH) & IAPC_BOOT_ARCH_8042, 0);
-        // No SCI, no PM1 or GPE blocks, no FACS: all zero from FIRMWARE_CTRL to the flags.
-        assert!(fadt[36..FADT_IAPC_BOOT_ARCH].iter().all(|b| *b == 0));
+        // No PM2, PM timer or GPE blocks.
+        assert!(fadt[72..88].iter().all(|b| *b == 0));
+        assert!(fadt[90..94].iter().all(|b| *b == 0));
+        assert_eq!((&facs[..4], facs.len(), facs[32]), (&b"FACS"[..], 64, 2));
     }
 
     #[test]
-    fn madt_lists_every_cpu_the_ioapic_and_lint1_nmi() {
-        let (_, madt, _) = tables(3);
+    fn madt_lists_every_cpu_the_ioapic_the_sci_and_lint1_nmi() {
+        let (_, madt, _, _) = tables(3);
         assert_eq!(u32_at(&madt, 36), APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
         let mut entries = Vec::new();
@@ -411,7 +469,7 @@ mod tests {
             off += len;
         }
         assert_eq!(off, madt.len());
-        assert_eq!(entries.len(), 3 + 2);
+        assert_eq!(entries.len(), 3 + 3);
         for (id, e) in entries[..3].iter().enumerate() {
             assert_eq!(e[..4], [0, 8, id as u8, id as u8]);
             assert_eq!(u32_at(e, 4), LOCAL_APIC_ENABLED);
@@ -419,12 +477,14 @@ mod tests {
         assert_eq!(entries[3][..4], [1, 12, 3, 0]);
         assert_eq!(u32_at(&entries[3], 4), IOAPIC_START as u32);
         assert_eq!(u32_at(&entries[3], 8), 0, "GSI base");
-        assert_eq!(entries[4], [4, 6, 0xff, 0, 0, 1]);
+        // ISA IRQ 3 → GSI 3, level, active high.
+        assert_eq!(entries[4], [2, 10, 0, 3, 3, 0, 0, 0, 0x0d, 0]);
+        assert_eq!(entries[5], [4, 6, 0xff, 0, 0, 1]);
     }
 
     #[test]
     fn dsdt_declares_s5_and_the_pvpanic_device() {
-        let (_, _, dsdt) = tables(1);
+        let (_, _, dsdt, _) = tables(1);
         assert_eq!(dsdt[8], 2, "revision 2: 64-bit integers");
         let expected: &[u8] = &[
             // Name (_S5_, Package (0x02) { 0x05, Zero })
