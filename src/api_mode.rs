@@ -90,6 +90,7 @@ pub fn run_api(start: Instant, args: &ApiModeArgs<'_>) -> i32 {
         console_in: None,
         on_boot: None,
         on_first_entry: None,
+        legacy_console_lifecycle: false,
     };
     let configure_logger: LoggerHook = Box::new(|cfg| {
         logger::configure(cfg).map_err(|e| format!("cannot open {}: {e}", cfg.log_path.display()))

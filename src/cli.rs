@@ -149,4 +149,9 @@ pub struct RunArgs {
     /// A virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// For legacy guests without ACPI (e.g. Linux with `acpi=off`): also end the VM when
+    /// Linux prints its halt/power-off line, and report a reset after its panic banner as a
+    /// panic. Off by default: console text from any guest process would decide the VM's fate.
+    #[arg(long)]
+    pub legacy_console_lifecycle: bool,
 }

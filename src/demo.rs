@@ -88,7 +88,7 @@ pub fn run_demo(start: Instant) -> i32 {
                 Some(initramfs),
                 "console=ttyS0 reboot=k panic=-1 pci=off nomodule quiet",
             );
-            run_vm(start, &config, true)
+            run_vm(start, &config, true, false)
         }
         HostKvm::Pvm => {
             report!(
@@ -102,7 +102,12 @@ pub fn run_demo(start: Instant) -> i32 {
                     return EXIT_VMM_ERROR;
                 }
             };
-            let code = run_vm(start, &demo_config(path.clone(), None, "smp mem"), true);
+            let code = run_vm(
+                start,
+                &demo_config(path.clone(), None, "smp mem"),
+                true,
+                false,
+            );
             let _ = std::fs::remove_file(path);
             code
         }

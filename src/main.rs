@@ -52,6 +52,7 @@ fn main() {
                 start,
                 &config,
                 args.boot_timer,
+                args.legacy_console_lifecycle,
                 run::host_limits_with(cli.allow_overcommit),
             ),
             Err(e) => {

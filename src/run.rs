@@ -62,8 +62,20 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
 
 /// Builds and runs `config` through the controller (one `ConfigureAll`, then `InstanceStart`:
 /// the same validation as every other front end); returns the process exit status.
-pub fn run_vm(start: Instant, config: &VmConfig, print_boot_time: bool) -> i32 {
-    run_vm_with(start, config, print_boot_time, host_limits())
+/// `legacy_console_lifecycle`: see `MicroVmOptions`.
+pub fn run_vm(
+    start: Instant,
+    config: &VmConfig,
+    print_boot_time: bool,
+    legacy_console_lifecycle: bool,
+) -> i32 {
+    run_vm_with(
+        start,
+        config,
+        print_boot_time,
+        legacy_console_lifecycle,
+        host_limits(),
+    )
 }
 
 /// `run_vm` validated against `limits`.
@@ -71,6 +83,7 @@ pub fn run_vm_with(
     start: Instant,
     config: &VmConfig,
     print_boot_time: bool,
+    legacy_console_lifecycle: bool,
     limits: HostLimits,
 ) -> i32 {
     let (stdout, stdin) = match (
@@ -96,6 +109,7 @@ pub fn run_vm_with(
         console_in: Some(stdin),
         on_boot,
         on_first_entry: None,
+        legacy_console_lifecycle,
     };
     let controller = Controller::new(VmResources::new(limits), opts, ControllerHooks::default());
     let vmm = match VmmLoop::new(controller) {

@@ -163,6 +163,7 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
                 .set_time(Timestamp::FirstEntry, monotonic_ns());
             entry_page.ring();
         })),
+        legacy_console_lifecycle: false,
     };
     let mut controller = Controller::new(
         VmResources::new(host_limits()),

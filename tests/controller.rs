@@ -79,6 +79,7 @@ fn options(console: &Console) -> MicroVmOptions {
         console_in: None,
         on_boot: None,
         on_first_entry: None,
+        legacy_console_lifecycle: false,
     }
 }
 

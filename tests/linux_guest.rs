@@ -5,6 +5,10 @@
 //! the script below runs each `wisp run` as a named command and every test judges its own.
 //! The L2 guest is the probe initramfs (tests/testhost/l2_init.sh), which prints
 //! `WISP-L2 key=value` facts and ends the VM as its command line asks.
+//!
+//! The VM's lifecycle comes from devices, not console text: power-off through the ACPI PM1
+//! control register, panic through pvpanic, reset through the i8042. The lifecycle scenarios
+//! run with `--log-level info`, so wisp names the exit it saw on stderr.
 
 mod testhost;
 
@@ -13,7 +17,7 @@ use wisp_tinyx::initramfs::{DEFAULT_APP_MARKER, INIT_MARKER};
 
 /// Guest command line: `quiet` because every console byte is a nested exit under TCG;
 /// `panic=-1` so a panic resets at once instead of spinning; `reboot=k` so the reset goes
-/// through the i8042 (there is no ACPI under wisp).
+/// through the i8042 (not the ACPI reset register, Linux's default).
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 
 /// Memory for the scenarios that do not test memory sizes.
@@ -33,7 +37,12 @@ struct Scenario {
     vcpus: u32,
     mem_mib: u32,
     extra_cmdline: &'static str,
+    /// `wisp` options beyond the common ones.
+    wisp_args: &'static str,
 }
+
+/// wisp says on stderr how the VM ended (`VmExit`'s text), at log level info.
+const SAY_EXIT: &str = "--log-level info";
 
 fn scenarios() -> Vec<Scenario> {
     let boot = |name: &str, kernel, vcpus| Scenario {
@@ -43,6 +52,7 @@ fn scenarios() -> Vec<Scenario> {
         vcpus,
         mem_mib: DEFAULT_MEM_MIB,
         extra_cmdline: "",
+        wisp_args: "",
     };
     let mut all = vec![
         Scenario {
@@ -55,7 +65,18 @@ fn scenarios() -> Vec<Scenario> {
         boot("bzimage-2cpu", "/guest/bzImage", 2),
         Scenario {
             extra_cmdline: "wisp_l2=poweroff",
+            wisp_args: SAY_EXIT,
             ..boot("poweroff", "/guest/vmlinux", 1)
+        },
+        Scenario {
+            extra_cmdline: "wisp_l2=banners",
+            wisp_args: SAY_EXIT,
+            ..boot("banners", "/guest/vmlinux", 1)
+        },
+        Scenario {
+            extra_cmdline: "acpi=off wisp_l2=poweroff",
+            wisp_args: "--legacy-console-lifecycle --log-level info",
+            ..boot("legacy-poweroff", "/guest/vmlinux", 1)
         },
     ];
     all.extend(MEM_SIZES_MIB.map(|mem_mib| Scenario {
@@ -66,6 +87,7 @@ fn scenarios() -> Vec<Scenario> {
     // scenario's test fails.
     all.push(Scenario {
         extra_cmdline: "wisp_l2=exit",
+        wisp_args: SAY_EXIT,
         ..boot("panic", "/guest/vmlinux", 1)
     });
     all
@@ -76,9 +98,10 @@ fn script() -> String {
     let mut script = String::new();
     for s in scenarios() {
         script.push_str(&format!(
-            "run {name} {L2_TIMEOUT_S} wisp run --kernel {kernel} --initrd {initrd} \
+            "run {name} {L2_TIMEOUT_S} wisp run {args} --kernel {kernel} --initrd {initrd} \
              --cmdline \"{CMDLINE} {extra}\" --vcpus {vcpus} --mem {mem} --boot-timer\n",
             name = s.name,
+            args = s.wisp_args,
             kernel = s.kernel,
             initrd = s.initrd,
             extra = s.extra_cmdline,
@@ -186,6 +209,8 @@ fn boots_bzimage_with_two_vcpus() -> Result<(), TestHostError> {
     check_clean_boot("bzimage-2cpu", 2).map(drop)
 }
 
+/// A kernel panic (init exits) reaches wisp through pvpanic: wisp exits 3 and says the guest
+/// kernel panicked. Console banners are not watched here, so only the device can tell.
 #[test]
 fn guest_panic_ends_wisp_with_failure() -> Result<(), TestHostError> {
     let run = host().run("panic")?;
@@ -198,23 +223,23 @@ fn guest_panic_ends_wisp_with_failure() -> Result<(), TestHostError> {
             "wisp did not exit after the guest panicked",
         ));
     }
-    if matches!(run.exit_code, Some(0) | None) {
+    if run.exit_code != Some(3) {
         return Err(check_failed(
             run,
-            "wisp must exit non-zero when the guest panics",
+            "wisp must exit 3 (guest failure) when the guest panics",
         ));
     }
-    if !run.stderr.to_lowercase().contains("panic") {
+    if !run.stderr.contains("guest failed: guest kernel panicked") {
         return Err(check_failed(
             run,
-            "wisp's message does not say the guest panicked",
+            "wisp's message does not say the guest kernel panicked",
         ));
     }
     Ok(())
 }
 
-/// Without ACPI, Linux's `poweroff -f` halts the CPUs inside KVM; wisp sees the kernel's
-/// "reboot: System halted" on the console and ends cleanly instead of waiting forever.
+/// Linux's `poweroff -f` enters ACPI S5 through wisp's PM1 control register: wisp exits 0
+/// and names the power-off (console banners are not watched).
 #[test]
 fn guest_poweroff_ends_wisp_cleanly() -> Result<(), TestHostError> {
     let run = host().run("poweroff")?;
@@ -224,13 +249,63 @@ fn guest_poweroff_ends_wisp_cleanly() -> Result<(), TestHostError> {
     if run.timed_out() {
         return Err(check_failed(
             run,
+            "wisp did not exit after the guest powered off",
+        ));
+    }
+    if run.exit_code != Some(0) || !run.stderr.contains("guest powered off") {
+        return Err(check_failed(
+            run,
+            "wisp must exit 0 and say \"guest powered off\" when the guest powers off",
+        ));
+    }
+    Ok(())
+}
+
+/// A guest process that prints Linux's power-down line and panic banner to the console does
+/// not decide the VM's fate: the guest keeps running (it says so afterwards), then reboots,
+/// and wisp ends with a clean reset, not a panic.
+#[test]
+fn console_banners_from_a_guest_process_do_not_end_the_vm() -> Result<(), TestHostError> {
+    let run = host().run("banners")?;
+    if !run.stdout.contains("reboot: Power down") {
+        return Err(check_failed(run, "the guest never printed the fake banner"));
+    }
+    if !run.stdout.contains("WISP-L2 alive-after-banners") {
+        return Err(check_failed(
+            run,
+            "the VM ended on a guest process's console text",
+        ));
+    }
+    if run.timed_out() {
+        return Err(check_failed(run, "wisp did not exit after the reboot"));
+    }
+    if run.exit_code != Some(0) || !run.stderr.contains("guest reset") {
+        return Err(check_failed(
+            run,
+            "wisp must exit 0 with \"guest reset\" (the banner is no panic)",
+        ));
+    }
+    Ok(())
+}
+
+/// A legacy guest without ACPI (`acpi=off`) halts on `poweroff`; with
+/// `--legacy-console-lifecycle` wisp still ends cleanly on Linux's console line.
+#[test]
+fn legacy_console_lifecycle_ends_an_acpi_off_guest() -> Result<(), TestHostError> {
+    let run = host().run("legacy-poweroff")?;
+    if !run.stdout.contains("WISP-L2 end mode=poweroff") {
+        return Err(check_failed(run, "the guest init never got to poweroff"));
+    }
+    if run.timed_out() {
+        return Err(check_failed(
+            run,
             "wisp did not exit after the guest halted",
         ));
     }
-    if run.exit_code != Some(0) {
+    if run.exit_code != Some(0) || !run.stderr.contains("guest halted") {
         return Err(check_failed(
             run,
-            "wisp must exit 0 when the guest powers off",
+            "wisp must exit 0 with \"guest halted\" from the console watch",
         ));
     }
     Ok(())

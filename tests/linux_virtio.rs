@@ -30,7 +30,7 @@ use testhost::{
 };
 
 /// See linux_guest.rs: `quiet` (console bytes are nested exits under TCG), `panic=-1` and
-/// `reboot=k` (reset through the i8042, no ACPI under wisp).
+/// `reboot=k` (reset through the i8042 rather than the ACPI reset register).
 const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 
 /// The guard for one `wisp run` inside L1; generous, TCG is slow.

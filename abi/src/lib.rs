@@ -3,7 +3,8 @@
 //!
 //! * guest-visible ABI, shared by the VMM and devices (host) and the unikernel (guest):
 //!   the MMIO map and device IRQs ([`memory_map`]), the boot timer ([`boot_timer`]), the noxs
-//!   device page ([`noxs`]) and the MP table ([`mptable`]);
+//!   device page ([`noxs`]), the MP table ([`mptable`]) and the ACPI lifecycle registers
+//!   ([`acpi`]);
 //! * the control page between `wispd` and a prepared `wisp shell` ([`control_page`]).
 //!
 //! Constants only: no code that touches memory, no dependencies, `no_std`, so the freestanding
@@ -11,6 +12,7 @@
 
 #![cfg_attr(not(test), no_std)]
 
+pub mod acpi;
 pub mod boot_timer;
 pub mod control_page;
 pub mod memory_map;
@@ -40,6 +42,17 @@ mod tests {
         assert_eq!(memory_map::EBDA_START, 0x9fc00);
         assert_eq!(&mptable::FLOATING_POINTER_SIGNATURE, b"_MP_");
         assert_eq!(&mptable::CONFIG_TABLE_SIGNATURE, b"PCMP");
+        assert_eq!(acpi::RSDP_ADDR, 0xe_0000);
+        assert_eq!(
+            (acpi::PM1_EVT_PORT, acpi::PM1_CNT_PORT, acpi::RESET_PORT),
+            (0x600, 0x604, 0x606)
+        );
+        // PM1_CNT for an S5 entry with SLP_TYP 5: (5 << 10) | SLP_EN.
+        assert_eq!(
+            (u16::from(acpi::SLP_TYP_S5) << acpi::SLP_TYP_SHIFT) | acpi::SLP_EN,
+            0x3400
+        );
+        assert_eq!(acpi::PVPANIC_PORT, 0x505);
     }
 
     #[test]

@@ -33,7 +33,7 @@ fn console() -> SerialConsole {
         panicked: Arc::new(AtomicBool::new(false)),
         halted: Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
     };
-    let out = ConsoleOutput::new(Box::new(io::sink()), watch);
+    let out = ConsoleOutput::new(Box::new(io::sink()), Some(watch));
     SerialConsole::new(irq, out)
 }
 

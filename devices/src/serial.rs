@@ -1,8 +1,12 @@
 //! The 8250 UART console (COM1, port 0x3f8, IRQ 4), built on vm-superio's `Serial`.
 //!
 //! Guest output goes to a host writer (stdout for `wisp run`); host input is pushed in with
-//! `enqueue_input`. The console also watches the guest's output for Linux's panic banner, so a
-//! guest that panics and then resets (`panic=-1`) is reported as a failure, not as a clean exit.
+//! `enqueue_input`.
+//!
+//! For legacy guests only (Linux without ACPI and pvpanic), and only when asked: the console can
+//! also watch the guest's output for Linux's panic banner and halt lines. That lets any guest
+//! process that prints those lines decide the VM's fate, so it is off unless the VMM is told
+//! otherwise; the lifecycle normally comes from devices (ACPI power-off, pvpanic, i8042 reset).
 
 use crate::trigger::EventFdTrigger;
 use std::io::{self, Write};
@@ -42,27 +46,32 @@ pub struct ConsoleWatch {
     pub halted: Arc<vmm_sys_util::eventfd::EventFd>,
 }
 
-/// A writer that forwards guest output and watches it for Linux's panic and halt banners.
+/// A writer that forwards guest output and, with a watch, looks for Linux's panic and halt
+/// banners in it.
 pub struct ConsoleOutput {
     out: Box<dyn Write + Send>,
     line: Vec<u8>,
-    watch: ConsoleWatch,
+    watch: Option<ConsoleWatch>,
     /// Set once the host side failed (e.g. a closed pipe): further output is dropped quietly
     /// rather than failing every byte the guest writes.
     broken: bool,
 }
 
 impl ConsoleOutput {
-    pub fn new(out: Box<dyn Write + Send>, watch: ConsoleWatch) -> Self {
+    /// Output to `out`; with `watch`, the banners in it are reported there (legacy guests).
+    pub fn new(out: Box<dyn Write + Send>, watch: Option<ConsoleWatch>) -> Self {
         ConsoleOutput {
             out,
-            line: Vec::with_capacity(LINE_MAX),
+            line: Vec::with_capacity(if watch.is_some() { LINE_MAX } else { 0 }),
             watch,
             broken: false,
         }
     }
 
     fn scan(&mut self, buf: &[u8]) {
+        let Some(watch) = &self.watch else {
+            return;
+        };
         for &b in buf {
             if b == b'\n' {
                 self.line.clear();
@@ -73,9 +82,9 @@ impl ConsoleOutput {
             }
             let ends_with = |banner: &[u8]| self.line.ends_with(banner);
             if ends_with(PANIC_BANNER) {
-                self.watch.panicked.store(true, Ordering::Release);
+                watch.panicked.store(true, Ordering::Release);
             } else if HALT_BANNERS.iter().any(|h| ends_with(h)) {
-                if let Err(e) = self.watch.halted.write(1) {
+                if let Err(e) = watch.halted.write(1) {
                     log::error!("cannot signal the guest's halt: {e}");
                 }
             }
@@ -177,7 +186,7 @@ mod tests {
     fn console_output_detects_panic_banner_split_across_writes() {
         let w = watch();
         let sink = Sink::default();
-        let mut out = ConsoleOutput::new(Box::new(sink.clone()), w.clone());
+        let mut out = ConsoleOutput::new(Box::new(sink.clone()), Some(w.clone()));
         out.write_all(b"[ 1.0] KKernel pan").unwrap();
         assert!(!w.panicked.load(Ordering::Acquire));
         out.write_all(b"ic - not syncing: Attempted to kill init!")
@@ -190,7 +199,7 @@ mod tests {
     #[test]
     fn console_output_signals_a_halt_and_ignores_ordinary_output() {
         let w = watch();
-        let mut out = ConsoleOutput::new(Box::new(io::sink()), w.clone());
+        let mut out = ConsoleOutput::new(Box::new(io::sink()), Some(w.clone()));
         out.write_all(b"Kernel panic is a phrase here\nreboot: System\n halted\n")
             .unwrap();
         assert!(!w.panicked.load(Ordering::Acquire));
@@ -203,11 +212,24 @@ mod tests {
     }
 
     #[test]
+    fn without_a_watch_banners_are_just_text() {
+        let sink = Sink::default();
+        let mut out = ConsoleOutput::new(Box::new(sink.clone()), None);
+        let text = b"reboot: Power down\nKernel panic - not syncing: fake\n";
+        out.write_all(text).unwrap();
+        assert_eq!(&*sink.0.lock().unwrap(), text);
+        assert!(out.line.is_empty(), "nothing is kept for matching");
+    }
+
+    #[test]
     fn guest_writes_reach_the_host_writer() {
         let sink = Sink::default();
         let irq =
             EventFdTrigger::new(vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap());
-        let mut com1 = SerialConsole::new(irq, ConsoleOutput::new(Box::new(sink.clone()), watch()));
+        let mut com1 = SerialConsole::new(
+            irq,
+            ConsoleOutput::new(Box::new(sink.clone()), Some(watch())),
+        );
         for b in b"hi\n" {
             com1.pio_write(PioAddress(COM1_PORT), 0, &[*b]);
         }

@@ -4,10 +4,13 @@
 # Signals the boot timer, prints what the tests check as "WISP-L2 key=value" lines (one word
 # per value), then ends the VM the way the kernel command line asks:
 #   wisp_l2=reboot   (default) `reboot -f`: with `reboot=k` Linux resets through the i8042.
-#   wisp_l2=poweroff `poweroff -f`: without ACPI Linux halts instead ("reboot: System halted"),
-#                    which wisp takes from the console as a clean stop.
-#   wisp_l2=exit     init exits: the kernel panics ("Attempted to kill init"); with panic=-1 it
-#                    then resets at once.
+#   wisp_l2=poweroff `poweroff -f`: Linux enters ACPI S5 through wisp's PM1 control register
+#                    (with `acpi=off` it halts instead, which only wisp's legacy console watch
+#                    notices).
+#   wisp_l2=exit     init exits: the kernel panics ("Attempted to kill init"), tells pvpanic;
+#                    with panic=-1 it then resets at once.
+#   wisp_l2=banners  a guest process prints Linux's power-down line and panic banner to the
+#                    console; the guest must keep running: it says so, then reboots.
 # Every console byte is a nested exit under TCG, so this stays short.
 export PATH=/bin
 busybox mount -t proc proc /proc
@@ -32,6 +35,12 @@ echo "WISP-L2 end mode=${mode:-reboot}"
 case "${mode:-reboot}" in
     exit) exit 1 ;;
     poweroff) poweroff -f ;;
+    banners)
+        sh -c 'echo "reboot: Power down" > /dev/console'
+        sh -c 'echo "Kernel panic - not syncing: printed by a guest process" > /dev/console'
+        sleep 1
+        echo "WISP-L2 alive-after-banners"
+        reboot -f ;;
     *) reboot -f ;;
 esac
 sleep 5

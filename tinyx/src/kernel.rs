@@ -18,6 +18,9 @@ use crate::source::{find_source, unpacked_tree, KernelSource, SourceError};
 pub const MICROVM_FRAGMENT: &str = include_str!("../configs/microvm.config");
 /// The application fragment shipped with the crate (also in `configs/`).
 pub const APP_FRAGMENT: &str = include_str!("../configs/app.config");
+/// The ACPI fragment (ACPI, PCI for ACPICA, pvpanic): power-off and panic reach the VMM
+/// through devices.
+pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
@@ -95,7 +98,7 @@ impl FragmentSource {
     }
 }
 
-/// The default fragments: microvm.config then app.config.
+/// The default fragments: microvm.config, app.config, then acpi.config.
 pub fn default_fragments() -> Vec<FragmentSource> {
     vec![
         FragmentSource {
@@ -105,6 +108,10 @@ pub fn default_fragments() -> Vec<FragmentSource> {
         FragmentSource {
             name: "app.config".into(),
             text: APP_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "acpi.config".into(),
+            text: ACPI_FRAGMENT.into(),
         },
     ]
 }

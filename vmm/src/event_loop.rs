@@ -1,5 +1,6 @@
 //! Subscribers of the VMM thread's event-manager loop that belong to the VMM itself: console
-//! input (host stdin → guest UART) and the VM-exit doorbells (vCPU exits, i8042 reset).
+//! input (host stdin → guest UART) and the VM-exit doorbells (vCPU exits, and the devices a
+//! guest ends the VM with: i8042 reset, ACPI power-off and reset registers, pvpanic).
 
 use crate::exit::{VmExit, VmExitSignal};
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
@@ -50,27 +51,29 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
-/// Wakes the loop when a vCPU reports an exit, the guest resets through the i8042, or the
-/// console saw the guest halt.
+/// One device's way of ending the VM: the eventfd it writes, and the exit that means.
+pub struct Doorbell {
+    pub fd: EventFd,
+    pub exit: VmExit,
+}
+
+/// Wakes the loop when a vCPU reports an exit or a device rang one of its doorbells (the
+/// i8042 or ACPI reset, ACPI power-off, pvpanic, the legacy console watch's halt).
 pub struct ExitDoorbells {
     exit: VmExitSignal,
-    reset: EventFd,
-    halted: Arc<EventFd>,
+    bells: Vec<Doorbell>,
 }
 
 impl ExitDoorbells {
-    pub fn new(exit: VmExitSignal, reset: EventFd, halted: Arc<EventFd>) -> Self {
-        ExitDoorbells {
-            exit,
-            reset,
-            halted,
-        }
+    pub fn new(exit: VmExitSignal, bells: Vec<Doorbell>) -> Self {
+        ExitDoorbells { exit, bells }
     }
 }
 
 impl MutEventSubscriber for ExitDoorbells {
     fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit.eventfd(), &self.reset, &*self.halted] {
+        let fds = std::iter::once(self.exit.eventfd()).chain(self.bells.iter().map(|b| &b.fd));
+        for fd in fds {
             if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
                 log::error!("cannot watch the VM exit doorbell: {e}");
             }
@@ -78,15 +81,15 @@ impl MutEventSubscriber for ExitDoorbells {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() == self.reset.as_raw_fd() {
-            let _ = self.reset.read();
-            self.exit.send(VmExit::Reset);
-        } else if events.fd() == self.halted.as_raw_fd() {
-            let _ = self.halted.read();
-            self.exit.send(VmExit::Halted);
-        } else {
-            // The reason waits in the signal's slot; the VMM loop takes it after this round.
-            let _ = self.exit.eventfd().read();
+        match self.bells.iter().find(|b| b.fd.as_raw_fd() == events.fd()) {
+            Some(bell) => {
+                let _ = bell.fd.read();
+                self.exit.send(bell.exit.clone());
+            }
+            None => {
+                // The reason waits in the signal's slot; the VMM loop takes it after this round.
+                let _ = self.exit.eventfd().read();
+            }
         }
     }
 }

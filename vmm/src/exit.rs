@@ -6,11 +6,16 @@ use vmm_sys_util::eventfd::EventFd;
 /// Why the VM stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VmExit {
-    /// The guest reset the machine (i8042 pulse, KVM system event): a clean stop.
+    /// The guest reset the machine (i8042 pulse, ACPI reset register, KVM system event): a
+    /// clean stop.
     Reset,
-    /// The guest halted its only way out (KVM_EXIT_HLT reached user space).
+    /// The guest powered the machine off (ACPI PM1 control register, S5): a clean stop.
+    PowerOff,
+    /// The guest halted its only way out (KVM_EXIT_HLT reached user space), or, for a legacy
+    /// guest watched on its console, Linux said it halted.
     Halted,
-    /// The guest reset after Linux printed its panic banner.
+    /// The guest kernel panicked: it told pvpanic (then or before a reset), or, for a legacy
+    /// guest watched on its console, it reset after Linux printed its panic banner.
     GuestPanic,
     /// The guest triple-faulted (KVM_EXIT_SHUTDOWN).
     TripleFault { vcpu: u8, rip: String },
@@ -23,7 +28,10 @@ pub enum VmExit {
 impl VmExit {
     /// Whether the guest ended as it meant to.
     pub fn is_clean(&self) -> bool {
-        matches!(self, VmExit::Reset | VmExit::Halted | VmExit::Stopped)
+        matches!(
+            self,
+            VmExit::Reset | VmExit::PowerOff | VmExit::Halted | VmExit::Stopped
+        )
     }
 }
 
@@ -31,6 +39,7 @@ impl std::fmt::Display for VmExit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             VmExit::Reset => write!(f, "guest reset"),
+            VmExit::PowerOff => write!(f, "guest powered off"),
             VmExit::Halted => write!(f, "guest halted"),
             VmExit::GuestPanic => write!(f, "guest kernel panicked"),
             VmExit::Stopped => write!(f, "stopped by the host"),

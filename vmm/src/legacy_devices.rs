@@ -1,12 +1,13 @@
 //! The devices every microVM has — COM1 (IRQ 4 as an irqfd), the i8042 (reset, and a keyboard
-//! on IRQ 1 for Ctrl-Alt-Del) and the boot timer — and the VMM loop's exit doorbells. None
+//! on IRQ 1 for Ctrl-Alt-Del), the boot timer, and the lifecycle devices the ACPI tables
+//! describe (power-management registers, pvpanic) — and the VMM loop's exit doorbells. None
 //! depends on the guest's configuration, so a
 //! prepared shell makes them ahead of time; create only points the console and the boot timer
 //! at their consumers.
 
 use crate::device_manager::{DeviceManager, DeviceManagerError};
-use crate::event_loop::ExitDoorbells;
-use crate::exit::VmExitSignal;
+use crate::event_loop::{Doorbell, ExitDoorbells};
+use crate::exit::{VmExit, VmExitSignal};
 use crate::layout::BOOT_TIMER_START;
 use event_manager::MutEventSubscriber;
 use kvm_ioctls::VmFd;
@@ -14,8 +15,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use vmm_sys_util::eventfd::EventFd;
+use wisp_abi::acpi::{PM1_EVT_PORT, PM_PORT_COUNT, PVPANIC_PORT};
+use wisp_devices::acpi_pm::AcpiPm;
 use wisp_devices::boot_timer::BootTimer;
 use wisp_devices::i8042::{I8042, I8042_KBD_IRQ, I8042_PORT, I8042_PORT_COUNT};
+use wisp_devices::pvpanic::PvPanic;
 use wisp_devices::serial::{
     ConsoleOutput, ConsoleWatch, SerialConsole, COM1_IRQ, COM1_PORT, COM1_PORT_COUNT,
 };
@@ -40,6 +44,18 @@ fn eventfd(what: &'static str) -> Result<EventFd, LegacyDeviceError> {
     EventFd::new(libc::EFD_NONBLOCK).map_err(|source| LegacyDeviceError::EventFd { what, source })
 }
 
+/// A doorbell meaning `exit`, and the trigger for the device that rings it.
+fn doorbell(
+    what: &'static str,
+    exit: VmExit,
+) -> Result<(Doorbell, EventFdTrigger), LegacyDeviceError> {
+    let fd = eventfd(what)?;
+    let trigger = fd
+        .try_clone()
+        .map_err(|source| LegacyDeviceError::EventFd { what, source })?;
+    Ok((Doorbell { fd, exit }, EventFdTrigger::new(trigger)))
+}
+
 /// An eventfd KVM turns into an edge on interrupt line `gsi` (an irqfd) for device `name`.
 fn irqfd(vm: &VmFd, name: &'static str, gsi: u32) -> Result<EventFd, LegacyDeviceError> {
     let evt = eventfd("an interrupt eventfd")?;
@@ -58,7 +74,8 @@ pub struct LegacyDevices {
     /// The i8042, for injecting keys (`SendCtrlAltDel`).
     pub i8042: Arc<Mutex<I8042>>,
     pub boot_timer: Arc<Mutex<BootTimer>>,
-    /// What the console watches for (panic, halt).
+    /// What the console watches for (panic, halt) when asked to (legacy guests); its
+    /// `panicked` flag is also set by pvpanic.
     pub watch: ConsoleWatch,
     pub exit: VmExitSignal,
     /// Wakes the VMM loop on an exit; added to the loop when the VM starts.
@@ -76,34 +93,57 @@ impl LegacyDevices {
         // Output goes nowhere until the guest's console is known (`SerialConsole::set_output`).
         let serial = Arc::new(Mutex::new(SerialConsole::new(
             EventFdTrigger::new(serial_irq),
-            ConsoleOutput::new(Box::new(std::io::sink()), watch.clone()),
+            ConsoleOutput::new(Box::new(std::io::sink()), None),
         )));
         devices.add_pio("serial", COM1_PORT, COM1_PORT_COUNT, serial.clone())?;
-        let reset = eventfd("the i8042 reset doorbell")?;
-        let reset_trigger = reset
-            .try_clone()
-            .map_err(|source| LegacyDeviceError::EventFd {
-                what: "the i8042 reset doorbell",
-                source,
-            })?;
+        let (i8042_reset, reset_trigger) = doorbell("the i8042 reset doorbell", VmExit::Reset)?;
         let kbd_irq = irqfd(vm, "i8042", I8042_KBD_IRQ)?;
         let i8042 = Arc::new(Mutex::new(I8042::new(
-            EventFdTrigger::new(reset_trigger),
+            reset_trigger,
             Some(EventFdTrigger::new(kbd_irq)),
         )));
         devices.add_pio("i8042", I8042_PORT, I8042_PORT_COUNT, i8042.clone())?;
         let boot_timer = Arc::new(Mutex::new(BootTimer::new(Instant::now(), None)));
         devices.add_mmio("boot timer", BOOT_TIMER_START, 0x1000, boot_timer.clone())?;
 
+        // What the ACPI tables (x86_64/acpi.rs) describe: power-off and reset registers, and
+        // pvpanic, which sets `panicked` before it rings so a reset after it is a panic too.
+        let (power_off, power_off_trigger) =
+            doorbell("the ACPI power-off doorbell", VmExit::PowerOff)?;
+        let (acpi_reset, acpi_reset_trigger) = doorbell("the ACPI reset doorbell", VmExit::Reset)?;
+        let pm = AcpiPm::new(power_off_trigger, acpi_reset_trigger);
+        devices.add_pio(
+            "ACPI power management",
+            PM1_EVT_PORT,
+            PM_PORT_COUNT,
+            Arc::new(Mutex::new(pm)),
+        )?;
+        let (panic, panic_trigger) = doorbell("the pvpanic doorbell", VmExit::GuestPanic)?;
+        let pvpanic = PvPanic::new(watch.panicked.clone(), panic_trigger);
+        devices.add_pio("pvpanic", PVPANIC_PORT, 1, Arc::new(Mutex::new(pvpanic)))?;
+
         let exit = VmExitSignal::new().map_err(|source| LegacyDeviceError::EventFd {
             what: "the VM exit doorbell",
             source,
         })?;
-        let doorbells: Subscriber = Arc::new(Mutex::new(ExitDoorbells::new(
-            exit.clone(),
-            reset,
-            watch.halted.clone(),
-        )));
+        let halted = watch
+            .halted
+            .try_clone()
+            .map_err(|source| LegacyDeviceError::EventFd {
+                what: "the guest halt doorbell",
+                source,
+            })?;
+        let bells = vec![
+            i8042_reset,
+            power_off,
+            acpi_reset,
+            panic,
+            Doorbell {
+                fd: halted,
+                exit: VmExit::Halted,
+            },
+        ];
+        let doorbells: Subscriber = Arc::new(Mutex::new(ExitDoorbells::new(exit.clone(), bells)));
         Ok(LegacyDevices {
             serial,
             i8042,

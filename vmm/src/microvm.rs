@@ -19,6 +19,7 @@ use crate::vcpu_control::{ControlError, FirstEntryHook};
 use crate::vcpu_thread::{VcpuThread, VcpuThreadError, Vcpus};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
+use crate::x86_64::acpi::{setup_acpi, AcpiError};
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
 use crate::x86_64::regs::EntryMode;
@@ -52,6 +53,8 @@ pub enum MicroVmError {
     #[error(transparent)]
     Mptable(#[from] MptableError),
     #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Devices(#[from] DeviceManagerError),
@@ -79,6 +82,12 @@ pub struct MicroVmOptions {
     pub on_boot: Option<Box<dyn FnOnce(u64) + Send>>,
     /// Called once, on the boot vCPU's thread, just before it first enters the guest.
     pub on_first_entry: Option<FirstEntryHook>,
+    /// For legacy guests without ACPI and pvpanic (Linux with `acpi=off`, old kernels): also
+    /// take Linux's halt/power-off lines on the console as a clean end, and its panic banner
+    /// before a reset as a panic. Off by default: then any guest process could end the VM by
+    /// printing those lines; the lifecycle comes from devices (ACPI power-off and reset
+    /// registers, pvpanic, the i8042 reset, vCPU exits).
+    pub legacy_console_lifecycle: bool,
 }
 
 /// How long pause and resume wait for every vCPU's acknowledgement.
@@ -181,17 +190,21 @@ impl MicroVm {
         )?;
 
         let cmdline_size = loader::write_cmdline(&mem, &cmdline)?;
+        // Both: Linux prefers the ACPI tables (MADT, FADT power-off), the unikernel and
+        // `acpi=off` guests read the MP table.
+        setup_mptable(&mem, mc.vcpu_count)?;
+        let rsdp = setup_acpi(&mem, mc.vcpu_count)?;
         let boot_info = match kernel.mode {
             EntryMode::Pvh => {
-                write_pvh_start_info(&mem, ram_size, initrd)?;
+                write_pvh_start_info(&mem, ram_size, initrd, rsdp)?;
                 PVH_INFO_START
             }
             EntryMode::LongMode => {
-                write_zero_page(&mem, ram_size, kernel.setup_header, cmdline_size, initrd)?;
+                let header = kernel.setup_header;
+                write_zero_page(&mem, ram_size, header, cmdline_size, initrd, rsdp)?;
                 ZERO_PAGE_START
             }
         };
-        setup_mptable(&mem, mc.vcpu_count)?;
 
         // A shell may hold more vCPUs than this guest gets; the extra ones never run.
         let mut vcpus: Vec<Vcpu> = vcpus.into_iter().take(usize::from(mc.vcpu_count)).collect();
@@ -236,7 +249,8 @@ impl MicroVm {
     /// the first-entry stamp. Infallible, so a failed configuration spends none of them.
     pub fn attach_host(&mut self, opts: MicroVmOptions) {
         if let Ok(mut com1) = self.serial.lock() {
-            com1.set_output(ConsoleOutput::new(opts.console_out, self.watch.clone()));
+            let watch = opts.legacy_console_lifecycle.then(|| self.watch.clone());
+            com1.set_output(ConsoleOutput::new(opts.console_out, watch));
         }
         match self.boot_timer.lock() {
             Ok(mut timer) => timer.arm(opts.start, opts.on_boot),
@@ -311,7 +325,8 @@ impl MicroVm {
     }
 
     /// The reason the VM ended, once a vCPU, a device or the host reported one (taken once).
-    /// A reset after the guest printed its panic banner is a panic.
+    /// A reset after the guest reported a panic (pvpanic, or the banner of a legacy guest
+    /// watched on its console) is a panic.
     pub fn take_exit(&self) -> Option<VmExit> {
         let exit = self.exit.take()?;
         if exit == VmExit::Reset && self.panicked.load(Ordering::Acquire) {

@@ -94,15 +94,20 @@ pub struct InitrdRegion {
 }
 
 /// Writes the zero page for the Linux boot protocol. `header` is the bzImage's setup header, or
-/// `None` for an ELF vmlinux entered at its 64-bit entry point.
+/// `None` for an ELF vmlinux entered at its 64-bit entry point; `rsdp` is where the ACPI
+/// tables start (boot protocol 2.14's `acpi_rsdp_addr`).
 pub fn write_zero_page(
     mem: &GuestMemoryMmap,
     ram_size: u64,
     header: Option<setup_header>,
     cmdline_size: usize,
     initrd: Option<InitrdRegion>,
+    rsdp: u64,
 ) -> Result<(), BootParamsError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        acpi_rsdp_addr: rsdp,
+        ..Default::default()
+    };
     if let Some(hdr) = header {
         params.hdr = hdr;
     }
@@ -132,11 +137,13 @@ pub fn write_zero_page(
     LinuxBootConfigurator::write_bootparams(&bp, mem).map_err(BootParamsError::ZeroPage)
 }
 
-/// Writes `hvm_start_info`, its memory map and module list (the initrd) for a PVH entry.
+/// Writes `hvm_start_info`, its memory map and module list (the initrd) for a PVH entry;
+/// `rsdp` is where the ACPI tables start.
 pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     ram_size: u64,
     initrd: Option<InitrdRegion>,
+    rsdp: u64,
 ) -> Result<(), BootParamsError> {
     let map: Vec<MemmapEntry> = e820_map(ram_size)
         .into_iter()
@@ -155,6 +162,7 @@ pub fn write_pvh_start_info(
         cmdline_paddr: CMDLINE_START,
         memmap_paddr: PVH_MEMMAP_START,
         memmap_entries: map.len() as u32,
+        rsdp_paddr: rsdp,
         ..Default::default()
     };
     if initrd.is_some() {
@@ -201,10 +209,11 @@ mod tests {
             address: GuestAddress(0x300_0000),
             size: 4096,
         };
-        write_pvh_start_info(&mem, 64 << 20, Some(rd)).unwrap();
+        write_pvh_start_info(&mem, 64 << 20, Some(rd), 0xe_0000).unwrap();
         let info: StartInfo = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         assert_eq!(info.0.magic, XEN_HVM_START_MAGIC);
         assert_eq!((info.0.nr_modules, info.0.memmap_entries), (1, 3));
+        assert_eq!({ info.0.rsdp_paddr }, 0xe_0000);
         let module: ModlistEntry = mem.read_obj(GuestAddress(PVH_MODLIST_START)).unwrap();
         assert_eq!((module.0.paddr, module.0.size), (0x300_0000, 4096));
     }
@@ -216,12 +225,13 @@ mod tests {
             address: GuestAddress(0x200_0000),
             size: 100,
         };
-        write_zero_page(&mem, 64 << 20, None, 10, Some(rd)).unwrap();
+        write_zero_page(&mem, 64 << 20, None, 10, Some(rd), 0xe_0000).unwrap();
         let zp: ZeroPage = mem.read_obj(GuestAddress(ZERO_PAGE_START)).unwrap();
         let hdr = zp.0.hdr;
         assert_eq!({ hdr.header }, KERNEL_HDR_MAGIC);
         assert_eq!({ hdr.cmd_line_ptr }, CMDLINE_START as u32);
         assert_eq!({ hdr.ramdisk_image }, 0x200_0000);
         assert_eq!(zp.0.e820_entries, 3);
+        assert_eq!({ zp.0.acpi_rsdp_addr }, 0xe_0000);
     }
 }
