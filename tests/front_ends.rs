@@ -8,7 +8,7 @@ mod wispd_common;
 use std::path::Path;
 use std::time::Duration;
 use wisp_test_support::curl;
-use wispd_common::{eventually, unikernel_config, Wispd};
+use wispd_common::{api_socket_of, eventually, unikernel_config, Wispd};
 
 /// The state the VM's own REST API reports.
 fn rest_state(api: &Path) -> String {
@@ -46,15 +46,8 @@ fn pause_and_resume_through_either_front_end_show_in_both() {
     ]);
     assert!(ok, "{out}{err}");
     let id = out.split_whitespace().next().unwrap().to_string();
-    let api = out
-        .split("api=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let api = Path::new(&api);
+    let api = api_socket_of(&out);
+    let api = api.as_path();
     assert_eq!(rest_state(api), "Running");
     assert_eq!(ctl_state(&w, &id), "running");
 

@@ -34,15 +34,11 @@ fn ctl_creates_lists_pauses_resumes_and_destroys_unikernel_vms() {
     assert!(ok && out.starts_with("vm-2 "), "{out}");
 
     // Each VM also answers on its own REST socket (a real client: curl).
-    let api = out
-        .split("api=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap();
+    let api = wispd_common::api_socket_of(&out);
     let info = Command::new("curl")
-        .args(["-s", "--unix-socket", api, "http://localhost/"])
+        .args(["-s", "--unix-socket"])
+        .arg(&api)
+        .arg("http://localhost/")
         .output()
         .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);

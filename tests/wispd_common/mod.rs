@@ -146,6 +146,17 @@ impl Drop for Wispd {
     }
 }
 
+/// The VM's own REST socket, from `wisp ctl create`'s `api=PATH` field.
+pub fn api_socket_of(create_output: &str) -> std::path::PathBuf {
+    let field = create_output
+        .split("api=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next());
+    field
+        .unwrap_or_else(|| panic!("no api= in {create_output:?}"))
+        .into()
+}
+
 /// A unikernel VM of 32 MiB running the commands in `cmdline` (empty: greet and reset).
 pub fn unikernel_vm(cmdline: &str) -> VmConfig {
     VmConfig {
