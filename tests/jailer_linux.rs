@@ -21,10 +21,17 @@ const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 /// then the jailer in the background; while the VM runs, its credentials, root and cgroup
 /// are printed as `WISP-JAIL key=value` lines.
 fn script() -> String {
+    // The jailer sits at its build path in L1 (/work/..., /check/... in CI): bind its top
+    // directory into the new root beside the host's programs.
+    let top = std::path::Path::new(JAILER)
+        .components()
+        .nth(1)
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .unwrap_or_default();
     format!(
         r#"cat > /tmp/jailed.sh <<'EOF'
 mkdir -p /newroot && mount -t tmpfs tmpfs /newroot || exit 90
-for d in bin sbin lib lib64 usr guest work; do
+for d in bin sbin lib lib64 usr guest {top}; do
     [ -d /$d ] || continue
     mkdir -p /newroot/$d && mount --bind /$d /newroot/$d || exit 91
 done
