@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod response;
 pub mod routes;
 pub mod server;
+mod write_deadline;
 
 pub use metrics::{ApiMetrics, ApiMetricsSnapshot};
 pub use server::{

@@ -1,7 +1,11 @@
 //! The REST server: HTTP/1.1 on a Unix socket, one per microVM, served by hyper on a
 //! current-thread tokio runtime in its own thread ("wisp-api"). Each connection is a task, so a
 //! slow or stalled client only costs its own task; header and body reads are bounded by
-//! `read_timeout`, bodies by `body_limit`. Requests become `VmmAction`s for the VMM thread.
+//! `read_timeout`, bodies by `body_limit`, and an answer the client does not read by
+//! `write_timeout`. A client that half-closes its side after its request (`nc -N`,
+//! `shutdown(SHUT_WR)`) still gets its answer, however long the action takes: hyper's
+//! `half_close` keeps the connection until the answer is written instead of dropping it at
+//! the read side's EOF. Requests become `VmmAction`s for the VMM thread.
 //! The socket is bound by wisp-hostfs: 0600 (0660 with `socket_group`) before anyone can
 //! connect, never over a live socket or a non-socket, and removed at shutdown only if the
 //! path still names it.
@@ -9,6 +13,7 @@
 use crate::metrics::{ApiMetrics, Refusal};
 use crate::response::{self, fault, ApiResponse};
 use crate::routes;
+use crate::write_deadline::WriteDeadline;
 use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
@@ -33,6 +38,9 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const DEFAULT_BODY_LIMIT: usize = 50 * 1024;
 /// How long a client may take to send a request's headers, and then its body.
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an answer may wait for a client that does not read it before the connection is
+/// dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's per-connection read buffer bound; caps what one client can make us hold.
 const MAX_BUF_SIZE: usize = 64 * 1024;
 
@@ -41,6 +49,8 @@ const MAX_BUF_SIZE: usize = 64 * 1024;
 pub struct ServerConfig {
     pub body_limit: usize,
     pub read_timeout: Duration,
+    /// How long a write of an answer may make no progress (the client reads nothing).
+    pub write_timeout: Duration,
     /// `None`: only the socket's owner may connect (0600). `Some(gid)`: group `gid` too (0660).
     pub socket_group: Option<u32>,
 }
@@ -50,6 +60,7 @@ impl Default for ServerConfig {
         ServerConfig {
             body_limit: DEFAULT_BODY_LIMIT,
             read_timeout: DEFAULT_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             socket_group: None,
         }
     }
@@ -238,13 +249,16 @@ async fn accept_loop(
 }
 
 async fn serve_connection(stream: tokio::net::UnixStream, ctx: Arc<Context>) {
-    let timeout = ctx.config.read_timeout;
+    let (read_timeout, write_timeout) = (ctx.config.read_timeout, ctx.config.write_timeout);
     let service = service_fn(move |req| handle(req, Arc::clone(&ctx)));
+    let io = TokioIo::new(WriteDeadline::new(stream, write_timeout));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
+        .header_read_timeout(read_timeout)
         .max_buf_size(MAX_BUF_SIZE)
-        .serve_connection(TokioIo::new(stream), service);
+        // EOF on the read side ends the connection only once the answers are written.
+        .half_close(true)
+        .serve_connection(io, service);
     if let Err(e) = conn.await {
         log::debug!("API connection ended: {e}");
     }

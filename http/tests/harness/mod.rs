@@ -1,11 +1,12 @@
 //! Test harness: the real server on a temporary Unix socket, answered by a VMM-side thread
 //! that uses the real `VmResources` store and plays the VMM's part of the lifecycle (state
-//! changes on start/pause/resume, a metrics line on flush). Clients are real: `curl
+//! changes on start/pause/resume, optionally slowly, a metrics line on flush). Clients are real: `curl
 //! --unix-socket` (wisp-test-support) and raw `UnixStream`s (server_raw.rs).
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
+use std::time::Duration;
 use wisp_api::{
     api_channel, ApiReceiver, HostLimits, VmResources, VmState, VmmAction, VmmActionError, VmmData,
 };
@@ -29,6 +30,15 @@ impl Harness {
     }
 
     pub fn start_with(config: ServerConfig) -> Harness {
+        Harness::start_full(config, Duration::ZERO)
+    }
+
+    /// A VMM that takes `action_delay` to start, pause or resume, as a real one may.
+    pub fn start_slow(action_delay: Duration) -> Harness {
+        Harness::start_full(ServerConfig::default(), action_delay)
+    }
+
+    pub fn start_full(config: ServerConfig, action_delay: Duration) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("api.sock");
         let kernel = dir.path().join("vmlinux");
@@ -36,7 +46,7 @@ impl Harness {
         let (tx, rx) = api_channel().unwrap();
         let server = spawn_api_server_with(&sock, tx, config).unwrap();
         let metrics = std::sync::Arc::clone(server.metrics());
-        let vmm = std::thread::spawn(move || vmm_thread(rx, metrics));
+        let vmm = std::thread::spawn(move || vmm_thread(rx, metrics, action_delay));
         Harness {
             dir,
             sock,
@@ -82,7 +92,11 @@ impl Drop for Harness {
 }
 
 /// The VMM side: the store answers what it can; the rest is the lifecycle a VMM would run.
-fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_http::ApiMetrics>) {
+fn vmm_thread(
+    rx: ApiReceiver,
+    metrics: std::sync::Arc<wisp_http::ApiMetrics>,
+    action_delay: Duration,
+) {
     let mut resources = VmResources::new(HostLimits::with_max_vcpus(MAX_VCPUS));
     let mut state = VmState::NotStarted;
     while let Some(req) = rx.recv() {
@@ -90,10 +104,12 @@ fn vmm_thread(rx: ApiReceiver, metrics: std::sync::Arc<wisp_http::ApiMetrics>) {
             Some(r) => r,
             None => match &req.action {
                 VmmAction::StartMicroVm | VmmAction::Resume => {
+                    std::thread::sleep(action_delay);
                     state = VmState::Running;
                     Ok(VmmData::Empty)
                 }
                 VmmAction::Pause => {
+                    std::thread::sleep(action_delay);
                     state = VmState::Paused;
                     Ok(VmmData::Empty)
                 }
