@@ -2,7 +2,7 @@
 
 use crate::cli::RunArgs;
 use crate::device_args::{parse_disk, parse_net, parse_vsock, DeviceArgError};
-use crate::terminal::RawTerminal;
+use crate::terminal::TerminalClaim;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
@@ -86,6 +86,8 @@ pub fn run_vm_with(
     legacy_console_lifecycle: bool,
     limits: HostLimits,
 ) -> i32 {
+    // Before the VM's threads exist, so they inherit the blocked ending signals (terminal.rs).
+    let terminal = TerminalClaim::new(libc::STDIN_FILENO);
     let (stdout, stdin) = match (
         dup_stream(std::io::stdout().as_fd()),
         dup_stream(std::io::stdin().as_fd()),
@@ -133,7 +135,7 @@ pub fn run_vm_with(
             }
         }
     }
-    let terminal = RawTerminal::enable(libc::STDIN_FILENO);
+    let terminal = terminal.and_then(TerminalClaim::enable);
     let outcome = vmm.run();
     drop(terminal);
     exit_status(outcome)
