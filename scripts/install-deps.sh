@@ -4,14 +4,15 @@
 # busybox-static and cpio (initramfs), the kernel source and its build tools (Tinyx),
 # curl and netcat-openbsd (REST API tests; `nc -N -U` half-closes), iproute2 (network
 # namespaces and taps), kmod/xz/zstd (test host), e2fsprogs (ext4 images for the Linux
-# virtio-blk tests).
+# virtio-blk tests), acpica-tools (`iasl -d` disassembles the DSDT in wisp-vmm's tests).
 #
 # QEMU comes from bookworm-backports (10.x): Debian 12's own QEMU 7.2 leaves an L1 CPU of the
 # nested-SVM test host stuck in L2 in about one boot of three; 10.x does not. The suite is
 # added with the mirror the main suite already uses; a machine whose QEMU is >= 10 skips it.
 set -euo pipefail
 packages=(busybox-static cpio linux-source-6.12 build-essential flex bison bc
-          libelf-dev libssl-dev curl netcat-openbsd iproute2 kmod xz-utils zstd e2fsprogs)
+          libelf-dev libssl-dev curl netcat-openbsd iproute2 kmod xz-utils zstd e2fsprogs
+          acpica-tools)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 apt_update() { [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }; }

@@ -67,6 +67,8 @@ pub struct DeviceManager {
     slots: AddressAllocator,
     irqs: IdAllocator,
     attached: Vec<AttachedDevice>,
+    /// Whether virtio devices get a `virtio_mmio.device=` entry (see `set_virtio_on_cmdline`).
+    virtio_on_cmdline: bool,
 }
 
 impl DeviceManager {
@@ -78,7 +80,15 @@ impl DeviceManager {
             irqs: IdAllocator::new(IRQ_FIRST_DEVICE, IRQ_LAST_DEVICE)
                 .map_err(DeviceManagerError::Allocator)?,
             attached: Vec::new(),
+            virtio_on_cmdline: true,
         })
+    }
+
+    /// Whether `attach_virtio` adds the `virtio_mmio.device=` entry. A Linux that reads the
+    /// ACPI tables finds the devices in the DSDT (acpi.rs) instead; with both it would probe
+    /// each device twice, and the command line cannot give it IRQs above 15.
+    pub fn set_virtio_on_cmdline(&mut self, on: bool) {
+        self.virtio_on_cmdline = on;
     }
 
     /// Puts a port-I/O device on `base..base + len`.
@@ -117,7 +127,8 @@ impl DeviceManager {
 
     /// Attaches a virtio-mmio device: a slot and an IRQ, the bus, one ioeventfd per queue on
     /// QueueNotify (datamatch = queue index, so a notify never leaves the kernel as an exit),
-    /// the interrupt as an irqfd, and the `virtio_mmio.device=` command line entry.
+    /// the interrupt as an irqfd, and the `virtio_mmio.device=` command line entry (unless the
+    /// DSDT declares the devices: `set_virtio_on_cmdline`).
     #[allow(clippy::too_many_arguments)]
     pub fn attach_virtio<D: MutDeviceMmio + Send + 'static>(
         &mut self,
@@ -153,14 +164,17 @@ impl DeviceManager {
         vm.register_irqfd(interrupt, irq)
             .map_err(kvm_err("KVM_IRQFD"))?;
         self.add_mmio(name, slot.base, MMIO_SLOT_SIZE, device)?;
-        cmdline
-            .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(slot.base), irq, None)
-            .map_err(|source| DeviceManagerError::Cmdline { name, source })?;
+        if self.virtio_on_cmdline {
+            cmdline
+                .add_virtio_mmio_device(MMIO_SLOT_SIZE, GuestAddress(slot.base), irq, None)
+                .map_err(|source| DeviceManagerError::Cmdline { name, source })?;
+        }
         self.attached.push(AttachedDevice { device_type, slot });
         Ok(slot)
     }
 
-    /// The virtio devices attached so far (for the noxs device page).
+    /// The virtio devices attached so far, in attach order (for the noxs device page and
+    /// the DSDT).
     pub fn attached(&self) -> &[AttachedDevice] {
         &self.attached
     }

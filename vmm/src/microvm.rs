@@ -19,7 +19,7 @@ use crate::vcpu_control::{ControlError, FirstEntryHook};
 use crate::vcpu_thread::{VcpuThread, VcpuThreadError, Vcpus};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
 use crate::vm::Vm;
-use crate::x86_64::acpi::{setup_acpi, AcpiError};
+use crate::x86_64::acpi::{guest_reads_dsdt, setup_acpi, AcpiError};
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
 use crate::x86_64::regs::EntryMode;
@@ -167,7 +167,11 @@ impl MicroVm {
             Some(path) => Some(loader::load_initrd(&mem, ram_size, path, &kernel)?),
             None => None,
         };
-        let mut cmdline = loader::new_cmdline(boot.boot_args.as_deref().unwrap_or(""))?;
+        let boot_args = boot.boot_args.as_deref().unwrap_or("");
+        let mut cmdline = loader::new_cmdline(boot_args)?;
+        // The DSDT declares every virtio device; only a guest told to ignore ACPI needs them
+        // on its command line (and then gets them only there: no device is probed twice).
+        devices.set_virtio_on_cmdline(!guest_reads_dsdt(boot_args));
 
         let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
@@ -193,7 +197,8 @@ impl MicroVm {
         // Both: Linux prefers the ACPI tables (MADT, FADT power-off), the unikernel and
         // `acpi=off` guests read the MP table.
         setup_mptable(&mem, mc.vcpu_count)?;
-        let rsdp = setup_acpi(&mem, mc.vcpu_count)?;
+        let virtio_slots: Vec<_> = devices.attached().iter().map(|d| d.slot).collect();
+        let rsdp = setup_acpi(&mem, mc.vcpu_count, &virtio_slots)?;
         let boot_info = match kernel.mode {
             EntryMode::Pvh => {
                 write_pvh_start_info(&mem, ram_size, initrd, rsdp)?;

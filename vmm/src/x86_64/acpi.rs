@@ -7,24 +7,28 @@
 //!   blocks, no PM timer, no SMI command port (always in ACPI mode).
 //!
 //!   Not hardware-reduced (HW_REDUCED_ACPI): Linux then drops the legacy PIC and maps ISA IRQs
-//!   only through devices the DSDT declares, so COM1, the i8042 and the virtio-mmio devices
-//!   of the command line (IRQ 4, 1, 5..) would lose their interrupts (seen in the test host:
-//!   the serial tty never transmitted). With fixed hardware the IRQs stay identity-mapped as
-//!   with the MP table.
+//!   only through devices the DSDT declares, so COM1 and the i8042 (IRQ 4, 1) would lose
+//!   their interrupts (seen in the test host: the serial tty never transmitted). With fixed
+//!   hardware the ISA IRQs stay identity-mapped as with the MP table.
 //! * DSDT: `\_S5_` (SLP_TYP for soft-off; Linux offers power-off only when S5 is declared and
-//!   the sleep registers exist) and the pvpanic device `QEMU0001` on its I/O port.
+//!   the sleep registers exist), the pvpanic device `QEMU0001` on its I/O port, and every
+//!   virtio-mmio device as `LNRO0005` (the `_HID` Linux's virtio_mmio driver matches) with
+//!   its 4 KiB window and its GSI (edge, active high) in `_CRS`, as Firecracker and Cloud
+//!   Hypervisor declare them. Linux maps a GSI above 15 only for a device the DSDT declares,
+//!   so this is what makes the 12th and later devices (GSI 16..23) work with ACPI on. Such a
+//!   guest gets no `virtio_mmio.device=` entries (no device is probed twice); a guest booted
+//!   with `acpi=off` gets them instead (`guest_reads_dsdt`) and reads the MP table.
 //! * MADT: the local APICs, the IOAPIC and LINT1 as NMI — what the MP table says (mptable.rs),
 //!   which Linux with ACPI ignores in favour of the MADT — and the SCI's interrupt source
 //!   override (level, active high). The MP table stays for the unikernel and for `acpi=off`.
 //!
-//! Linux with these tables gets interrupts for ISA IRQs 0..15 only (the MP table also maps
-//! 16..23): a virtio-mmio device on IRQ 16..23 (the 12th and later) needs `acpi=off` until
-//! the DSDT declares the virtio devices.
-//!
-//! Written as plain bytes with their offsets spelled out, like the MP table; the tables sit in
+//! Written as plain bytes with their offsets spelled out, like the MP table (the AML through
+//! aml.rs); the tables sit in
 //! the BIOS area (reserved in the e820 map) from `wisp_abi::acpi::RSDP_ADDR`.
 
-use crate::layout::{APIC_START, IOAPIC_START};
+use super::aml;
+use crate::device_manager::MmioSlot;
+use crate::layout::{APIC_START, IOAPIC_START, MMIO_SLOT_SIZE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use wisp_abi::acpi::{
     ACPI_TABLES_END, PM1_CNT_LEN, PM1_CNT_PORT, PM1_EVT_LEN, PM1_EVT_PORT, PVPANIC_PORT,
@@ -92,23 +96,9 @@ const FACS_VERSION: u8 = 2;
 const RSDP_LEN: usize = 36;
 const RSDP_REVISION: u8 = 2;
 
-/// AML opcodes and prefixes (ACPI 6.5 §20.2) the DSDT uses.
-mod aml {
-    pub const ZERO: u8 = 0x00;
-    pub const NAME: u8 = 0x08;
-    pub const BYTE_PREFIX: u8 = 0x0a;
-    pub const STRING_PREFIX: u8 = 0x0d;
-    pub const SCOPE: u8 = 0x10;
-    pub const BUFFER: u8 = 0x11;
-    pub const PACKAGE: u8 = 0x12;
-    pub const EXT_PREFIX: u8 = 0x5b;
-    pub const DEVICE: u8 = 0x82;
-    pub const ROOT_CHAR: u8 = 0x5c;
-    /// Small resource descriptors (ACPI 6.5 §6.4.2): I/O port (decodes 16 bits), end tag.
-    pub const IO_PORT_DESCRIPTOR: u8 = 0x47;
-    pub const IO_DECODE_16: u8 = 1;
-    pub const END_TAG: u8 = 0x79;
-}
+/// The `_HID` Linux's virtio-mmio driver matches (drivers/virtio/virtio_mmio.c,
+/// `virtio_mmio_acpi_match`).
+pub const VIRTIO_MMIO_HID: &str = "LNRO0005";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcpiError {
@@ -157,87 +147,68 @@ fn io_port_gas(port: u16) -> [u8; 12] {
     gas
 }
 
-/// AML PkgLength (ACPI 6.5 §20.2.4) for `body` bytes that follow it: the encoding counts
-/// itself. One byte up to 63, then a lead byte with the low nibble and 1–3 more bytes.
-fn pkg_length(body: usize) -> Vec<u8> {
-    if body + 1 < 0x40 {
-        return vec![(body + 1) as u8];
-    }
-    let (extra, total) = (1..=3)
-        .map(|extra| (extra, body + 1 + extra))
-        .find(|(extra, total)| *total < 1 << (4 + 8 * extra))
-        .unwrap_or((3, body + 4));
-    let mut out = vec![((extra as u8) << 6) | (total & 0xf) as u8];
-    out.extend((0..extra).map(|i| (total >> (4 + 8 * i)) as u8));
-    out
+/// Whether a Linux booted with `boot_args` interprets the DSDT, and so finds the virtio
+/// devices there. `acpi=off` and `acpi=ht` (tables for CPUs only) turn the interpreter off,
+/// `acpi=force` / `acpi=on` back on; the last of them wins, as Linux parses them in order
+/// (arch/x86/kernel/acpi/boot.c, `parse_acpi`). Other `acpi=` options leave it on.
+pub fn guest_reads_dsdt(boot_args: &str) -> bool {
+    boot_args
+        .split_whitespace()
+        .rev()
+        .filter_map(|word| word.strip_prefix("acpi="))
+        .find_map(|value| match value {
+            "off" | "ht" => Some(false),
+            "force" | "on" => Some(true),
+            _ => None,
+        })
+        .unwrap_or(true)
 }
 
-/// `op PkgLength body`.
-fn aml_with_length(op: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut out = op.to_vec();
-    out.extend(pkg_length(body.len()));
-    out.extend_from_slice(body);
-    out
+/// The name of the `index`th virtio-mmio device in `\_SB`: `VR00`, `VR01`, … (hex).
+fn virtio_device_name(index: usize) -> [u8; 4] {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    [b'V', b'R', HEX[(index >> 4) & 0xf], HEX[index & 0xf]]
 }
 
-/// `Name(seg, object)`.
-fn aml_name(seg: &[u8; 4], object: &[u8]) -> Vec<u8> {
-    let mut out = vec![aml::NAME];
-    out.extend_from_slice(seg);
-    out.extend_from_slice(object);
-    out
+/// `Device (VRnn) { _HID "LNRO0005", _UID nn, _CRS { Memory32Fixed, Interrupt } }`: what
+/// Linux's virtio-mmio ACPI driver probes, and the GSI Linux then programs on the IOAPIC
+/// (edge, active high: an irqfd pulses the pin).
+fn virtio_device(index: usize, slot: &MmioSlot) -> Vec<u8> {
+    let crs = aml::resource_template(&[
+        // Slots sit in the MMIO gap below 4 GiB (layout.rs): the base fits 32 bits.
+        aml::memory32_fixed(slot.base as u32, MMIO_SLOT_SIZE as u32),
+        aml::edge_interrupt(slot.irq),
+    ]);
+    let mut body = aml::name(b"_HID", &aml::string(VIRTIO_MMIO_HID));
+    body.extend(aml::name(b"_UID", &aml::integer(index as u64)));
+    body.extend(aml::name(b"_CRS", &crs));
+    aml::device(&virtio_device_name(index), &body)
 }
 
-fn aml_string(s: &str) -> Vec<u8> {
-    let mut out = vec![aml::STRING_PREFIX];
-    out.extend_from_slice(s.as_bytes());
-    out.push(0);
-    out
-}
-
-/// The DSDT's AML: `\_S5_` and the pvpanic device.
-fn dsdt_aml() -> Vec<u8> {
+/// The DSDT's AML: `\_S5_`, the pvpanic device and every virtio-mmio device.
+fn dsdt_aml(virtio: &[MmioSlot]) -> Vec<u8> {
     // Name (_S5_, Package (2) { SLP_TYPa, SLP_TYPb }): Linux uses SLP_TYPa.
-    let s5 = aml_with_length(
-        &[aml::PACKAGE],
-        &[2, aml::BYTE_PREFIX, SLP_TYP_S5, aml::ZERO],
-    );
-    // ResourceTemplate () { IO (Decode16, port, port, 1, 1) }, as a Buffer.
-    let [lo, hi] = PVPANIC_PORT.to_le_bytes();
-    let resources = [
-        aml::IO_PORT_DESCRIPTOR,
-        aml::IO_DECODE_16,
-        lo,
-        hi,
-        lo,
-        hi,
-        1, // alignment
-        1, // length
-        aml::END_TAG,
-        0, // checksum 0: "treat as correct"
-    ];
-    let mut buffer_body = vec![aml::BYTE_PREFIX, resources.len() as u8];
-    buffer_body.extend_from_slice(&resources);
-    let crs = aml_with_length(&[aml::BUFFER], &buffer_body);
-    // Device (PEVT) { Name (_HID, "QEMU0001"); Name (_CRS, ...) }
-    let mut device_body = b"PEVT".to_vec();
-    device_body.extend(aml_name(b"_HID", &aml_string("QEMU0001")));
-    device_body.extend(aml_name(b"_CRS", &crs));
-    let device = aml_with_length(&[aml::EXT_PREFIX, aml::DEVICE], &device_body);
-    // Scope (\_SB) { the device }
-    let mut scope_body = vec![aml::ROOT_CHAR];
-    scope_body.extend_from_slice(b"_SB_");
-    scope_body.extend(device);
-
-    let mut out = aml_name(b"_S5_", &s5);
-    out.extend(aml_with_length(&[aml::SCOPE], &scope_body));
+    let s5 = aml::package(2, &[aml::op::BYTE_PREFIX, SLP_TYP_S5, aml::op::ZERO]);
+    // Device (PEVT) { Name (_HID, "QEMU0001"); Name (_CRS, ResourceTemplate () { IO }) }
+    let mut pvpanic = aml::name(b"_HID", &aml::string("QEMU0001"));
+    pvpanic.extend(aml::name(
+        b"_CRS",
+        &aml::resource_template(&[aml::io_port(PVPANIC_PORT)]),
+    ));
+    // Scope (\_SB) { the devices }
+    let mut devices = aml::device(b"PEVT", &pvpanic);
+    for (index, slot) in virtio.iter().enumerate() {
+        devices.extend(virtio_device(index, slot));
+    }
+    let mut out = aml::name(b"_S5_", &s5);
+    out.extend(aml::root_scope(b"_SB_", &devices));
     out
 }
 
-fn dsdt() -> Vec<u8> {
+fn dsdt(virtio: &[MmioSlot]) -> Vec<u8> {
     // Revision 2: integers are 64 bits.
     let mut t = header(b"DSDT", 2, b"WISPDSDT");
-    t.extend(dsdt_aml());
+    t.extend(dsdt_aml(virtio));
     finish(t)
 }
 
@@ -329,7 +300,7 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
 }
 
 /// The tables and the guest address of each, from `RSDP_ADDR` on (16-byte aligned).
-fn layout(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
+fn layout(cpus: u8, virtio: &[MmioSlot]) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     let mut next = RSDP_ADDR + RSDP_LEN as u64;
     let mut place = |len: usize, align: u64| {
         let at = next.next_multiple_of(align);
@@ -338,7 +309,7 @@ fn layout(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     };
     let facs = facs();
     let facs_at = place(facs.len(), 64);
-    let dsdt = dsdt();
+    let dsdt = dsdt(virtio);
     let dsdt_at = place(dsdt.len(), 16);
     let fadt = fadt(dsdt_at, facs_at);
     let fadt_at = place(fadt.len(), 16);
@@ -359,10 +330,11 @@ fn layout(cpus: u8) -> Result<Vec<(u64, Vec<u8>)>, AcpiError> {
     ])
 }
 
-/// Writes the tables for `cpus` vCPUs into guest memory; returns the RSDP's address, which
-/// the boot protocols pass on (`boot_params.acpi_rsdp_addr`, PVH `rsdp_paddr`).
-pub fn setup_acpi(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
-    for (at, table) in layout(cpus)? {
+/// Writes the tables for `cpus` vCPUs and the virtio-mmio devices in `virtio` (in attach
+/// order) into guest memory; returns the RSDP's address, which the boot protocols pass on
+/// (`boot_params.acpi_rsdp_addr`, PVH `rsdp_paddr`).
+pub fn setup_acpi(mem: &GuestMemoryMmap, cpus: u8, virtio: &[MmioSlot]) -> Result<u64, AcpiError> {
+    for (at, table) in layout(cpus, virtio)? {
         mem.write_slice(&table, GuestAddress(at))
             .map_err(AcpiError::Write)?;
     }
@@ -372,6 +344,7 @@ pub fn setup_acpi(mem: &GuestMemoryMmap, cpus: u8) -> Result<u64, AcpiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::{IRQ_FIRST_DEVICE, MAX_VIRTIO_DEVICES, VIRTIO_MMIO_START};
     use crate::memory::create_guest_memory;
 
     fn u16_at(t: &[u8], off: usize) -> u16 {
@@ -382,6 +355,15 @@ mod tests {
     }
     fn u64_at(t: &[u8], off: usize) -> u64 {
         u64::from_le_bytes(t[off..off + 8].try_into().unwrap())
+    }
+    /// The slots the device manager hands out when every virtio device is attached.
+    fn all_slots() -> Vec<MmioSlot> {
+        (0..MAX_VIRTIO_DEVICES)
+            .map(|i| MmioSlot {
+                base: VIRTIO_MMIO_START + i as u64 * MMIO_SLOT_SIZE,
+                irq: IRQ_FIRST_DEVICE + i as u32,
+            })
+            .collect()
     }
     fn sums_to_zero(bytes: &[u8]) -> bool {
         bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)) == 0
@@ -398,9 +380,9 @@ mod tests {
     }
 
     /// Follows RSDP → XSDT → FADT, MADT → DSDT, FACS as Linux does, checking every checksum.
-    fn tables(cpus: u8) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
+    fn tables(cpus: u8, virtio: &[MmioSlot]) -> (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>) {
         let mem = create_guest_memory(16).unwrap();
-        let rsdp_addr = setup_acpi(&mem, cpus).unwrap();
+        let rsdp_addr = setup_acpi(&mem, cpus, virtio).unwrap();
         assert_eq!(rsdp_addr, RSDP_ADDR);
         assert_eq!(
             rsdp_addr % 16,
@@ -429,7 +411,7 @@ mod tests {
 
     #[test]
     fn fadt_describes_pm1_blocks_reset_register_and_a_fixed_hardware_machine() {
-        let (fadt, _, _, facs) = tables(1);
+        let (fadt, _, _, facs) = tables(1, &[]);
         assert_eq!((fadt.len(), fadt[8], fadt[FADT_MINOR_VERSION]), (276, 6, 5));
         let flags = u32_at(&fadt, FADT_FLAGS);
         // Not hardware-reduced: Linux keeps the legacy PIC and ISA IRQs 0..15.
@@ -458,7 +440,7 @@ mod tests {
 
     #[test]
     fn madt_lists_every_cpu_the_ioapic_the_sci_and_lint1_nmi() {
-        let (_, madt, _, _) = tables(3);
+        let (_, madt, _, _) = tables(3, &[]);
         assert_eq!(u32_at(&madt, 36), APIC_START as u32);
         assert_eq!(u32_at(&madt, 40), MADT_PCAT_COMPAT);
         let mut entries = Vec::new();
@@ -484,7 +466,7 @@ mod tests {
 
     #[test]
     fn dsdt_declares_s5_and_the_pvpanic_device() {
-        let (_, _, dsdt, _) = tables(1);
+        let (_, _, dsdt, _) = tables(1, &[]);
         assert_eq!(dsdt[8], 2, "revision 2: 64-bit integers");
         let expected: &[u8] = &[
             // Name (_S5_, Package (0x02) { 0x05, Zero })
@@ -502,20 +484,20 @@ mod tests {
     }
 
     #[test]
-    fn pkg_length_counts_itself_and_grows_past_63_bytes() {
-        assert_eq!(pkg_length(0), [1]);
-        assert_eq!(pkg_length(62), [63]);
-        // 63 bytes of body + 2 bytes of length = 65 = 0x41: lead 0x41 (one more byte, low
-        // nibble 1), then 0x04.
-        assert_eq!(pkg_length(63), [0x41, 0x04]);
-        assert_eq!(pkg_length(4000), [0x42, 0xfa]);
-        // Past 4095 the length takes three bytes.
-        assert_eq!(pkg_length(5000), [0x8b, 0x38, 0x01]);
+    fn only_acpi_off_or_ht_keeps_a_guest_from_the_dsdt() {
+        assert!(guest_reads_dsdt("console=ttyS0 reboot=k pci=off"));
+        assert!(guest_reads_dsdt("acpi=noirq acpi=strict"));
+        assert!(!guest_reads_dsdt("console=ttyS0 acpi=off"));
+        assert!(!guest_reads_dsdt("acpi=ht"));
+        assert!(guest_reads_dsdt("acpi=off acpi=force"));
+        assert!(!guest_reads_dsdt("acpi=force acpi=off"));
+        // Only the exact word counts.
+        assert!(guest_reads_dsdt("wisp_acpi=off xacpi=off"));
     }
 
     #[test]
-    fn tables_for_the_most_cpus_fit_below_1_mib() {
-        let tables = layout(crate::x86_64::mptable::MAX_CPUS).unwrap();
+    fn tables_for_the_most_cpus_and_devices_fit_below_1_mib() {
+        let tables = layout(crate::x86_64::mptable::MAX_CPUS, &all_slots()).unwrap();
         let (at, last) = tables.last().unwrap();
         assert!(at + last.len() as u64 <= ACPI_TABLES_END);
         // No two tables overlap.
