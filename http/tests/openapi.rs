@@ -204,6 +204,7 @@ fn response_bodies_match_their_schemas() {
             is_root_device: true,
             is_read_only: false,
             rate_limiter: Some(limiter.clone()),
+            ..Default::default()
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
@@ -211,10 +212,12 @@ fn response_bodies_match_their_schemas() {
             guest_mac: Some("06:00:00:00:00:01".into()),
             rx_rate_limiter: Some(limiter.clone()),
             tx_rate_limiter: Some(limiter.clone()),
+            ..Default::default()
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: p("/v"),
+            ..Default::default()
         }),
         entropy: Some(Entropy {
             rate_limiter: Some(limiter),
@@ -224,10 +227,13 @@ fn response_bodies_match_their_schemas() {
             level: LogLevel::Info,
             show_level: true,
             show_log_origin: true,
+            ..Default::default()
         }),
         metrics: Some(Metrics {
             metrics_path: p("/m"),
+            ..Default::default()
         }),
+        ..Default::default()
     };
     check(
         &spec,

@@ -434,6 +434,7 @@ impl ControlPage {
                 level,
                 show_level: has(CFG_LOG_SHOW_LEVEL),
                 show_log_origin: has(CFG_LOG_SHOW_ORIGIN),
+                ..Default::default()
             })
         } else {
             None
@@ -446,6 +447,7 @@ impl ControlPage {
                     METRICS_PATH_MAX,
                     OFF_METRICS_PATH_LEN,
                 )?,
+                ..Default::default()
             })
         } else {
             None
@@ -456,6 +458,7 @@ impl ControlPage {
                 vcpu_count: vcpus as u8,
                 mem_size_mib,
                 smt: has(CFG_SMT),
+                ..Default::default()
             },
             logger,
             metrics,
@@ -547,6 +550,7 @@ impl ControlPage {
                 is_root_device: flags & DEV_FLAG_ROOT != 0,
                 is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
                 rate_limiter: limiter0,
+                ..Default::default()
             }),
             DEV_KIND_NET => {
                 let guest_mac = if flags & DEV_FLAG_MAC != 0 {
@@ -572,6 +576,7 @@ impl ControlPage {
                     guest_mac,
                     rx_rate_limiter: limiter0,
                     tx_rate_limiter: limiter1,
+                    ..Default::default()
                 })
             }
             DEV_KIND_VSOCK if config.vsock.is_some() => {
@@ -581,6 +586,7 @@ impl ControlPage {
                 config.vsock = Some(Vsock {
                     guest_cid: self.load32(base + DEV_OFF_CID),
                     uds_path: path("vsock path")?,
+                    ..Default::default()
                 })
             }
             _ if config.entropy.is_some() => return Err(ControlPageError::Duplicate("entropy")),

@@ -22,6 +22,7 @@ fn drive(i: usize) -> Drive {
         is_root_device: false,
         is_read_only: i.is_multiple_of(2),
         rate_limiter: None,
+        ..Default::default()
     }
 }
 
@@ -36,6 +37,7 @@ pub(super) fn sample() -> VmConfig {
             vcpu_count: 2,
             mem_size_mib: 256,
             smt: true,
+            ..Default::default()
         },
         drives: vec![Drive {
             drive_id: "root".into(),
@@ -43,6 +45,7 @@ pub(super) fn sample() -> VmConfig {
             is_root_device: true,
             is_read_only: true,
             rate_limiter: None,
+            ..Default::default()
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
@@ -50,10 +53,12 @@ pub(super) fn sample() -> VmConfig {
             guest_mac: Some("06:00:AC:10:00:02".into()),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            ..Default::default()
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: "/run/v.sock".into(),
+            ..Default::default()
         }),
         entropy: Some(Entropy::default()),
         logger: Some(Logger {
@@ -61,10 +66,13 @@ pub(super) fn sample() -> VmConfig {
             level: LogLevel::Debug,
             show_level: true,
             show_log_origin: false,
+            ..Default::default()
         }),
         metrics: Some(Metrics {
             metrics_path: "/run/wisp.metrics".into(),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -77,6 +85,7 @@ fn full() -> VmConfig {
         vcpu_count: 255,
         mem_size_mib: MEM_MIB_MAX,
         smt: false,
+        ..Default::default()
     };
     let boot = c.boot_source.as_mut().unwrap();
     boot.kernel_image_path = long('k', KERNEL_MAX).into();
