@@ -49,6 +49,9 @@ pub enum Command {
     Vsock,
     /// `vsock-bench`: stream 64 MiB to host port 1235, timed with the TSC.
     VsockBench,
+    /// `balloon`: touch the RAM above 32 MiB, then serve the balloon device's target forever
+    /// (inflate, deflate, statistics, deflate on OOM with `balloon_need_mib=N`).
+    Balloon,
 }
 
 impl Command {
@@ -71,6 +74,7 @@ impl Command {
             b"net-bench" => Some(Self::NetBench),
             b"vsock" => Some(Self::Vsock),
             b"vsock-bench" => Some(Self::VsockBench),
+            b"balloon" => Some(Self::Balloon),
             b"idle" => Some(Self::Idle),
             b"count" => Some(Self::Count),
             _ => None,

@@ -103,6 +103,10 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
         Command::NetEcho => report("net-echo", virtio::net::echo(slots)),
         Command::NetBench => report("net-bench", virtio::net_bench::run(slots, boot.cmdline())),
         Command::Vsock => report("vsock", virtio::vsock::run(slots)),
+        Command::Balloon => report(
+            "balloon",
+            virtio::balloon::run(slots, boot.cmdline(), boot.ram_bytes()),
+        ),
         Command::VsockBench => report(
             "vsock-bench",
             virtio::vsock_bench::run(slots, boot.cmdline(), boot.ram_bytes()),

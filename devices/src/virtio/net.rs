@@ -32,6 +32,8 @@ const TX_QUEUE: usize = 1;
 const QUEUE_SIZE: u16 = 256;
 /// Feature bit: the device has a MAC address in config space (§5.1.3).
 const F_MAC: u32 = 5;
+/// The device advises a maximum MTU in config space (Firecracker's `mtu`).
+const F_MTU: u32 = 3;
 /// Largest frame without offloads: header + 64 KiB (the tap's own limit).
 const MAX_FRAME: usize = VNET_HDR_LEN + 65536;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -59,6 +61,8 @@ pub struct Net {
     metrics: Arc<DeviceMetrics>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
+    /// Advised MTU (VIRTIO_NET_F_MTU); `None`: not offered.
+    mtu: Option<u16>,
 }
 
 impl Net {
@@ -73,7 +77,13 @@ impl Net {
             metrics: Arc::new(DeviceMetrics::default()),
             rx_limiter: RateLimiter::default(),
             tx_limiter: RateLimiter::default(),
+            mtu: None,
         })
+    }
+
+    /// Advises `mtu` to the driver with VIRTIO_NET_F_MTU (set before boot).
+    pub fn set_mtu(&mut self, mtu: Option<u16>) {
+        self.mtu = mtu;
     }
 
     /// Sets or replaces the limiter of frames to the guest (`None` twice: no limit).
@@ -287,6 +297,9 @@ impl VirtioDevice for Net {
         if self.mac.is_some() {
             f |= 1 << F_MAC;
         }
+        if self.mtu.is_some() {
+            f |= 1 << F_MTU;
+        }
         f
     }
 
@@ -295,6 +308,11 @@ impl VirtioDevice for Net {
     fn config_space(&self) -> Vec<u8> {
         let mut c = self.mac.unwrap_or_default().to_vec();
         c.extend_from_slice(&1u16.to_le_bytes());
+        if let Some(mtu) = self.mtu {
+            // max_virtqueue_pairs (meaningless without VIRTIO_NET_F_MQ), then mtu.
+            c.extend_from_slice(&1u16.to_le_bytes());
+            c.extend_from_slice(&mtu.to_le_bytes());
+        }
         c
     }
 
