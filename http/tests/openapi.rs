@@ -328,7 +328,13 @@ fn response_bodies_match_their_schemas() {
         direct_reclaim: Some(0),
     };
     let stats = serde_json::to_value(stats).unwrap();
-    check(&spec, &schemas["BalloonStats"], &stats, true, "BalloonStats");
+    check(
+        &spec,
+        &schemas["BalloonStats"],
+        &stats,
+        true,
+        "BalloonStats",
+    );
     let fault = json!({"fault_message": "x"});
     check(&spec, &schemas["Error"], &fault, true, "Error");
 }
@@ -345,7 +351,10 @@ fn every_firecracker_field_and_path_is_listed_in_the_spec() {
     ))
     .unwrap();
     let (mut fields, mut paths) = (0, 0);
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words[..] {
             ["field", name, firecracker_definition] => {
