@@ -156,3 +156,21 @@ impl Vm {
         &self.fd
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::create_guest_memory;
+
+    /// `track_dirty_pages`: the slots are registered with KVM_MEM_LOG_DIRTY_PAGES, so
+    /// KVM_GET_DIRTY_LOG answers for them (KVM refuses it on a slot without the flag).
+    #[test]
+    fn dirty_logging_is_on_only_when_asked() {
+        let mem = create_guest_memory(16).unwrap();
+        let logged = Vm::with_memory_logged(&mem, true).unwrap();
+        assert!(logged.dirty_log());
+        assert_eq!(logged.take_dirty_pages(&mem).unwrap(), 0, "nothing ran yet");
+        let plain = Vm::with_memory(&mem).unwrap();
+        assert!(plain.take_dirty_pages(&mem).is_err());
+    }
+}
