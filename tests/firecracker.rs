@@ -857,3 +857,38 @@ fn serial_output_goes_to_its_file_through_its_rate_limiter_and_metrics_say_so() 
         "console output reached stdout"
     );
 }
+
+/// Drive fields reach the guest: `partuuid` on the root drive becomes `root=PARTUUID=…`, and
+/// `cache_type` decides whether the disk offers FLUSH (`Writeback`) or not (`Unsafe`).
+#[test]
+fn partuuid_and_cache_type_reach_the_guest() {
+    for (cache_type, flush_offered) in [("Unsafe", false), ("Writeback", true)] {
+        let scratch = Scratch::new(&format!("fc-drive-{cache_type}"));
+        let disk = scratch.join("disk.img");
+        std::fs::write(&disk, vec![0u8; MIB as usize]).unwrap();
+        let wisp = Wisp::start(&scratch.join("api.sock"), &[]);
+        wisp.ok(
+            "PUT",
+            "/drives/rootfs",
+            &json!({"drive_id": "rootfs", "path_on_host": disk, "is_root_device": true,
+                    "partuuid": "0eaa91a0-01", "cache_type": cache_type}),
+        );
+        wisp.start_unikernel("cmdline blk", 64);
+        let cmdline = wisp.wait_for("cmdline: ");
+        assert!(
+            cmdline.contains("root=PARTUUID=0eaa91a0-01 rw"),
+            "{cmdline}"
+        );
+        assert!(!cmdline.contains("root=/dev/vda"), "{cmdline}");
+        let mut flushed = false;
+        loop {
+            let line = wisp.wait_for("blk: ");
+            flushed |= line.contains("blk: flush ok");
+            if line.contains("blk: write ok") || line.contains("blk: error") {
+                assert!(line.contains("write ok"), "{line}");
+                break;
+            }
+        }
+        assert_eq!(flushed, flush_offered, "cache_type {cache_type}");
+    }
+}

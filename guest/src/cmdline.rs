@@ -8,6 +8,8 @@ pub enum Command {
     Smp,
     /// `mem`: print the RAM size from the PVH memory map.
     Mem,
+    /// `cmdline`: print the whole command line the VMM gave (e.g. its `root=` entry).
+    Cmdline,
     /// `triple-fault`: crash the CPU so the VMM must report a triple fault.
     TripleFault,
     /// `panic`: panic, so the panic handler's output and halt can be tested.
@@ -59,6 +61,7 @@ impl Command {
         match word {
             b"smp" => Some(Self::Smp),
             b"mem" => Some(Self::Mem),
+            b"cmdline" => Some(Self::Cmdline),
             b"triple-fault" => Some(Self::TripleFault),
             b"panic" => Some(Self::Panic),
             b"echo" => Some(Self::Echo),

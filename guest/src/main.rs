@@ -67,6 +67,10 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
             Some(bytes) => println!("memory: {} MiB", bytes.saturating_add(1 << 19) >> 20),
             None => println!("mem: the start info (version 0) has no memory map"),
         },
+        Command::Cmdline => match core::str::from_utf8(boot.cmdline()) {
+            Ok(text) => println!("cmdline: {text}"),
+            Err(_) => println!("cmdline: not UTF-8"),
+        },
         Command::TripleFault => {
             println!("triple-fault: loading an empty IDT and faulting");
             fault::triple_fault()

@@ -544,4 +544,20 @@ mod tests {
             g.pump_until(|g| g.take_used(0).iter().any(|&(id, _)| id == u32::from(head)));
         });
     }
+
+    /// Firecracker's `mtu`: offered with VIRTIO_NET_F_MTU, at offset 10 of the config space
+    /// (after mac, status and max_virtqueue_pairs); not offered without it.
+    #[test]
+    fn an_mtu_is_offered_in_config_space() {
+        in_private_netns(|mut net| {
+            net.set_mtu(Some(1400));
+            let g = TestGuest::new(Box::new(net));
+            assert_ne!(g.device_features() & (1 << F_MTU), 0);
+            assert_eq!(g.read_config(10, 2), 1400u16.to_le_bytes());
+        });
+        in_private_netns(|net| {
+            let g = TestGuest::new(Box::new(net));
+            assert_eq!(g.device_features() & (1 << F_MTU), 0);
+        });
+    }
 }
