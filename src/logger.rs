@@ -93,6 +93,10 @@ pub fn init(level: &str) {
 /// Sends the log to `config.log_path` (appending) at `config.level`.
 #[allow(dead_code)] // wispd shares this module and always logs to stderr.
 pub fn configure(config: &LoggerConfig) -> Result<(), wisp_hostfs::HostFsError> {
+    if config.log_path.as_os_str().is_empty() {
+        configure_stderr(config.level, config.module.clone(), config.show_log_origin);
+        return Ok(());
+    }
     let file = wisp_hostfs::open_append_create(&config.log_path)?;
     if let Some(logger) = LOGGER.get() {
         if let Ok(mut sink) = logger.sink.lock() {

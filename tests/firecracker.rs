@@ -522,6 +522,13 @@ fn every_firecracker_optional_field_is_implemented_or_refused_by_name() {
         ),
         (
             "PUT",
+            "/logger",
+            "log_path (absent)",
+            json!({"level": "Info", "show_level": true}),
+            Implemented,
+        ),
+        (
+            "PUT",
             "/metrics",
             "emit_id",
             json!({"metrics_path": p("m.json"), "emit_id": true}),

@@ -155,6 +155,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
 /// `machine-config.huge_pages` (Firecracker's names).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HugePages {
@@ -294,7 +298,9 @@ pub struct TokenBucket {
 #[serde(deny_unknown_fields)]
 pub struct Logger {
     /// A regular file (created 0600 if missing); the VMM appends to it. FIFOs, devices and
-    /// symbolic links are refused (docs/threat-model.md).
+    /// symbolic links are refused (docs/threat-model.md). Empty or absent (Firecracker makes
+    /// it optional): the log stays where it is and only level, module and the rest change.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub log_path: PathBuf,
     #[serde(default)]
     pub level: LogLevel,

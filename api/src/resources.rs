@@ -536,7 +536,9 @@ impl VmResources {
 
     fn set_logger(&mut self, logger: &Logger) -> Result<(), VmmActionError> {
         compat::check_logger_compat(logger)?;
-        check_append_target("log_path", &logger.log_path)?;
+        if !logger.log_path.as_os_str().is_empty() {
+            check_append_target("log_path", &logger.log_path)?;
+        }
         self.config.logger = Some(logger.clone());
         Ok(())
     }
