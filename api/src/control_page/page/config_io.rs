@@ -236,6 +236,9 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
 }
 
 fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
+    if let Some(field) = not_carried(config) {
+        return Err(ControlPageError::NotCarried(field));
+    }
     let mc = &config.machine_config;
     if mc.mem_size_mib == 0 || mc.mem_size_mib > MEM_MIB_MAX {
         return Err(ControlPageError::OutOfRange {
@@ -301,6 +304,44 @@ fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
         metrics_path,
         devices: device_entries(config)?,
     })
+}
+
+/// The first Firecracker-compatibility field (issue 19) set in `config` that the page has no
+/// room for: refused by name rather than dropped.
+fn not_carried(config: &VmConfig) -> Option<&'static str> {
+    let mc = &config.machine_config;
+    let checks = [
+        ("balloon", config.balloon.is_some()),
+        ("serial", config.serial.is_some()),
+        ("machine-config.track_dirty_pages", mc.track_dirty_pages),
+        ("machine-config.huge_pages", !mc.huge_pages.is_none()),
+        (
+            "drives partuuid/cache_type/io_engine",
+            config
+                .drives
+                .iter()
+                .any(|d| d.partuuid.is_some() || d.cache_type.is_some() || d.io_engine.is_some()),
+        ),
+        (
+            "network-interfaces mtu",
+            config.network_interfaces.iter().any(|i| i.mtu.is_some()),
+        ),
+        (
+            "logger module",
+            config.logger.as_ref().is_some_and(|l| l.module.is_some()),
+        ),
+        (
+            "metrics emit_id/properties",
+            config
+                .metrics
+                .as_ref()
+                .is_some_and(|m| m.emit_id || m.properties.is_some()),
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(name, _)| name)
 }
 
 impl ControlPage {

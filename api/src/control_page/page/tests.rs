@@ -434,3 +434,16 @@ fn request_ids_are_printable_ascii_within_their_field() {
     wispd.set_request_id("").unwrap();
     assert_eq!(shell.request_id(), "");
 }
+
+#[test]
+fn firecracker_fields_the_page_cannot_hold_are_refused_by_name() {
+    let page = ControlPage::create().unwrap();
+    let mut c = sample();
+    c.balloon = Some(crate::config::Balloon::default());
+    let err = page.write_config(&c).unwrap_err().to_string();
+    assert!(err.starts_with("balloon cannot be carried"), "{err}");
+    let mut c = sample();
+    c.network_interfaces[0].mtu = Some(1500);
+    let err = page.write_config(&c).unwrap_err().to_string();
+    assert!(err.contains("mtu"), "{err}");
+}
