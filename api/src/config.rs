@@ -313,8 +313,9 @@ pub struct Logger {
     pub module: Option<String>,
 }
 
-/// Firecracker's level names (`PUT /logger` `level`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Firecracker's level names (`PUT /logger` `level`); read in any letter case and with `Warn`
+/// for `Warning`, as Firecracker reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum LogLevel {
     Off,
     Error,
@@ -323,6 +324,25 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown log level `{name}`: use Off, Error, Warning, Info, Debug or Trace"
+                )))
+            }
+        })
+    }
 }
 
 impl LogLevel {
@@ -567,5 +587,26 @@ mod tests {
         assert_eq!(out.mem_size_mib, 512);
         assert_eq!(out.vcpu_count, DEFAULT_VCPU_COUNT);
         assert!(MachineConfigUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn log_levels_are_read_as_firecracker_reads_them() {
+        for (text, level) in [
+            ("\"info\"", LogLevel::Info),
+            ("\"WARN\"", LogLevel::Warning),
+            ("\"Warning\"", LogLevel::Warning),
+            ("\"dEbUg\"", LogLevel::Debug),
+        ] {
+            assert_eq!(serde_json::from_str::<LogLevel>(text).unwrap(), level);
+        }
+        let err = serde_json::from_str::<LogLevel>("\"loud\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown log level `loud`"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_json::to_string(&LogLevel::Warning).unwrap(),
+            "\"Warning\""
+        );
     }
 }

@@ -248,9 +248,12 @@ impl Balloon {
             // guest memory.
             let rc = unsafe { libc::madvise(host.cast(), n as usize, advice) };
             if rc != 0 {
-                log::warn!(
-                    "{WHO}: madvise of {n} bytes at guest {at:#x} failed: {}",
-                    std::io::Error::last_os_error()
+                // E.g. EINVAL for 4 KiB of a hugetlb-backed region: the page stays backed.
+                let e = std::io::Error::last_os_error();
+                crate::guest_log!(
+                    log::Level::Warn,
+                    Some(&*self.metrics),
+                    "{WHO}: madvise of {n} bytes at guest {at:#x} failed: {e}"
                 );
                 self.metrics.error();
             } else {
