@@ -103,3 +103,21 @@ fn statistics_are_read_and_the_buffer_is_handed_back_on_the_poll() {
         back == 1
     });
 }
+
+#[test]
+fn reported_free_pages_are_dropped_and_the_buffers_returned() {
+    // Reporting without statistics: the reporting queue is the third queue (index 2).
+    let mut g = TestGuest::new(Box::new(Balloon::new(0, false, 0, true).unwrap()));
+    assert_ne!(g.device_features() & (1 << F_REPORTING), 0);
+    g.activate(3);
+    g.mem
+        .write_slice(&[0x5au8; 3 * 4096], GuestAddress(PAGE_AT))
+        .unwrap();
+    // The driver lends a free range of two pages, as one buffer.
+    g.add_chain(2, &[(PAGE_AT, 2 * 4096, false)]);
+    g.notify(2);
+    assert_eq!(g.take_used(2), [(0, 0)]);
+    assert_eq!(g.read(PAGE_AT, 2 * 4096), vec![0u8; 2 * 4096]);
+    assert_eq!(g.read(PAGE_AT + 2 * 4096, 4), [0x5a; 4], "the next page is kept");
+    assert_eq!(report(&g).pages_released, 2);
+}
