@@ -899,3 +899,39 @@ fn partuuid_and_cache_type_reach_the_guest() {
         assert_eq!(flushed, flush_offered, "cache_type {cache_type}");
     }
 }
+
+/// `--no-api --config-file F --boot-timer --metrics-path M --level Info`: the VM boots from the
+/// file with no socket, the boot time is logged Firecracker's way and the metrics file gets a
+/// line at exit.
+#[test]
+fn no_api_config_file_with_boot_timer_and_metrics_path() {
+    let scratch = Scratch::new("fc-no-api");
+    let config = scratch.join("vm.json");
+    let metrics = scratch.join("metrics.json");
+    let doc = json!({
+        "boot-source": {"kernel_image_path": unikernel(), "boot_args": "mem"},
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64},
+    });
+    std::fs::write(&config, doc.to_string()).unwrap();
+    let out = Command::new(WISP)
+        .args(["--no-api", "--boot-timer", "--level", "Info", "--id", "nb"])
+        .arg("--config-file")
+        .arg(&config)
+        .arg("--metrics-path")
+        .arg(&metrics)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("id=nb INFO] Guest-boot-time = "), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("memory: 64 MiB"));
+    let line: Value = serde_json::from_str(
+        std::fs::read_to_string(&metrics)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(line["utc_timestamp_ms"].as_u64().is_some(), "{line}");
+}

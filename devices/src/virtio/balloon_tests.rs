@@ -118,6 +118,10 @@ fn reported_free_pages_are_dropped_and_the_buffers_returned() {
     g.notify(2);
     assert_eq!(g.take_used(2), [(0, 0)]);
     assert_eq!(g.read(PAGE_AT, 2 * 4096), vec![0u8; 2 * 4096]);
-    assert_eq!(g.read(PAGE_AT + 2 * 4096, 4), [0x5a; 4], "the next page is kept");
+    assert_eq!(
+        g.read(PAGE_AT + 2 * 4096, 4),
+        [0x5a; 4],
+        "the next page is kept"
+    );
     assert_eq!(report(&g).pages_released, 2);
 }
