@@ -60,12 +60,12 @@ pub enum Resource {
     BalloonStatistics,
     Serial,
     /// A Firecracker resource Wisp refuses on purpose: every request gets a 400 saying so.
-    Refused(Refusal),
+    Refused(RefusedResource),
 }
 
 /// Why a Firecracker resource is refused (the reason goes into the 400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Refusal {
+pub enum RefusedResource {
     Mmds,
     CpuConfig,
     Pmem,
@@ -73,24 +73,24 @@ pub enum Refusal {
     BalloonHinting,
 }
 
-impl Refusal {
+impl RefusedResource {
     /// The resource and the reason, for "<what> is not supported by Wisp: <reason>".
     pub fn describe(self) -> (&'static str, &'static str) {
         match self {
-            Refusal::Mmds => (
+            RefusedResource::Mmds => (
                 "MMDS",
                 "the microVM metadata service is out of scope for now",
             ),
-            Refusal::CpuConfig => (
+            RefusedResource::CpuConfig => (
                 "/cpu-config",
                 "custom CPU templates (Wisp passes the host's CPUID through, filtered)",
             ),
-            Refusal::Pmem => ("/pmem", "virtio-pmem devices are not implemented"),
-            Refusal::MemoryHotplug => (
+            RefusedResource::Pmem => ("/pmem", "virtio-pmem devices are not implemented"),
+            RefusedResource::MemoryHotplug => (
                 "/hotplug/memory",
                 "virtio-mem memory hotplug is not implemented",
             ),
-            Refusal::BalloonHinting => (
+            RefusedResource::BalloonHinting => (
                 "balloon free page hinting",
                 "not implemented; free_page_reporting is",
             ),
@@ -150,49 +150,49 @@ pub static ROUTES: &[Route] = &[
     ),
     route(Resource::Serial, "/serial", "serial", &[Put]),
     route(
-        Resource::Refused(Refusal::BalloonHinting),
+        Resource::Refused(RefusedResource::BalloonHinting),
         "/balloon/hinting/start",
         "balloon_hinting_start",
         &[Patch],
     ),
     route(
-        Resource::Refused(Refusal::BalloonHinting),
+        Resource::Refused(RefusedResource::BalloonHinting),
         "/balloon/hinting/status",
         "balloon_hinting_status",
         &[Get],
     ),
     route(
-        Resource::Refused(Refusal::BalloonHinting),
+        Resource::Refused(RefusedResource::BalloonHinting),
         "/balloon/hinting/stop",
         "balloon_hinting_stop",
         &[Patch],
     ),
     route(
-        Resource::Refused(Refusal::Mmds),
+        Resource::Refused(RefusedResource::Mmds),
         "/mmds",
         "mmds",
         &[Get, Put, Patch],
     ),
     route(
-        Resource::Refused(Refusal::Mmds),
+        Resource::Refused(RefusedResource::Mmds),
         "/mmds/config",
         "mmds_config",
         &[Put],
     ),
     route(
-        Resource::Refused(Refusal::CpuConfig),
+        Resource::Refused(RefusedResource::CpuConfig),
         "/cpu-config",
         "cpu_config",
         &[Put],
     ),
     route(
-        Resource::Refused(Refusal::Pmem),
+        Resource::Refused(RefusedResource::Pmem),
         "/pmem/{id}",
         "pmem",
         &[Put, Patch],
     ),
     route(
-        Resource::Refused(Refusal::MemoryHotplug),
+        Resource::Refused(RefusedResource::MemoryHotplug),
         "/hotplug/memory",
         "hotplug_memory",
         &[Get, Put, Patch],
