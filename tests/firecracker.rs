@@ -1,7 +1,7 @@
 //! Wisp as a drop-in for Firecracker's clients, end to end through the real `wisp` binary and
-//! curl: Firecracker's command line (`--id`, `--level`, `--log-path`), every documented
-//! optional field of the shared resources (the conformance table), and the balloon, serial
-//! and metrics resources working on the Wisp unikernel.
+//! curl: Firecracker's command line (`--id`, `--level`, `--log-path`, `--no-api`, ...), and
+//! the balloon, serial, metrics and drive fields working on the Wisp unikernel. The table of
+//! every documented optional field is tests/firecracker_conformance.rs.
 
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns unwrap too
 
