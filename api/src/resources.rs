@@ -338,6 +338,9 @@ impl VmResources {
             )));
         }
         compat::check_machine_compat(mc)?;
+        if mc.huge_pages == crate::config::HugePages::Huge2M && self.config.balloon.is_some() {
+            return Err(compat::balloon_on_hugetlb());
+        }
         if mc.mem_size_mib == 0 {
             return Err(VmmActionError::bad_request(
                 "mem_size_mib must be greater than 0",

@@ -355,6 +355,9 @@ impl VmResources {
             ));
         }
         self.check_balloon_size(balloon.amount_mib)?;
+        if self.config.machine_config.huge_pages == HugePages::Huge2M {
+            return Err(balloon_on_hugetlb());
+        }
         self.check_device_room(self.config.balloon.is_none(), "a balloon")?;
         self.config.balloon = Some(balloon.clone());
         Ok(())
@@ -384,6 +387,14 @@ impl VmResources {
         self.config.serial = Some(serial.clone());
         Ok(())
     }
+}
+
+/// A balloon page is 4 KiB; memory from 2 MiB hugetlb pages cannot give back less than 2 MiB.
+pub(super) fn balloon_on_hugetlb() -> VmmActionError {
+    not_supported(
+        "a balloon with huge_pages 2M",
+        "its 4 KiB pages cannot be returned from 2 MiB hugetlb pages",
+    )
 }
 
 fn no_balloon() -> VmmActionError {
