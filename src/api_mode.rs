@@ -3,6 +3,7 @@
 //! as a whole and started at once; the REST server's requests reach the controller through the
 //! API channel, before and after InstanceStart alike.
 
+use crate::cli::FirecrackerFlags;
 use crate::logger;
 use crate::run::{dup_stream, exit_status, EXIT_VMM_ERROR};
 use std::os::fd::AsFd;
@@ -22,6 +23,8 @@ pub struct ApiModeArgs<'a> {
     /// The group that may connect to the API socket too (0660 instead of 0600).
     pub api_sock_group: Option<u32>,
     pub limits: HostLimits,
+    /// Firecracker's flags (`--id`, `--metrics-path`, `--boot-timer`, ...).
+    pub firecracker: &'a FirecrackerFlags,
 }
 
 /// The configuration file's resources, validated as one document.
@@ -35,9 +38,33 @@ fn resources_from(config_file: Option<&Path>, limits: HostLimits) -> Result<VmRe
     }
 }
 
+/// `--id` names the instance; `--metrics-path` configures metrics as `PUT /metrics` would.
+fn with_firecracker_flags(
+    resources: VmResources,
+    flags: &FirecrackerFlags,
+) -> Result<VmResources, String> {
+    let mut resources = match &flags.id {
+        Some(id) => resources.with_instance_id(id.clone()),
+        None => resources,
+    };
+    if let Some(path) = &flags.metrics_path {
+        let metrics = wisp_api::Metrics {
+            metrics_path: path.clone(),
+            ..Default::default()
+        };
+        let action = VmmAction::ConfigureMetrics(metrics);
+        if let Some(Err(e)) = resources.apply(&action, wisp_api::VmState::NotStarted) {
+            return Err(format!("--metrics-path: {e}"));
+        }
+    }
+    Ok(resources)
+}
+
 pub fn run_api(start: Instant, args: &ApiModeArgs<'_>) -> i32 {
     let (api_sock, config_file) = (args.api_sock, args.config_file);
-    let resources = match resources_from(config_file, args.limits) {
+    let resources = match resources_from(config_file, args.limits)
+        .and_then(|r| with_firecracker_flags(r, args.firecracker))
+    {
         Ok(r) => r,
         Err(e) => {
             report!("wisp: error: {e}");
@@ -66,6 +93,10 @@ pub fn run_api(start: Instant, args: &ApiModeArgs<'_>) -> i32 {
             sender,
             ServerConfig {
                 socket_group: args.api_sock_group,
+                body_limit: args
+                    .firecracker
+                    .http_api_max_payload_size
+                    .unwrap_or(ServerConfig::default().body_limit),
                 ..ServerConfig::default()
             },
         ) {
@@ -88,7 +119,11 @@ pub fn run_api(start: Instant, args: &ApiModeArgs<'_>) -> i32 {
         start,
         console_out: Box::new(stdout),
         console_in: None,
-        on_boot: None,
+        on_boot: args.firecracker.boot_timer.then(|| {
+            let hook: Box<dyn FnOnce(u64) + Send> =
+                Box::new(|us| log::info!("Guest-boot-time = {us} us {} ms", us / 1000));
+            hook
+        }),
         on_first_entry: None,
         legacy_console_lifecycle: false,
     };

@@ -38,8 +38,111 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub allow_overcommit: bool,
 
+    #[command(flatten)]
+    pub firecracker: FirecrackerFlags,
+
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+/// Firecracker's command-line flags, with Firecracker's meaning, so that tools that start
+/// `firecracker` can start `wisp` (SDKs, the jailer's command line).
+#[derive(Args, Debug, Default)]
+pub struct FirecrackerFlags {
+    /// MicroVM id: reported by `GET /` and written on every log line (1-64 of A-Z a-z 0-9 -).
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+
+    /// With --config-file: serve no API at all (Wisp serves none unless --api-sock is given).
+    #[arg(long, requires = "config_file", conflicts_with = "api_sock")]
+    pub no_api: bool,
+
+    /// Log to this file from the start (as `PUT /logger` would).
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+
+    /// Log level with Firecracker's names: Off, Error, Warning, Info, Debug, Trace.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+
+    /// Only log records from this module path (e.g. wisp_http::server).
+    #[arg(long, value_name = "MODULE")]
+    pub module: Option<String>,
+
+    /// Write the level on each log line.
+    #[arg(long)]
+    pub show_level: bool,
+
+    /// Write the source file and line on each log line.
+    #[arg(long)]
+    pub show_log_origin: bool,
+
+    /// Write metrics to this file from the start (as `PUT /metrics` would).
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+
+    /// Log the guest's boot time (its write to the boot timer device) at Info.
+    #[arg(long)]
+    pub boot_timer: bool,
+
+    /// Largest API request body, in bytes (default 51200).
+    #[arg(long, value_name = "BYTES")]
+    pub http_api_max_payload_size: Option<usize>,
+
+    /// A compiled Firecracker seccomp filter file: refused (Wisp installs its own filters).
+    #[arg(long, value_name = "PATH")]
+    pub seccomp_filter: Option<PathBuf>,
+
+    /// MMDS data store limit: refused (MMDS is not supported by Wisp).
+    #[arg(long, value_name = "BYTES")]
+    pub mmds_size_limit: Option<u64>,
+
+    /// Print a snapshot's data format version: refused (no snapshots in this build).
+    #[arg(long, value_name = "PATH")]
+    pub describe_snapshot: Option<PathBuf>,
+
+    /// Print the snapshot data format version: refused (no snapshots in this build).
+    #[arg(long)]
+    pub snapshot_version: bool,
+
+    /// PCIe transport: refused (Wisp's devices are virtio-mmio).
+    #[arg(long)]
+    pub enable_pci: bool,
+
+    /// Set by Firecracker's jailer (its start time); accepted and unused.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_us: Option<u64>,
+    /// Set by Firecracker's jailer; accepted and unused.
+    #[arg(long, value_name = "US", hide = true)]
+    pub start_time_cpu_us: Option<u64>,
+    /// Set by Firecracker's jailer; accepted and unused.
+    #[arg(long, value_name = "US", hide = true)]
+    pub parent_cpu_time_us: Option<u64>,
+}
+
+impl FirecrackerFlags {
+    /// The first flag Wisp refuses on purpose, with the reason.
+    pub fn refused(&self) -> Option<String> {
+        let why =
+            |flag: &str, reason: &str| Some(format!("{flag} is not supported by Wisp: {reason}"));
+        if self.seccomp_filter.is_some() {
+            return why(
+                "--seccomp-filter",
+                "Wisp compiles and installs its own per-thread filters (docs/seccomp.md); \
+                 run without the flag, or with --no-seccomp to debug",
+            );
+        }
+        if self.mmds_size_limit.is_some() {
+            return why("--mmds-size-limit", "MMDS is out of scope for now");
+        }
+        if self.describe_snapshot.is_some() || self.snapshot_version {
+            return why("snapshot flags", "this build has no snapshots");
+        }
+        if self.enable_pci {
+            return why("--enable-pci", "Wisp's devices are virtio-mmio only");
+        }
+        None
+    }
 }
 
 #[derive(Subcommand, Debug)]

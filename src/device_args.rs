@@ -37,6 +37,7 @@ pub fn parse_disk(text: &str, index: usize) -> Result<Drive, DeviceArgError> {
         is_root_device: false,
         is_read_only: false,
         rate_limiter: None,
+        ..Default::default()
     };
     for (key, value) in pairs(text) {
         match key {
@@ -96,6 +97,7 @@ pub fn parse_net(text: &str, index: usize) -> Result<NetworkInterface, DeviceArg
         guest_mac: mac,
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        ..Default::default()
     })
 }
 
@@ -131,6 +133,7 @@ pub fn parse_vsock(text: &str) -> Result<Vsock, DeviceArgError> {
             option: OPT,
             key: "uds",
         })?,
+        ..Default::default()
     })
 }
 

@@ -11,6 +11,17 @@ struct Sink {
     out: Box<dyn Write + Send>,
     show_level: bool,
     show_origin: bool,
+    /// Only records whose target (module path) starts with this are written (`module`).
+    module: Option<String>,
+}
+
+/// The microVM's id (`--id`), written on every line once set.
+static INSTANCE_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names every following log line with the microVM's id (`--id`); set once, at start.
+#[allow(dead_code)] // wispd shares this module and has no microVM id or --level.
+pub fn set_instance_id(id: &str) {
+    let _ = INSTANCE_ID.set(id.to_string());
 }
 
 struct VmmLogger {
@@ -29,11 +40,19 @@ impl log::Log for VmmLogger {
         let Ok(mut sink) = self.sink.lock() else {
             return;
         };
+        if let Some(module) = &sink.module {
+            if !record.target().starts_with(module.as_str()) {
+                return;
+            }
+        }
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros())
             .unwrap_or(0);
         let mut line = format!("[{ts} wisp:{}", std::process::id());
+        if let Some(id) = INSTANCE_ID.get() {
+            line.push_str(&format!(" id={id}"));
+        }
         if sink.show_level {
             line.push_str(&format!(" {}", record.level()));
         }
@@ -64,6 +83,7 @@ pub fn init(level: &str) {
             out: Box::new(std::io::stderr()),
             show_level: true,
             show_origin: false,
+            module: None,
         }),
     });
     let _ = log::set_logger(logger);
@@ -73,6 +93,10 @@ pub fn init(level: &str) {
 /// Sends the log to `config.log_path` (appending) at `config.level`.
 #[allow(dead_code)] // wispd shares this module and always logs to stderr.
 pub fn configure(config: &LoggerConfig) -> Result<(), wisp_hostfs::HostFsError> {
+    if config.log_path.as_os_str().is_empty() {
+        configure_stderr(config.level, config.module.clone(), config.show_log_origin);
+        return Ok(());
+    }
     let file = wisp_hostfs::open_append_create(&config.log_path)?;
     if let Some(logger) = LOGGER.get() {
         if let Ok(mut sink) = logger.sink.lock() {
@@ -80,9 +104,38 @@ pub fn configure(config: &LoggerConfig) -> Result<(), wisp_hostfs::HostFsError> 
                 out: Box::new(file),
                 show_level: config.show_level,
                 show_origin: config.show_log_origin,
+                module: config.module.clone(),
             };
         }
     }
     log::set_max_level(config.level.level_filter());
     Ok(())
+}
+
+/// Firecracker's `--level` names (case-insensitive; `Warn` too).
+#[allow(dead_code)] // wispd shares this module and has no microVM id or --level.
+pub fn parse_level(name: &str) -> Option<wisp_api::LogLevel> {
+    use wisp_api::LogLevel as L;
+    Some(match name.to_ascii_lowercase().as_str() {
+        "off" => L::Off,
+        "error" => L::Error,
+        "warning" | "warn" => L::Warning,
+        "info" => L::Info,
+        "debug" => L::Debug,
+        "trace" => L::Trace,
+        _ => return None,
+    })
+}
+
+/// `--level`/`--module`/`--show-*` without `--log-path`: the stderr log changes its level
+/// and filter only.
+#[allow(dead_code)] // wispd shares this module and has no microVM id or --level.
+pub fn configure_stderr(level: wisp_api::LogLevel, module: Option<String>, show_origin: bool) {
+    if let Some(logger) = LOGGER.get() {
+        if let Ok(mut sink) = logger.sink.lock() {
+            sink.module = module;
+            sink.show_origin = show_origin;
+        }
+    }
+    log::set_max_level(level.level_filter());
 }

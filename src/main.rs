@@ -27,6 +27,10 @@ fn main() {
     let start = Instant::now();
     let cli = Cli::parse();
     logger::init(&cli.log_level);
+    if let Err(e) = apply_firecracker_flags(&cli.firecracker) {
+        report!("wisp: error: {e}");
+        std::process::exit(run::EXIT_VMM_ERROR);
+    }
     if runs_a_vmm(&cli) {
         if let Err(e) = choose_seccomp(cli.no_seccomp) {
             report!("wisp: error: {e}");
@@ -40,6 +44,7 @@ fn main() {
                 config_file: cli.config_file.as_deref(),
                 api_sock_group: cli.api_sock_group,
                 limits: run::host_limits_with(cli.allow_overcommit),
+                firecracker: &cli.firecracker,
             };
             api_mode::run_api(start, &args)
         }
@@ -65,6 +70,40 @@ fn main() {
         Some(Command::Ctl(args)) => ctl::run_ctl(args),
     };
     std::process::exit(code);
+}
+
+/// Firecracker's flags that act at once: refusals, the id on log lines, the startup logger.
+fn apply_firecracker_flags(fc: &cli::FirecrackerFlags) -> Result<(), String> {
+    if let Some(refusal) = fc.refused() {
+        return Err(refusal);
+    }
+    if let Some(id) = &fc.id {
+        wisp_api::validate::validate_id("--id", id).map_err(|e| e.to_string())?;
+        logger::set_instance_id(id);
+    }
+    let level = match &fc.level {
+        Some(name) => Some(logger::parse_level(name).ok_or_else(|| {
+            format!("--level {name}: use Off, Error, Warning, Info, Debug or Trace")
+        })?),
+        None => None,
+    };
+    let config = wisp_api::Logger {
+        log_path: fc.log_path.clone().unwrap_or_default(),
+        level: level.unwrap_or_default(),
+        show_level: fc.show_level,
+        show_log_origin: fc.show_log_origin,
+        module: fc.module.clone(),
+    };
+    if config.module.is_some() {
+        wisp_api::resources::check_logger_module(&config).map_err(|e| e.to_string())?;
+    }
+    if let Some(path) = &fc.log_path {
+        logger::configure(&config).map_err(|e| format!("--log-path {}: {e}", path.display()))?;
+    } else if level.is_some() || config.module.is_some() || fc.show_log_origin {
+        logger::configure_stderr(config.level, config.module, fc.show_log_origin);
+    }
+    log::info!("wisp {} starting", env!("CARGO_PKG_VERSION"));
+    Ok(())
 }
 
 /// Whether this invocation runs a VMM (and so its threads get seccomp filters); `wisp ctl` is

@@ -51,6 +51,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
             vcpu_count: args.vcpus,
             mem_size_mib: args.mem,
             smt: false,
+            ..Default::default()
         },
         drives,
         network_interfaces,

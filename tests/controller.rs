@@ -31,6 +31,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
             vcpu_count: vcpus,
             mem_size_mib: 32,
             smt: false,
+            ..Default::default()
         },
         ..Default::default()
     }
@@ -150,6 +151,7 @@ fn the_controller_configures_starts_pauses_resumes_and_stops_the_unikernel() {
             is_root_device: true,
             is_read_only: true,
             rate_limiter: None,
+            ..Default::default()
         });
     }
     let refused = vm.call(VmmAction::ConfigureAll(Box::new(bad))).unwrap_err();

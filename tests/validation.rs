@@ -63,6 +63,7 @@ fn wispd_refuses_the_same_configurations_before_any_guest_runs() {
         is_root_device: root,
         is_read_only: true,
         rate_limiter: None,
+        ..Default::default()
     };
     let mut two_roots = wispd_common::unikernel_vm("idle");
     two_roots.drives = vec![drive("a", true), drive("b", true)];
@@ -72,6 +73,7 @@ fn wispd_refuses_the_same_configurations_before_any_guest_runs() {
     cid.vsock = Some(wisp_api::Vsock {
         guest_cid: 2,
         uds_path: dir.0.join("v.sock"),
+        ..Default::default()
     });
     for (config, expect) in [
         (two_roots, "root device"),

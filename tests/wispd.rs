@@ -97,6 +97,7 @@ fn a_vm_created_through_wispd_reaches_the_host_over_a_tap() {
         guest_mac: Some(guest_mac.into()),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        ..Default::default()
     });
     let config = write_config(&w.dir, &vm);
     let (ok, out, err) = w.ctl(&[

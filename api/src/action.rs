@@ -4,8 +4,9 @@
 //! (Dragonball's `VmmAction`, see STYLE.md).
 
 use crate::config::{
-    BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, VmConfig, Vsock,
+    Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DriveUpdate,
+    Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface,
+    NetworkInterfaceUpdate, Serial, VmConfig, Vsock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,21 @@ pub enum VmmAction {
     ConfigureAll(Box<VmConfig>),
     /// End the VM from the host (control page Destroy).
     StopMicroVm,
+    // Firecracker-compatibility resources (issue 19).
+    /// `PATCH /network-interfaces/{id}`.
+    UpdateNetworkInterface(NetworkInterfaceUpdate),
+    /// `PUT /balloon`.
+    SetBalloon(Balloon),
+    /// `PATCH /balloon`.
+    UpdateBalloon(BalloonUpdate),
+    /// `GET /balloon`.
+    GetBalloon,
+    /// `GET /balloon/statistics`.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics`.
+    UpdateBalloonStats(BalloonStatsUpdate),
+    /// `PUT /serial`.
+    SetSerial(Serial),
 }
 
 impl VmmAction {
@@ -71,6 +87,8 @@ impl VmmAction {
                 | VmmAction::GetVmConfig
                 | VmmAction::GetVersion
                 | VmmAction::GetMachineConfig
+                | VmmAction::GetBalloon
+                | VmmAction::GetBalloonStats
         )
     }
 }
@@ -117,9 +135,11 @@ pub enum VmmData {
     /// Success without a body (HTTP 204).
     Empty,
     InstanceInfo(InstanceInfo),
-    VmConfig(VmConfig),
+    VmConfig(Box<VmConfig>),
     MachineConfig(MachineConfig),
     Version(VersionInfo),
+    Balloon(Balloon),
+    BalloonStats(BalloonStats),
 }
 
 /// How an action failed, which decides the HTTP status.

@@ -38,6 +38,35 @@ pub struct VmConfig {
     pub logger: Option<Logger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<Metrics>,
+    // Firecracker-compatibility resources (issue 19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon: Option<Balloon>,
+    /// `PUT /serial` (not part of Firecracker's full configuration document, kept here so the
+    /// start sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<Serial>,
+    /// Firecracker sections Wisp refuses on purpose: accepted by the parser so that the
+    /// refusal names the reason ("not supported by Wisp") instead of "unknown field".
+    #[serde(
+        rename = "cpu-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu_config: Option<serde_json::Value>,
+    #[serde(
+        rename = "mmds-config",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mmds_config: Option<serde_json::Value>,
+    #[serde(
+        rename = "memory-hotplug",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory_hotplug: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmem: Option<serde_json::Value>,
 }
 
 /// Largest `--config-file` accepted. The API takes 50 KiB per request; a whole document
@@ -98,6 +127,15 @@ pub struct MachineConfig {
     pub mem_size_mib: u32,
     #[serde(default)]
     pub smt: bool,
+    /// KVM dirty-page logging on the memory slots (for diff snapshots).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub track_dirty_pages: bool,
+    /// How guest memory is backed: 4 KiB pages, transparent huge pages, or hugetlbfs 2 MiB.
+    #[serde(default, skip_serializing_if = "HugePages::is_none")]
+    pub huge_pages: HugePages,
+    /// Firecracker's (deprecated) static CPU template; only `"None"` is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
 }
 
 impl Default for MachineConfig {
@@ -106,12 +144,43 @@ impl Default for MachineConfig {
             vcpu_count: DEFAULT_VCPU_COUNT,
             mem_size_mib: DEFAULT_MEM_SIZE_MIB,
             smt: false,
+            track_dirty_pages: false,
+            huge_pages: HugePages::None,
+            cpu_template: None,
         }
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn path_is_empty(p: &Path) -> bool {
+    p.as_os_str().is_empty()
+}
+
+/// `machine-config.huge_pages` (Firecracker's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HugePages {
+    /// Regular 4 KiB pages.
+    #[default]
+    None,
+    /// Transparent huge pages: `madvise(MADV_HUGEPAGE)` on the guest memory.
+    Transparent,
+    /// Explicit 2 MiB pages from the host's hugetlb pool (`MAP_HUGETLB`).
+    #[serde(rename = "2M")]
+    Huge2M,
+}
+
+impl HugePages {
+    /// True for the default (regular pages).
+    pub fn is_none(&self) -> bool {
+        *self == HugePages::None
+    }
+}
+
 /// `PUT /drives/{id}`: a virtio-blk device backed by a host file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Drive {
     pub drive_id: String,
@@ -122,10 +191,38 @@ pub struct Drive {
     pub is_read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
+    /// With `is_root_device`: the kernel mounts `root=PARTUUID=<partuuid>` instead of
+    /// `/dev/vda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    /// `Unsafe`: flush is not offered and a flush request is answered without syncing;
+    /// `Writeback`: flush is offered and syncs the file. Absent: Wisp's default, `Writeback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<CacheType>,
+    /// `Sync` (pread/pwrite on the event loop); `Async` (io_uring) is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<IoEngine>,
+    /// vhost-user-block backend socket: refused (Wisp has no vhost-user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// `drives.cache_type` (Firecracker's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CacheType {
+    Unsafe,
+    Writeback,
+}
+
+/// `drives.io_engine` (Firecracker's names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IoEngine {
+    Sync,
+    Async,
 }
 
 /// `PUT /network-interfaces/{id}`: a virtio-net device backed by a tap device.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkInterface {
     pub iface_id: String,
@@ -138,14 +235,32 @@ pub struct NetworkInterface {
     /// Limits frames from the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tx_rate_limiter: Option<RateLimiter>,
+    /// Offered to the guest with VIRTIO_NET_F_MTU (68..=65535).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u16>,
+}
+
+/// `PATCH /network-interfaces/{id}`: replace an interface's rate limiters (before or after
+/// boot).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterfaceUpdate {
+    pub iface_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<RateLimiter>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<RateLimiter>,
 }
 
 /// `PUT /vsock`: virtio-vsock with Firecracker's hybrid Unix-socket host side.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Vsock {
     pub guest_cid: u32,
     pub uds_path: PathBuf,
+    /// Firecracker's deprecated device id: accepted and reported back, it names nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
 }
 
 /// `PUT /entropy`: virtio-rng fed from the host's getrandom.
@@ -179,11 +294,13 @@ pub struct TokenBucket {
 }
 
 /// `PUT /logger`: where the VMM's log goes and how much of it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Logger {
     /// A regular file (created 0600 if missing); the VMM appends to it. FIFOs, devices and
-    /// symbolic links are refused (docs/threat-model.md).
+    /// symbolic links are refused (docs/threat-model.md). Empty or absent (Firecracker makes
+    /// it optional): the log stays where it is and only level, module and the rest change.
+    #[serde(default, skip_serializing_if = "path_is_empty")]
     pub log_path: PathBuf,
     #[serde(default)]
     pub level: LogLevel,
@@ -191,10 +308,14 @@ pub struct Logger {
     pub show_level: bool,
     #[serde(default)]
     pub show_log_origin: bool,
+    /// Only log records whose module path starts with this (e.g. `wisp_http::server`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
 }
 
-/// Firecracker's level names (`PUT /logger` `level`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Firecracker's level names (`PUT /logger` `level`); read in any letter case and with `Warn`
+/// for `Warning`, as Firecracker reads them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub enum LogLevel {
     Off,
     Error,
@@ -203,6 +324,25 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
+            "error" => LogLevel::Error,
+            "warning" | "warn" => LogLevel::Warning,
+            "info" => LogLevel::Info,
+            "debug" => LogLevel::Debug,
+            "trace" => LogLevel::Trace,
+            _ => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown log level `{name}`: use Off, Error, Warning, Info, Debug or Trace"
+                )))
+            }
+        })
+    }
 }
 
 impl LogLevel {
@@ -221,10 +361,16 @@ impl LogLevel {
 
 /// `PUT /metrics`: the regular file (created 0600 if missing) that receives one JSON line per
 /// flush.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     pub metrics_path: PathBuf,
+    /// Put the instance id (`--id`) on every metrics line as `"id"`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub emit_id: bool,
+    /// Operator key-value pairs copied onto every metrics line under `"properties"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `PATCH /machine-config`: only the fields given change.
@@ -237,12 +383,23 @@ pub struct MachineConfigUpdate {
     pub mem_size_mib: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smt: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_dirty_pages: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<HugePages>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<String>,
 }
 
 impl MachineConfigUpdate {
     /// True when the PATCH names no field at all.
     pub fn is_empty(&self) -> bool {
-        self.vcpu_count.is_none() && self.mem_size_mib.is_none() && self.smt.is_none()
+        self.vcpu_count.is_none()
+            && self.mem_size_mib.is_none()
+            && self.smt.is_none()
+            && self.track_dirty_pages.is_none()
+            && self.huge_pages.is_none()
+            && self.cpu_template.is_none()
     }
 
     /// `base` with the given fields replaced.
@@ -251,6 +408,12 @@ impl MachineConfigUpdate {
             vcpu_count: self.vcpu_count.unwrap_or(base.vcpu_count),
             mem_size_mib: self.mem_size_mib.unwrap_or(base.mem_size_mib),
             smt: self.smt.unwrap_or(base.smt),
+            track_dirty_pages: self.track_dirty_pages.unwrap_or(base.track_dirty_pages),
+            huge_pages: self.huge_pages.unwrap_or(base.huge_pages),
+            cpu_template: self
+                .cpu_template
+                .clone()
+                .or_else(|| base.cpu_template.clone()),
         }
     }
 }
@@ -266,6 +429,10 @@ pub struct DriveUpdate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limiter: Option<RateLimiter>,
 }
+
+// Firecracker-compatibility resources (issue 19), in their own file.
+mod balloon_serial;
+pub use balloon_serial::{Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, Serial};
 
 #[cfg(test)]
 mod tests {
@@ -332,5 +499,26 @@ mod tests {
         assert_eq!(out.mem_size_mib, 512);
         assert_eq!(out.vcpu_count, DEFAULT_VCPU_COUNT);
         assert!(MachineConfigUpdate::default().is_empty());
+    }
+
+    #[test]
+    fn log_levels_are_read_as_firecracker_reads_them() {
+        for (text, level) in [
+            ("\"info\"", LogLevel::Info),
+            ("\"WARN\"", LogLevel::Warning),
+            ("\"Warning\"", LogLevel::Warning),
+            ("\"dEbUg\"", LogLevel::Debug),
+        ] {
+            assert_eq!(serde_json::from_str::<LogLevel>(text).unwrap(), level);
+        }
+        let err = serde_json::from_str::<LogLevel>("\"loud\"").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown log level `loud`"),
+            "{err}"
+        );
+        assert_eq!(
+            serde_json::to_string(&LogLevel::Warning).unwrap(),
+            "\"Warning\""
+        );
     }
 }

@@ -17,8 +17,10 @@ pub use action::{
     ErrorKind, InstanceInfo, VersionInfo, VmState, VmmAction, VmmActionError, VmmData,
 };
 pub use config::{
-    BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig,
-    MachineConfigUpdate, Metrics, NetworkInterface, RateLimiter, TokenBucket, VmConfig, Vsock,
+    Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, CacheType,
+    ConfigFileError, Drive, DriveUpdate, Entropy, HugePages, IoEngine, LogLevel, Logger,
+    MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate,
+    RateLimiter, Serial, TokenBucket, VmConfig, Vsock,
 };
 pub use resources::{host_mem_mib, HostLimits, ResourcesError, VmResources};
 pub use vmm_channel::{

@@ -17,6 +17,9 @@ use crate::validate::{
 };
 use wisp_hostfs::FileKind;
 
+mod compat;
+pub use compat::{check_logger_compat as check_logger_module, not_supported};
+
 pub use wisp_abi::memory_map::MAX_VIRTIO_DEVICES;
 
 /// Firecracker's ceiling on vCPUs, used when the host reports no lower one.
@@ -117,6 +120,8 @@ impl VmResources {
     pub fn from_config(config: VmConfig, limits: HostLimits) -> Result<Self, ResourcesError> {
         let mut res = VmResources::new(limits);
         let wrap = |section| move |source| ResourcesError::InvalidSection { section, source };
+        compat::check_config_sections(&config)
+            .map_err(|(section, source)| ResourcesError::InvalidSection { section, source })?;
         res.set_machine_config(&config.machine_config)
             .map_err(wrap("machine-config"))?;
         if let Some(boot) = &config.boot_source {
@@ -157,6 +162,12 @@ impl VmResources {
         if let Some(metrics) = &config.metrics {
             res.set_metrics(metrics).map_err(wrap("metrics"))?;
         }
+        if let Some(balloon) = &config.balloon {
+            res.set_balloon(balloon).map_err(wrap("balloon"))?;
+        }
+        if let Some(serial) = &config.serial {
+            res.set_serial(serial).map_err(wrap("serial"))?;
+        }
         Ok(res)
     }
 
@@ -179,6 +190,9 @@ impl VmResources {
         state: VmState,
     ) -> Option<Result<VmmData, VmmActionError>> {
         use VmmAction as A;
+        if let Some(answer) = self.apply_compat(action, state) {
+            return answer;
+        }
         let configured = |r: Result<(), VmmActionError>| Some(r.map(|()| VmmData::Empty));
         match action {
             A::GetVmInfo => Some(Ok(VmmData::InstanceInfo(InstanceInfo {
@@ -187,7 +201,7 @@ impl VmResources {
                 vmm_version: VMM_VERSION.to_string(),
                 app_name: APP_NAME.to_string(),
             }))),
-            A::GetVmConfig => Some(Ok(VmmData::VmConfig(self.config.clone()))),
+            A::GetVmConfig => Some(Ok(VmmData::VmConfig(Box::new(self.config.clone())))),
             A::GetVersion => Some(Ok(VmmData::Version(VersionInfo {
                 wisp_version: VMM_VERSION.to_string(),
             }))),
@@ -266,6 +280,14 @@ impl VmResources {
             }
             A::ConfigureLogger(logger) => configured(self.set_logger(logger)),
             A::ConfigureMetrics(metrics) => configured(self.set_metrics(metrics)),
+            // Answered by `apply_compat` above.
+            A::UpdateNetworkInterface(_)
+            | A::SetBalloon(_)
+            | A::UpdateBalloon(_)
+            | A::GetBalloon
+            | A::GetBalloonStats
+            | A::UpdateBalloonStats(_)
+            | A::SetSerial(_) => None,
         }
     }
 
@@ -315,6 +337,10 @@ impl VmResources {
                 mc.vcpu_count
             )));
         }
+        compat::check_machine_compat(mc)?;
+        if mc.huge_pages == crate::config::HugePages::Huge2M && self.config.balloon.is_some() {
+            return Err(compat::balloon_on_hugetlb());
+        }
         if mc.mem_size_mib == 0 {
             return Err(VmmActionError::bad_request(
                 "mem_size_mib must be greater than 0",
@@ -339,7 +365,8 @@ impl VmResources {
         let count = c.drives.len()
             + c.network_interfaces.len()
             + usize::from(c.vsock.is_some())
-            + usize::from(c.entropy.is_some());
+            + usize::from(c.entropy.is_some())
+            + usize::from(c.balloon.is_some());
         if adds_one && count >= MAX_VIRTIO_DEVICES {
             return Err(VmmActionError::bad_request(format!(
                 "cannot add {what}: the microVM already has {count} virtio devices, the most \
@@ -351,6 +378,7 @@ impl VmResources {
 
     fn insert_drive(&mut self, drive: &Drive) -> Result<(), VmmActionError> {
         validate_id("drive_id", &drive.drive_id)?;
+        compat::check_drive_compat(drive)?;
         check_limiter("rate_limiter", &drive.rate_limiter)?;
         let new = !self
             .config
@@ -452,6 +480,7 @@ impl VmResources {
 
     fn insert_net(&mut self, iface: &NetworkInterface) -> Result<(), VmmActionError> {
         validate_id("iface_id", &iface.iface_id)?;
+        compat::check_net_compat(iface)?;
         check_limiter("rx_rate_limiter", &iface.rx_rate_limiter)?;
         check_limiter("tx_rate_limiter", &iface.tx_rate_limiter)?;
         let ifaces = &self.config.network_interfaces;
@@ -495,6 +524,7 @@ impl VmResources {
 
     fn set_vsock(&mut self, vsock: &Vsock) -> Result<(), VmmActionError> {
         self.check_device_room(self.config.vsock.is_none(), "vsock")?;
+        compat::check_vsock_compat(vsock)?;
         // virtio 1.2 §5.10.4: CIDs 0 and 1 are reserved, 2 is the host, 0xffffffff reserved.
         if vsock.guest_cid < 3 || vsock.guest_cid == u32::MAX {
             return Err(VmmActionError::bad_request(format!(
@@ -508,12 +538,16 @@ impl VmResources {
     }
 
     fn set_logger(&mut self, logger: &Logger) -> Result<(), VmmActionError> {
-        check_append_target("log_path", &logger.log_path)?;
+        compat::check_logger_compat(logger)?;
+        if !logger.log_path.as_os_str().is_empty() {
+            check_append_target("log_path", &logger.log_path)?;
+        }
         self.config.logger = Some(logger.clone());
         Ok(())
     }
 
     fn set_metrics(&mut self, metrics: &Metrics) -> Result<(), VmmActionError> {
+        compat::check_metrics_compat(metrics)?;
         check_append_target("metrics_path", &metrics.metrics_path)?;
         self.config.metrics = Some(metrics.clone());
         Ok(())
@@ -534,6 +568,8 @@ fn config_change_name(action: &VmmAction) -> &'static str {
         VmmAction::ConfigureLogger(_) => "configuring the logger",
         VmmAction::ConfigureMetrics(_) => "configuring metrics",
         VmmAction::ConfigureAll(_) => "configuring the microVM",
+        VmmAction::SetBalloon(_) => "configuring the balloon",
+        VmmAction::SetSerial(_) => "configuring the serial console",
         _ => "this action",
     }
 }

@@ -29,6 +29,7 @@ fn drive(id: &str, path: &Path, root: bool) -> Drive {
         is_root_device: root,
         is_read_only: false,
         rate_limiter: None,
+        ..Default::default()
     }
 }
 
@@ -39,6 +40,7 @@ fn tap(id: &str, dev: &str, mac: Option<&str>) -> NetworkInterface {
         guest_mac: mac.map(str::to_string),
         rx_rate_limiter: None,
         tx_rate_limiter: None,
+        ..Default::default()
     }
 }
 
@@ -91,6 +93,7 @@ fn smt_needs_one_or_an_even_number_of_vcpus() {
             vcpu_count,
             mem_size_mib: 32,
             smt,
+            ..Default::default()
         })
     };
     assert!(res
@@ -235,6 +238,7 @@ fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
             is_root_device: false,
             is_read_only: true,
             rate_limiter: None,
+            ..Default::default()
         };
         let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
         assert_eq!(put, Some(Ok(VmmData::Empty)), "drive {i}");
@@ -259,6 +263,7 @@ fn at_most_nineteen_virtio_devices_fit_one_per_irq() {
         is_root_device: false,
         is_read_only: true,
         rate_limiter: None,
+        ..Default::default()
     };
     let put = res.apply(&VmmAction::InsertBlockDevice(drive), VmState::NotStarted);
     assert_eq!(put, Some(Ok(VmmData::Empty)));
@@ -274,6 +279,7 @@ fn guest_memory_above_the_host_is_refused_unless_overcommit_is_allowed() {
         vcpu_count: 1,
         mem_size_mib: 1025,
         smt: false,
+        ..Default::default()
     };
     let mut res = VmResources::new(small_host);
     let err = res

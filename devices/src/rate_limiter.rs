@@ -90,6 +90,12 @@ impl TokenBucket {
         self.budget = self.budget.saturating_add(gained).min(cap);
     }
 
+    /// Takes `tokens` now if they fit (burst first), else leaves the bucket as it was; for
+    /// callers that drop what does not fit rather than wait (the serial console's output).
+    pub fn try_consume(&mut self, tokens: u64) -> bool {
+        self.consume_at(tokens, Instant::now())
+    }
+
     /// Takes `tokens` if they fit (burst first), else leaves the bucket as it was.
     fn consume_at(&mut self, tokens: u64, now: Instant) -> bool {
         self.refill(now);

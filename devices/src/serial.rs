@@ -109,6 +109,45 @@ impl Write for ConsoleOutput {
     }
 }
 
+/// Console output through a token bucket (`PUT /serial` `rate_limiter`): bytes the bucket
+/// cannot pay for at once are dropped, never waited for (the UART is written by a vCPU), and
+/// counted.
+pub struct RateLimitedOutput {
+    out: Box<dyn Write + Send>,
+    bucket: crate::rate_limiter::TokenBucket,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RateLimitedOutput {
+    /// `out` limited by `bucket`; `dropped` counts the bytes lost.
+    pub fn new(
+        out: Box<dyn Write + Send>,
+        bucket: crate::rate_limiter::TokenBucket,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        RateLimitedOutput {
+            out,
+            bucket,
+            dropped,
+        }
+    }
+}
+
+impl Write for RateLimitedOutput {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.bucket.try_consume(buf.len() as u64) {
+            self.out.write_all(buf)?;
+        } else {
+            self.dropped.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
 /// COM1 as a port-I/O device.
 pub struct SerialConsole {
     uart: Serial<EventFdTrigger, NoEvents, ConsoleOutput>,
@@ -236,5 +275,38 @@ mod tests {
         // A wide access is ignored rather than misinterpreted.
         com1.pio_write(PioAddress(COM1_PORT), 0, b"xy");
         assert_eq!(&*sink.0.lock().unwrap(), b"hi\n");
+    }
+}
+
+#[cfg(test)]
+mod rate_limited_tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Mutex;
+
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn output_beyond_the_bucket_is_dropped_and_counted() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let dropped = Arc::new(AtomicU64::new(0));
+        // 100 bytes per hour: nothing refills during the test.
+        let bucket = crate::rate_limiter::TokenBucket::new(100, 0, 3_600_000).unwrap();
+        let mut out =
+            RateLimitedOutput::new(Box::new(Shared(got.clone())), bucket, dropped.clone());
+        for _ in 0..300 {
+            out.write_all(b"x").unwrap();
+        }
+        assert_eq!(got.lock().unwrap().len(), 100);
+        assert_eq!(dropped.load(Ordering::Relaxed), 200);
     }
 }

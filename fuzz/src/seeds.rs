@@ -380,6 +380,7 @@ pub fn sample_config() -> VmConfig {
             vcpu_count: 2,
             mem_size_mib: 256,
             smt: true,
+            ..Default::default()
         },
         drives: vec![Drive {
             drive_id: "root".into(),
@@ -387,6 +388,7 @@ pub fn sample_config() -> VmConfig {
             is_root_device: true,
             is_read_only: true,
             rate_limiter: None,
+            ..Default::default()
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
@@ -394,10 +396,12 @@ pub fn sample_config() -> VmConfig {
             guest_mac: Some("06:00:AC:10:00:02".into()),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            ..Default::default()
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: "/run/v.sock".into(),
+            ..Default::default()
         }),
         entropy: Some(Entropy::default()),
         logger: Some(Logger {
@@ -405,10 +409,13 @@ pub fn sample_config() -> VmConfig {
             level: LogLevel::Debug,
             show_level: true,
             show_log_origin: false,
+            ..Default::default()
         }),
         metrics: Some(Metrics {
             metrics_path: "/run/wisp.metrics".into(),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 

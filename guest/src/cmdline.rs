@@ -8,6 +8,8 @@ pub enum Command {
     Smp,
     /// `mem`: print the RAM size from the PVH memory map.
     Mem,
+    /// `cmdline`: print the whole command line the VMM gave (e.g. its `root=` entry).
+    Cmdline,
     /// `triple-fault`: crash the CPU so the VMM must report a triple fault.
     TripleFault,
     /// `panic`: panic, so the panic handler's output and halt can be tested.
@@ -49,6 +51,9 @@ pub enum Command {
     Vsock,
     /// `vsock-bench`: stream 64 MiB to host port 1235, timed with the TSC.
     VsockBench,
+    /// `balloon`: touch the RAM above 32 MiB, then serve the balloon device's target forever
+    /// (inflate, deflate, statistics, deflate on OOM with `balloon_need_mib=N`).
+    Balloon,
 }
 
 impl Command {
@@ -56,6 +61,7 @@ impl Command {
         match word {
             b"smp" => Some(Self::Smp),
             b"mem" => Some(Self::Mem),
+            b"cmdline" => Some(Self::Cmdline),
             b"triple-fault" => Some(Self::TripleFault),
             b"panic" => Some(Self::Panic),
             b"echo" => Some(Self::Echo),
@@ -71,6 +77,7 @@ impl Command {
             b"net-bench" => Some(Self::NetBench),
             b"vsock" => Some(Self::Vsock),
             b"vsock-bench" => Some(Self::VsockBench),
+            b"balloon" => Some(Self::Balloon),
             b"idle" => Some(Self::Idle),
             b"count" => Some(Self::Count),
             _ => None,

@@ -67,6 +67,10 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
             Some(bytes) => println!("memory: {} MiB", bytes.saturating_add(1 << 19) >> 20),
             None => println!("mem: the start info (version 0) has no memory map"),
         },
+        Command::Cmdline => match core::str::from_utf8(boot.cmdline()) {
+            Ok(text) => println!("cmdline: {text}"),
+            Err(_) => println!("cmdline: not UTF-8"),
+        },
         Command::TripleFault => {
             println!("triple-fault: loading an empty IDT and faulting");
             fault::triple_fault()
@@ -103,6 +107,10 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
         Command::NetEcho => report("net-echo", virtio::net::echo(slots)),
         Command::NetBench => report("net-bench", virtio::net_bench::run(slots, boot.cmdline())),
         Command::Vsock => report("vsock", virtio::vsock::run(slots)),
+        Command::Balloon => report(
+            "balloon",
+            virtio::balloon::run(slots, boot.cmdline(), boot.ram_bytes()),
+        ),
         Command::VsockBench => report(
             "vsock-bench",
             virtio::vsock_bench::run(slots, boot.cmdline(), boot.ram_bytes()),

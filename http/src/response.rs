@@ -35,7 +35,8 @@ pub fn route_error(err: &RouteError) -> ApiResponse {
         RouteError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         RouteError::EmptyBody { .. }
         | RouteError::InvalidBody { .. }
-        | RouteError::IdMismatch { .. } => StatusCode::BAD_REQUEST,
+        | RouteError::IdMismatch { .. }
+        | RouteError::NotSupported { .. } => StatusCode::BAD_REQUEST,
     };
     let mut resp = fault(status, err.to_string());
     if let RouteError::MethodNotAllowed { allowed, .. } = err {
@@ -56,6 +57,8 @@ pub fn vmm_result(result: &VmmResult) -> ApiResponse {
         Ok(VmmData::VmConfig(cfg)) => json(StatusCode::OK, cfg),
         Ok(VmmData::MachineConfig(mc)) => json(StatusCode::OK, mc),
         Ok(VmmData::Version(v)) => json(StatusCode::OK, v),
+        Ok(VmmData::Balloon(b)) => json(StatusCode::OK, b),
+        Ok(VmmData::BalloonStats(s)) => json(StatusCode::OK, s),
         Err(e) => {
             let status = match e.kind() {
                 ErrorKind::BadRequest | ErrorKind::NotAllowedInState => StatusCode::BAD_REQUEST,

@@ -6,8 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wisp_api::action::VmmAction;
 use wisp_api::config::{
-    BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, Vsock,
+    Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DriveUpdate, Entropy, Logger,
+    MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate, Serial,
+    Vsock,
 };
 
 /// The HTTP methods the API uses.
@@ -54,6 +55,47 @@ pub enum Resource {
     Metrics,
     Actions,
     Vm,
+    // Firecracker-compatibility resources (issue 19).
+    Balloon,
+    BalloonStatistics,
+    Serial,
+    /// A Firecracker resource Wisp refuses on purpose: every request gets a 400 saying so.
+    Refused(RefusedResource),
+}
+
+/// Why a Firecracker resource is refused (the reason goes into the 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefusedResource {
+    Mmds,
+    CpuConfig,
+    Pmem,
+    MemoryHotplug,
+    BalloonHinting,
+}
+
+impl RefusedResource {
+    /// The resource and the reason, for "<what> is not supported by Wisp: <reason>".
+    pub fn describe(self) -> (&'static str, &'static str) {
+        match self {
+            RefusedResource::Mmds => (
+                "MMDS",
+                "the microVM metadata service is out of scope for now",
+            ),
+            RefusedResource::CpuConfig => (
+                "/cpu-config",
+                "custom CPU templates (Wisp passes the host's CPUID through, filtered)",
+            ),
+            RefusedResource::Pmem => ("/pmem", "virtio-pmem devices are not implemented"),
+            RefusedResource::MemoryHotplug => (
+                "/hotplug/memory",
+                "virtio-mem memory hotplug is not implemented",
+            ),
+            RefusedResource::BalloonHinting => (
+                "balloon free page hinting",
+                "not implemented; free_page_reporting is",
+            ),
+        }
+    }
 }
 
 /// One path template (OpenAPI style, `{id}` for a path parameter) and its methods.
@@ -90,7 +132,7 @@ pub static ROUTES: &[Route] = &[
         Resource::NetworkInterfaces,
         "/network-interfaces/{iface_id}",
         "network_interfaces",
-        &[Put],
+        &[Put, Patch],
     ),
     route(Resource::Vsock, "/vsock", "vsock", &[Put]),
     route(Resource::Entropy, "/entropy", "entropy", &[Put]),
@@ -98,6 +140,63 @@ pub static ROUTES: &[Route] = &[
     route(Resource::Metrics, "/metrics", "metrics", &[Put]),
     route(Resource::Actions, "/actions", "actions", &[Put]),
     route(Resource::Vm, "/vm", "vm", &[Patch]),
+    // Firecracker-compatibility resources (issue 19).
+    route(Resource::Balloon, "/balloon", "balloon", &[Get, Put, Patch]),
+    route(
+        Resource::BalloonStatistics,
+        "/balloon/statistics",
+        "balloon_statistics",
+        &[Get, Patch],
+    ),
+    route(Resource::Serial, "/serial", "serial", &[Put]),
+    route(
+        Resource::Refused(RefusedResource::BalloonHinting),
+        "/balloon/hinting/start",
+        "balloon_hinting_start",
+        &[Patch],
+    ),
+    route(
+        Resource::Refused(RefusedResource::BalloonHinting),
+        "/balloon/hinting/status",
+        "balloon_hinting_status",
+        &[Get],
+    ),
+    route(
+        Resource::Refused(RefusedResource::BalloonHinting),
+        "/balloon/hinting/stop",
+        "balloon_hinting_stop",
+        &[Patch],
+    ),
+    route(
+        Resource::Refused(RefusedResource::Mmds),
+        "/mmds",
+        "mmds",
+        &[Get, Put, Patch],
+    ),
+    route(
+        Resource::Refused(RefusedResource::Mmds),
+        "/mmds/config",
+        "mmds_config",
+        &[Put],
+    ),
+    route(
+        Resource::Refused(RefusedResource::CpuConfig),
+        "/cpu-config",
+        "cpu_config",
+        &[Put],
+    ),
+    route(
+        Resource::Refused(RefusedResource::Pmem),
+        "/pmem/{id}",
+        "pmem",
+        &[Put, Patch],
+    ),
+    route(
+        Resource::Refused(RefusedResource::MemoryHotplug),
+        "/hotplug/memory",
+        "hotplug_memory",
+        &[Get, Put, Patch],
+    ),
 ];
 
 const fn route(
@@ -180,6 +279,11 @@ pub enum RouteError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{what} is not supported by Wisp: {reason}")]
+    NotSupported {
+        what: &'static str,
+        reason: &'static str,
+    },
     #[error("{field} `{in_body}` in the body does not match `{in_path}` in the path")]
     IdMismatch {
         field: &'static str,
@@ -261,6 +365,11 @@ pub fn parse_action(
             same_id("drive_id", &update.drive_id, id)?;
             VmmAction::UpdateBlockDevice(update)
         }
+        (R::NetworkInterfaces, M::Patch) => {
+            let update: NetworkInterfaceUpdate = body_as(endpoint, body)?;
+            same_id("iface_id", &update.iface_id, id)?;
+            VmmAction::UpdateNetworkInterface(update)
+        }
         (R::NetworkInterfaces, _) => {
             let iface: NetworkInterface = body_as(endpoint, body)?;
             same_id("iface_id", &iface.iface_id, id)?;
@@ -279,6 +388,18 @@ pub fn parse_action(
             RequestedVmState::Paused => VmmAction::Pause,
             RequestedVmState::Resumed => VmmAction::Resume,
         },
+        (R::Balloon, M::Get) => VmmAction::GetBalloon,
+        (R::Balloon, M::Put) => VmmAction::SetBalloon(body_as::<Balloon>(endpoint, body)?),
+        (R::Balloon, _) => VmmAction::UpdateBalloon(body_as::<BalloonUpdate>(endpoint, body)?),
+        (R::BalloonStatistics, M::Get) => VmmAction::GetBalloonStats,
+        (R::BalloonStatistics, _) => {
+            VmmAction::UpdateBalloonStats(body_as::<BalloonStatsUpdate>(endpoint, body)?)
+        }
+        (R::Serial, _) => VmmAction::SetSerial(body_as::<Serial>(endpoint, body)?),
+        (R::Refused(refusal), _) => {
+            let (what, reason) = refusal.describe();
+            return Err(RouteError::NotSupported { what, reason });
+        }
         // `resolve` only yields methods listed in ROUTES: these resources are GET-only.
         (R::Root | R::Version | R::VmConfig, _) => {
             return Err(RouteError::MethodNotAllowed {
@@ -331,7 +452,8 @@ mod tests {
             let path = r
                 .template
                 .replace("{drive_id}", "d1")
-                .replace("{iface_id}", "e1");
+                .replace("{iface_id}", "e1")
+                .replace("{id}", "p1");
             for m in r.methods {
                 let (ep, _) = resolve(m.as_str(), &path).unwrap();
                 assert_eq!(ep.route.template, r.template);

@@ -10,6 +10,7 @@
 //! It lives on the VMM thread inside `VmmLoop`, which serves its devices and hands it the
 //! subscribers and exits it produces.
 
+use crate::controller_compat as compat;
 use crate::exit::VmExit;
 use crate::microvm::{MicroVm, MicroVmError, MicroVmOptions, Subscriber};
 use crate::prepared::PreparedVm;
@@ -63,6 +64,8 @@ pub struct Controller {
     /// The request that started the VM; metrics lines written on no request carry it.
     start_request: Option<String>,
     metrics_timer_wanted: bool,
+    /// Console bytes dropped by `PUT /serial`'s rate limiter.
+    serial_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Controller {
@@ -80,6 +83,7 @@ impl Controller {
             outcome: None,
             start_request: None,
             metrics_timer_wanted: false,
+            serial_dropped: Arc::default(),
         }
     }
 
@@ -202,6 +206,27 @@ impl Controller {
             }
             VmmAction::FlushMetrics => self.flush_metrics(request_id),
             VmmAction::UpdateBlockDevice(update) => self.update_drive(update),
+            VmmAction::UpdateBalloon(update) => {
+                let devices = self.running_vm()?.virtio_devices();
+                compat::set_balloon_target(devices, update.amount_mib)?;
+                self.resources.commit_balloon(Some(update.amount_mib), None);
+                Ok(VmmData::Empty)
+            }
+            VmmAction::UpdateBalloonStats(update) => {
+                let devices = self.running_vm()?.virtio_devices();
+                let seconds = update.stats_polling_interval_s;
+                compat::set_balloon_stats_interval(devices, seconds)?;
+                self.resources.commit_balloon(None, Some(seconds));
+                Ok(VmmData::Empty)
+            }
+            VmmAction::GetBalloonStats => {
+                compat::balloon_stats(self.running_vm()?.virtio_devices())
+            }
+            VmmAction::UpdateNetworkInterface(update) => {
+                compat::update_net(self.running_vm()?.virtio_devices(), update)?;
+                self.resources.commit_net_update(update);
+                Ok(VmmData::Empty)
+            }
             other => Err(VmmActionError::internal(format!(
                 "{other:?} reached the VMM unexpectedly"
             ))),
@@ -226,11 +251,20 @@ impl Controller {
             Err(e) if !spent_shell => return Err(VmmActionError::StartMicroVm(e.to_string())),
             Err(e) => return Err(self.start_failed(e)),
         };
-        let Some(options) = self.options.take() else {
+        let Some(mut options) = self.options.take() else {
             return Err(VmmActionError::not_allowed(
                 "cannot start the microVM: it has already been started",
             ));
         };
+        let console = std::mem::replace(&mut options.console_out, Box::new(std::io::sink()));
+        options.console_out =
+            match compat::serial_output(config.serial.as_ref(), console, &self.serial_dropped) {
+                Ok(out) => out,
+                Err(e) => {
+                    self.options = Some(options);
+                    return Err(e);
+                }
+            };
         vm.attach_host(options);
         if let Err(e) = vm.start() {
             return Err(self.start_failed(e));
@@ -303,7 +337,7 @@ impl Controller {
             .flat_map(|vm| device_counters(vm.virtio_devices()))
             .map(|(id, m)| (id, serde_json::to_value(m.snapshot()).unwrap_or_default()))
             .collect();
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "utc_timestamp_ms": std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
@@ -312,6 +346,8 @@ impl Controller {
             "api": self.hooks.api_metrics.as_ref().map(|f| f()),
             "devices": devices,
         });
+        let id = self.resources.instance_id();
+        compat::extend_metrics_line(&mut line, metrics, id, &self.serial_dropped);
         append_json_line(&metrics.metrics_path, &line)
             .map(|()| VmmData::Empty)
             .map_err(|e| VmmActionError::Metrics(e.to_string()))

@@ -4,6 +4,7 @@
 //! adds its own subscriber and sends `VmmAction`s; `VmmLoop::run` serves until the VM ends.
 
 pub mod controller;
+pub mod controller_compat;
 pub mod device_manager;
 pub mod event_loop;
 pub mod exit;
@@ -12,6 +13,7 @@ pub mod layout;
 pub mod legacy_devices;
 pub mod loader;
 pub mod memory;
+pub mod memory_backing;
 pub mod microvm;
 pub mod prepared;
 pub mod vcpu;

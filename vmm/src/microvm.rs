@@ -125,7 +125,12 @@ impl MicroVm {
             return Err(MicroVmError::NoBootSource);
         }
         let mc = &config.machine_config;
-        let shell = PreparedVm::prepare(mc.mem_size_mib, mc.vcpu_count)?;
+        let shell = PreparedVm::prepare_backed(
+            mc.mem_size_mib,
+            mc.vcpu_count,
+            mc.huge_pages,
+            mc.track_dirty_pages,
+        )?;
         MicroVm::configure(shell, config)
     }
 
@@ -140,6 +145,12 @@ impl MicroVm {
             return Err(MicroVmError::DoesNotFitShell {
                 want: format!("{} MiB and {} vCPUs", mc.mem_size_mib, mc.vcpu_count),
                 have: format!("{} MiB and {} vCPUs", shell.mem_mib(), shell.vcpu_count()),
+            });
+        }
+        if mc.track_dirty_pages && !shell.vm.dirty_log() {
+            return Err(MicroVmError::DoesNotFitShell {
+                want: "track_dirty_pages".into(),
+                have: "a shell prepared without dirty-page logging".into(),
             });
         }
         let ram_size = u64::from(mc.mem_size_mib) << 20;

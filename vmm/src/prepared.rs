@@ -10,7 +10,8 @@ use crate::layout::{
     ZERO_PAGE_START,
 };
 use crate::legacy_devices::{LegacyDeviceError, LegacyDevices};
-use crate::memory::{create_guest_memory, MemoryError};
+use crate::memory::MemoryError;
+use crate::memory_backing::{create_backed_guest_memory, BackingError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{install_kick_handler, ControlError};
 use crate::vcpu_thread::VcpuThread;
@@ -18,6 +19,7 @@ use crate::vm::{Vm, VmError};
 use crate::x86_64::mptable::MAX_CPUS;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use wisp_api::HugePages;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrepareError {
@@ -25,6 +27,8 @@ pub enum PrepareError {
     VcpuCount { got: u8, max: u8 },
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Backing(#[from] BackingError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -73,14 +77,25 @@ pub struct PreparedVm {
 impl PreparedVm {
     /// Creates a shell able to host guests of up to `mem_mib` MiB and `vcpus` vCPUs.
     pub fn prepare(mem_mib: u32, vcpus: u8) -> Result<PreparedVm, PrepareError> {
+        PreparedVm::prepare_backed(mem_mib, vcpus, HugePages::None, false)
+    }
+
+    /// As `prepare`, with guest memory backed as `huge` asks and, with `dirty_log`, KVM
+    /// dirty-page logging on its slots (`machine-config.huge_pages`, `track_dirty_pages`).
+    pub fn prepare_backed(
+        mem_mib: u32,
+        vcpus: u8,
+        huge: HugePages,
+        dirty_log: bool,
+    ) -> Result<PreparedVm, PrepareError> {
         if vcpus == 0 || vcpus > MAX_CPUS {
             return Err(PrepareError::VcpuCount {
                 got: vcpus,
                 max: MAX_CPUS,
             });
         }
-        let mem = create_guest_memory(mem_mib)?;
-        let vm = Vm::with_memory(&mem)?;
+        let mem = create_backed_guest_memory(mem_mib, huge)?;
+        let vm = Vm::with_memory_logged(&mem, dirty_log)?;
         let supported_cpuid = vm
             .kvm()
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

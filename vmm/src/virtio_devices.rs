@@ -14,7 +14,7 @@ use wisp_devices::rate_limiter::TokenBucket;
 use wisp_devices::virtio::block::BlockError;
 use wisp_devices::virtio::net::NetError;
 use wisp_devices::virtio::vsock::VsockError;
-use wisp_devices::virtio::{Block, MmioTransport, Net, Rng, VirtioDevice, Vsock};
+use wisp_devices::virtio::{Balloon, Block, MmioTransport, Net, Rng, VirtioDevice, Vsock};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioSetupError {
@@ -34,6 +34,8 @@ pub enum VirtioSetupError {
     Mac { id: String, mac: String },
     #[error("vsock: {0}")]
     Vsock(#[source] VsockError),
+    #[error("balloon: cannot create its statistics timerfd: {0}")]
+    Balloon(#[source] std::io::Error),
     #[error("{what}: cannot create the rate limiter's timerfd: {source}")]
     RateLimiter {
         what: String,
@@ -54,7 +56,7 @@ pub enum VirtioSetupError {
 
 /// A virtio device of the running VM, for the front ends (PATCH /drives, metrics).
 pub struct VirtioHandle {
-    /// "block", "net", "vsock" or "rng".
+    /// "block", "net", "vsock", "rng" or "balloon".
     pub kind: &'static str,
     /// The drive or interface id from the configuration ("vsock" / "rng" for those).
     pub id: String,
@@ -127,9 +129,13 @@ pub fn attach_virtio_devices(
                 what: format!("drive {}", drive.drive_id),
                 source,
             })?;
+        block.set_flush_ignored(drive.cache_type == Some(wisp_api::CacheType::Unsafe));
         if drive.is_root_device {
             let mode = if drive.is_read_only { "ro" } else { "rw" };
-            cmdline.insert_str(format!("root=/dev/vda {mode}"))?;
+            match &drive.partuuid {
+                Some(uuid) => cmdline.insert_str(format!("root=PARTUUID={uuid} {mode}"))?,
+                None => cmdline.insert_str(format!("root=/dev/vda {mode}"))?,
+            }
         }
         handles.push(attach(
             dm,
@@ -162,6 +168,7 @@ pub fn attach_virtio_devices(
         net.set_rx_rate_limiter(bw, ops).map_err(limiter_err)?;
         let (bw, ops) = buckets(iface.tx_rate_limiter.as_ref());
         net.set_tx_rate_limiter(bw, ops).map_err(limiter_err)?;
+        net.set_mtu(iface.mtu);
         handles.push(attach(
             dm,
             vm,
@@ -201,6 +208,24 @@ pub fn attach_virtio_devices(
             "rng",
             "rng".into(),
             Box::new(rng),
+        )?);
+    }
+    if let Some(b) = &config.balloon {
+        let balloon = Balloon::new(
+            b.amount_mib,
+            b.deflate_on_oom,
+            b.stats_polling_interval_s,
+            b.free_page_reporting,
+        )
+        .map_err(VirtioSetupError::Balloon)?;
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "balloon",
+            "balloon".into(),
+            Box::new(balloon),
         )?);
     }
     Ok(handles)

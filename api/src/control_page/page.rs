@@ -47,6 +47,11 @@ pub enum ControlPageError {
     TooManyDevices(usize),
     #[error("the device table lists more than one {0} device")]
     Duplicate(&'static str),
+    #[error(
+        "{0} cannot be carried by the control page (wispd's prepared shells); \
+         configure it over the VM's own API socket (wisp --api-sock)"
+    )]
+    NotCarried(&'static str),
     #[error("guest MAC `{0}` is not a MAC address like 06:00:ac:10:00:02")]
     BadMac(String),
     #[error("request id {0:?} is not printable ASCII")]

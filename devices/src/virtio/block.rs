@@ -92,6 +92,9 @@ pub struct Block {
     limiter: RateLimiter,
     /// A data request partly served by an earlier pass.
     in_flight: Option<InFlight>,
+    /// Firecracker's `cache_type` `Unsafe`: VIRTIO_BLK_F_FLUSH is not offered and a flush
+    /// request is answered OK without syncing (writes stay in the host page cache).
+    flush_ignored: bool,
 }
 
 /// A read or write larger than what one pass moves.
@@ -170,6 +173,7 @@ impl Block {
             metrics: Arc::new(DeviceMetrics::default()),
             limiter: RateLimiter::default(),
             in_flight: None,
+            flush_ignored: false,
         })
     }
 
@@ -181,6 +185,12 @@ impl Block {
     /// The backing file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// `cache_type`: `true` for Firecracker's `Unsafe` (no flush offered, flushes not synced),
+    /// `false` for `Writeback` (flush offered and honoured with fdatasync). Set before boot.
+    pub fn set_flush_ignored(&mut self, ignored: bool) {
+        self.flush_ignored = ignored;
     }
 
     /// Swaps the backing file (PATCH /drives): new capacity, config-change interrupt.
@@ -283,6 +293,7 @@ impl Block {
         r: &Request,
     ) -> Result<usize, RequestError> {
         match r {
+            Request::Flush if self.flush_ignored => Ok(0),
             Request::Flush => {
                 self.file.sync_data().map_err(RequestError::Io)?;
                 Ok(0)
@@ -399,7 +410,10 @@ impl VirtioDevice for Block {
     }
 
     fn features(&self) -> u64 {
-        let mut f = (1u64 << VIRTIO_F_VERSION_1) | (1 << F_SEG_MAX) | (1 << F_FLUSH);
+        let mut f = (1u64 << VIRTIO_F_VERSION_1) | (1 << F_SEG_MAX);
+        if !self.flush_ignored {
+            f |= 1 << F_FLUSH;
+        }
         if self.read_only {
             f |= 1 << F_RO;
         }

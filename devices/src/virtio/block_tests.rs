@@ -352,3 +352,19 @@ fn zero_length_status_buffer_fails_alone() {
     assert_eq!(g.take_used(0), [(0, 0)]);
     assert_eq!(g.errors(), 1);
 }
+
+/// Firecracker's `cache_type` `Unsafe`: flush is not offered, and a driver that sends one
+/// anyway gets OK (nothing is synced); the default (`Writeback`) offers it.
+#[test]
+fn unsafe_cache_type_offers_no_flush_and_answers_one_without_syncing() {
+    let f = TempFile::new("blk-unsafe", &image());
+    let mut blk = Block::new(&f.0, false, None).unwrap();
+    blk.set_flush_ignored(true);
+    let mut g = TestGuest::new(Box::new(blk));
+    assert_eq!(g.device_features() & (1 << F_FLUSH), 0);
+    g.activate(1);
+    let (_, status) = request(&mut g, T_FLUSH, 0, 0, false);
+    g.notify(0);
+    assert_eq!(g.read(status, 1), [S_OK]);
+    assert_eq!(g.errors(), 0);
+}

@@ -39,6 +39,7 @@
 //! ring, and counts in the device's [`DeviceMetrics`] (`transport.metrics().snapshot()` is
 //! serde-serializable).
 
+pub mod balloon;
 pub mod block;
 pub mod chain;
 pub mod device;
@@ -54,6 +55,7 @@ mod hostile_tests;
 #[cfg(test)]
 mod test_driver;
 
+pub use balloon::Balloon;
 pub use block::Block;
 pub use device::{Interrupt, QueueContext, VirtioDevice};
 pub use metrics::{DeviceMetrics, MetricsSnapshot};
@@ -73,6 +75,8 @@ pub mod device_id {
     pub const BLOCK: u32 = 2;
     /// Entropy source.
     pub const RNG: u32 = 4;
+    /// Memory balloon.
+    pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
 }

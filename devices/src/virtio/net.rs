@@ -32,6 +32,8 @@ const TX_QUEUE: usize = 1;
 const QUEUE_SIZE: u16 = 256;
 /// Feature bit: the device has a MAC address in config space (§5.1.3).
 const F_MAC: u32 = 5;
+/// The device advises a maximum MTU in config space (Firecracker's `mtu`).
+const F_MTU: u32 = 3;
 /// Largest frame without offloads: header + 64 KiB (the tap's own limit).
 const MAX_FRAME: usize = VNET_HDR_LEN + 65536;
 /// Offset of `num_buffers` in `virtio_net_hdr_v1`.
@@ -59,6 +61,8 @@ pub struct Net {
     metrics: Arc<DeviceMetrics>,
     rx_limiter: RateLimiter,
     tx_limiter: RateLimiter,
+    /// Advised MTU (VIRTIO_NET_F_MTU); `None`: not offered.
+    mtu: Option<u16>,
 }
 
 impl Net {
@@ -73,7 +77,13 @@ impl Net {
             metrics: Arc::new(DeviceMetrics::default()),
             rx_limiter: RateLimiter::default(),
             tx_limiter: RateLimiter::default(),
+            mtu: None,
         })
+    }
+
+    /// Advises `mtu` to the driver with VIRTIO_NET_F_MTU (set before boot).
+    pub fn set_mtu(&mut self, mtu: Option<u16>) {
+        self.mtu = mtu;
     }
 
     /// Sets or replaces the limiter of frames to the guest (`None` twice: no limit).
@@ -287,6 +297,9 @@ impl VirtioDevice for Net {
         if self.mac.is_some() {
             f |= 1 << F_MAC;
         }
+        if self.mtu.is_some() {
+            f |= 1 << F_MTU;
+        }
         f
     }
 
@@ -295,6 +308,11 @@ impl VirtioDevice for Net {
     fn config_space(&self) -> Vec<u8> {
         let mut c = self.mac.unwrap_or_default().to_vec();
         c.extend_from_slice(&1u16.to_le_bytes());
+        if let Some(mtu) = self.mtu {
+            // max_virtqueue_pairs (meaningless without VIRTIO_NET_F_MQ), then mtu.
+            c.extend_from_slice(&1u16.to_le_bytes());
+            c.extend_from_slice(&mtu.to_le_bytes());
+        }
         c
     }
 
@@ -524,6 +542,22 @@ mod tests {
             g.notify(0);
             g.notify(1);
             g.pump_until(|g| g.take_used(0).iter().any(|&(id, _)| id == u32::from(head)));
+        });
+    }
+
+    /// Firecracker's `mtu`: offered with VIRTIO_NET_F_MTU, at offset 10 of the config space
+    /// (after mac, status and max_virtqueue_pairs); not offered without it.
+    #[test]
+    fn an_mtu_is_offered_in_config_space() {
+        in_private_netns(|mut net| {
+            net.set_mtu(Some(1400));
+            let g = TestGuest::new(Box::new(net));
+            assert_ne!(g.device_features() & (1 << F_MTU), 0);
+            assert_eq!(g.read_config(10, 2), 1400u16.to_le_bytes());
+        });
+        in_private_netns(|net| {
+            let g = TestGuest::new(Box::new(net));
+            assert_eq!(g.device_features() & (1 << F_MTU), 0);
         });
     }
 }

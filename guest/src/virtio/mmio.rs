@@ -249,6 +249,12 @@ impl MmioTransport {
         self.read(REG_CONFIG + offset)
     }
 
+    /// Writes a 32-bit configuration field (aligned 32-bit access, §4.2.2.2), e.g. the
+    /// balloon's `actual`.
+    pub fn config_write_u32(&self, offset: usize, value: u32) {
+        self.write(REG_CONFIG + offset, value);
+    }
+
     /// A 64-bit configuration field, read as two 32-bit halves under a stable
     /// ConfigGeneration (§2.5.1 and §4.2.2.2).
     pub fn config_u64(&self, offset: usize) -> Result<u64, VirtioError> {

@@ -1,5 +1,5 @@
 //! virtio drivers over the MMIO transport: device discovery, the transport, split virtqueues
-//! and the block, net, rng and vsock devices. An independent implementation of virtio 1.2,
+//! and the block, net, rng, vsock and balloon devices. An independent implementation of virtio 1.2,
 //! written from the specification, so that it checks Wisp's devices against the spec rather
 //! than against themselves.
 //!
@@ -7,6 +7,7 @@
 //! from the `virtio_mmio.device=<size>@<base>:<irq>` words of the command line (the Linux
 //! convention, also used by QEMU's microvm), probing each slot's DeviceID.
 
+pub mod balloon;
 pub mod blk;
 pub mod blk_bench;
 pub mod dma;
@@ -29,6 +30,7 @@ use queue::Virtqueue;
 pub const DEVICE_NET: u32 = 1;
 pub const DEVICE_BLOCK: u32 = 2;
 pub const DEVICE_RNG: u32 = 4;
+pub const DEVICE_BALLOON: u32 = 5;
 pub const DEVICE_VSOCK: u32 = 19;
 
 /// The identity-mapped, uncached window where the boot stub lets MMIO live (`boot.rs`).

@@ -236,6 +236,9 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
 }
 
 fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
+    if let Some(field) = not_carried(config) {
+        return Err(ControlPageError::NotCarried(field));
+    }
     let mc = &config.machine_config;
     if mc.mem_size_mib == 0 || mc.mem_size_mib > MEM_MIB_MAX {
         return Err(ControlPageError::OutOfRange {
@@ -301,6 +304,44 @@ fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
         metrics_path,
         devices: device_entries(config)?,
     })
+}
+
+/// The first Firecracker-compatibility field (issue 19) set in `config` that the page has no
+/// room for: refused by name rather than dropped.
+fn not_carried(config: &VmConfig) -> Option<&'static str> {
+    let mc = &config.machine_config;
+    let checks = [
+        ("balloon", config.balloon.is_some()),
+        ("serial", config.serial.is_some()),
+        ("machine-config.track_dirty_pages", mc.track_dirty_pages),
+        ("machine-config.huge_pages", !mc.huge_pages.is_none()),
+        (
+            "drives partuuid/cache_type/io_engine",
+            config
+                .drives
+                .iter()
+                .any(|d| d.partuuid.is_some() || d.cache_type.is_some() || d.io_engine.is_some()),
+        ),
+        (
+            "network-interfaces mtu",
+            config.network_interfaces.iter().any(|i| i.mtu.is_some()),
+        ),
+        (
+            "logger module",
+            config.logger.as_ref().is_some_and(|l| l.module.is_some()),
+        ),
+        (
+            "metrics emit_id/properties",
+            config
+                .metrics
+                .as_ref()
+                .is_some_and(|m| m.emit_id || m.properties.is_some()),
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(name, _)| name)
 }
 
 impl ControlPage {
@@ -434,6 +475,7 @@ impl ControlPage {
                 level,
                 show_level: has(CFG_LOG_SHOW_LEVEL),
                 show_log_origin: has(CFG_LOG_SHOW_ORIGIN),
+                ..Default::default()
             })
         } else {
             None
@@ -446,6 +488,7 @@ impl ControlPage {
                     METRICS_PATH_MAX,
                     OFF_METRICS_PATH_LEN,
                 )?,
+                ..Default::default()
             })
         } else {
             None
@@ -456,6 +499,7 @@ impl ControlPage {
                 vcpu_count: vcpus as u8,
                 mem_size_mib,
                 smt: has(CFG_SMT),
+                ..Default::default()
             },
             logger,
             metrics,
@@ -547,6 +591,7 @@ impl ControlPage {
                 is_root_device: flags & DEV_FLAG_ROOT != 0,
                 is_read_only: flags & DEV_FLAG_READ_ONLY != 0,
                 rate_limiter: limiter0,
+                ..Default::default()
             }),
             DEV_KIND_NET => {
                 let guest_mac = if flags & DEV_FLAG_MAC != 0 {
@@ -572,6 +617,7 @@ impl ControlPage {
                     guest_mac,
                     rx_rate_limiter: limiter0,
                     tx_rate_limiter: limiter1,
+                    ..Default::default()
                 })
             }
             DEV_KIND_VSOCK if config.vsock.is_some() => {
@@ -581,6 +627,7 @@ impl ControlPage {
                 config.vsock = Some(Vsock {
                     guest_cid: self.load32(base + DEV_OFF_CID),
                     uds_path: path("vsock path")?,
+                    ..Default::default()
                 })
             }
             _ if config.entropy.is_some() => return Err(ControlPageError::Duplicate("entropy")),

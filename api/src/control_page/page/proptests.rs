@@ -114,6 +114,7 @@ fn drive(lim: Limits) -> impl Strategy<Value = Drive> {
                 is_root_device,
                 is_read_only,
                 rate_limiter,
+                ..Default::default()
             },
         )
 }
@@ -134,6 +135,7 @@ fn iface(lim: Limits) -> impl Strategy<Value = NetworkInterface> {
                     guest_mac,
                     rx_rate_limiter,
                     tx_rate_limiter,
+                    ..Default::default()
                 }
             },
         )
@@ -157,6 +159,7 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
             vcpu_count: v,
             mem_size_mib: m,
             smt,
+            ..Default::default()
         });
     let logger = option::of((
         path(LOG_PATH_MAX, lim),
@@ -170,14 +173,20 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
             level,
             show_level,
             show_log_origin,
+            ..Default::default()
         })
     });
-    let metrics = option::of(path(METRICS_PATH_MAX, lim))
-        .prop_map(|p| p.map(|metrics_path| Metrics { metrics_path }));
+    let metrics = option::of(path(METRICS_PATH_MAX, lim)).prop_map(|p| {
+        p.map(|metrics_path| Metrics {
+            metrics_path,
+            ..Default::default()
+        })
+    });
     let vsock = option::of((any::<u32>(), path(DEV_PATH_MAX, lim))).prop_map(|v| {
         v.map(|(guest_cid, uds_path)| Vsock {
             guest_cid,
             uds_path,
+            ..Default::default()
         })
     });
     let entropy = option::of(limiter(lim).prop_map(|rate_limiter| Entropy { rate_limiter }));
@@ -214,6 +223,7 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
                 entropy,
                 logger,
                 metrics,
+                ..Default::default()
             }
         },
     )

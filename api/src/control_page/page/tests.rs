@@ -22,6 +22,7 @@ fn drive(i: usize) -> Drive {
         is_root_device: false,
         is_read_only: i.is_multiple_of(2),
         rate_limiter: None,
+        ..Default::default()
     }
 }
 
@@ -36,6 +37,7 @@ pub(super) fn sample() -> VmConfig {
             vcpu_count: 2,
             mem_size_mib: 256,
             smt: true,
+            ..Default::default()
         },
         drives: vec![Drive {
             drive_id: "root".into(),
@@ -43,6 +45,7 @@ pub(super) fn sample() -> VmConfig {
             is_root_device: true,
             is_read_only: true,
             rate_limiter: None,
+            ..Default::default()
         }],
         network_interfaces: vec![NetworkInterface {
             iface_id: "eth0".into(),
@@ -50,10 +53,12 @@ pub(super) fn sample() -> VmConfig {
             guest_mac: Some("06:00:AC:10:00:02".into()),
             rx_rate_limiter: None,
             tx_rate_limiter: None,
+            ..Default::default()
         }],
         vsock: Some(Vsock {
             guest_cid: 3,
             uds_path: "/run/v.sock".into(),
+            ..Default::default()
         }),
         entropy: Some(Entropy::default()),
         logger: Some(Logger {
@@ -61,10 +66,13 @@ pub(super) fn sample() -> VmConfig {
             level: LogLevel::Debug,
             show_level: true,
             show_log_origin: false,
+            ..Default::default()
         }),
         metrics: Some(Metrics {
             metrics_path: "/run/wisp.metrics".into(),
+            ..Default::default()
         }),
+        ..Default::default()
     }
 }
 
@@ -77,6 +85,7 @@ fn full() -> VmConfig {
         vcpu_count: 255,
         mem_size_mib: MEM_MIB_MAX,
         smt: false,
+        ..Default::default()
     };
     let boot = c.boot_source.as_mut().unwrap();
     boot.kernel_image_path = long('k', KERNEL_MAX).into();
@@ -424,4 +433,17 @@ fn request_ids_are_printable_ascii_within_their_field() {
     assert_eq!(shell.request_id(), "");
     wispd.set_request_id("").unwrap();
     assert_eq!(shell.request_id(), "");
+}
+
+#[test]
+fn firecracker_fields_the_page_cannot_hold_are_refused_by_name() {
+    let page = ControlPage::create().unwrap();
+    let mut c = sample();
+    c.balloon = Some(crate::config::Balloon::default());
+    let err = page.write_config(&c).unwrap_err().to_string();
+    assert!(err.starts_with("balloon cannot be carried"), "{err}");
+    let mut c = sample();
+    c.network_interfaces[0].mtu = Some(1500);
+    let err = page.write_config(&c).unwrap_err().to_string();
+    assert!(err.contains("mtu"), "{err}");
 }
