@@ -136,10 +136,8 @@ fn jails(base: &Path) -> BTreeSet<String> {
 /// SIGTERM to wispd, and its exit within the guard.
 fn terminate(w: &mut Wispd) {
     // SAFETY: kill(2) on the pid of a child this test spawned and has not reaped.
-    assert_eq!(
-        unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) },
-        0
-    );
+    let rc = unsafe { libc::kill(w.pid() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
     assert!(
         eventually(GUARD, || w.child.try_wait().unwrap().is_some()),
         "wispd did not exit on SIGTERM"
