@@ -246,6 +246,8 @@ pub struct ShellProcess {
     jailed: bool,
     /// SIGTERM already sent to the jailer: the next `kill` is SIGKILL.
     termed: Cell<bool>,
+    /// SIGKILL sent.
+    killed: Cell<bool>,
 }
 
 impl ShellProcess {
@@ -286,6 +288,7 @@ impl ShellProcess {
             console: None,
             jailed,
             termed: Cell::new(false),
+            killed: Cell::new(false),
         };
         if !jailed {
             shell.open_console();
@@ -368,6 +371,7 @@ impl ShellProcess {
         let signal = if self.jailed && !self.termed.replace(true) {
             libc::SIGTERM
         } else {
+            self.killed.set(true);
             libc::SIGKILL
         };
         // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo; no memory is shared.
@@ -387,6 +391,11 @@ impl ShellProcess {
                 std::io::Error::last_os_error()
             );
         }
+    }
+
+    /// Whether `kill` has sent SIGKILL (a jailed shell's first `kill` is a SIGTERM).
+    pub fn killed_hard(&self) -> bool {
+        self.killed.get()
     }
 
     /// Reaps the shell if it has exited (never blocks): how it ended, or `None` while it runs.

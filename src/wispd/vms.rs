@@ -211,7 +211,10 @@ impl Daemon {
             // Nothing in flight (a stale deadline): nothing to do.
             other => return self.enter(id, other, None),
         };
-        if op.command == ControlCommand::Destroy && !op.killed {
+        // A destroy kills; a jailed shell is asked first (SIGTERM to its jailer, which removes
+        // the jail), then killed at the next deadline.
+        let hard = self.shells.get(&id).is_some_and(|s| s.proc.killed_hard());
+        if op.command == ControlCommand::Destroy && !(op.killed && hard) {
             if let Some(shell) = self.shells.get(&id) {
                 shell.proc.kill();
             }
