@@ -1,6 +1,7 @@
 //! wispd's own seccomp filter (docs/seccomp.md, "wispd"): every thread of a serving wispd is in
 //! filter mode while its spawner (which must exec shells) is not, a forbidden syscall kills
-//! wispd with SIGSYS (the debug-build test hook), and `--no-seccomp` leaves it unfiltered. The
+//! wispd with SIGSYS (the debug-build test hook), and `--no-seccomp` leaves it and its shells
+//! unfiltered. The
 //! rest of wispd's suites (tests/wispd.rs, tests/wispd_lifecycle.rs, tests/wispd_jail.rs) run
 //! with the filter on, which is the default.
 
@@ -67,6 +68,12 @@ fn without_seccomp_wispd_runs_unfiltered() {
     };
     w.wait_prepared(1);
     let modes = seccomp_modes(w.pid());
+    assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}");
+    // ...and so are its shells (a prepared shell's vCPU and API threads are filtered otherwise).
+    let shells = w.shell_pids();
+    assert_eq!(shells.len(), 1);
+    let modes = seccomp_modes(shells[0]);
+    assert!(modes.iter().any(|(n, _)| n == "vcpu0"), "{modes:?}");
     assert!(modes.iter().all(|(_, m)| m == "0"), "{modes:?}");
 }
 

@@ -60,7 +60,8 @@ struct Args {
     /// Log level (off, error, warn, info, debug).
     #[arg(long, default_value = "warn", env = "WISP_LOG")]
     log_level: String,
-    /// Run without wispd's own seccomp filter (docs/seccomp.md). For debugging only.
+    /// Run wispd and its shells without their seccomp filters (docs/seccomp.md). For debugging
+    /// only.
     #[arg(long)]
     no_seccomp: bool,
     /// Start every shell through `wisp-jailer`, one jail per shell (docs/jailer.md).
@@ -218,6 +219,7 @@ fn main() {
         run_dir: run_dir.clone(),
         jail: args.jail_settings(),
         wispd_pid: std::process::id(),
+        no_seccomp: args.no_seccomp,
     };
     // First, while wispd is one thread holding nothing: the spawner inherits no socket.
     let helper = match Helper::start(plan) {

@@ -50,6 +50,8 @@ pub struct ShellPlan {
     pub jail: Option<JailSettings>,
     /// wispd's pid, part of every shell's tag so that tags stay unique across restarts.
     pub wispd_pid: u32,
+    /// `wispd --no-seccomp`: the shells run without their filters too (debugging only).
+    pub no_seccomp: bool,
 }
 
 /// Where one shell's files are, on the host.
@@ -150,6 +152,9 @@ impl ShellPlan {
             None => (files.console.into(), files.api_socket.into()),
         };
         let mut shell: Vec<OsString> = vec!["shell".into()];
+        if self.no_seccomp {
+            shell.push("--no-seccomp".into());
+        }
         for (flag, fd) in ["--control", "--doorbell", "--ack"].iter().zip(SHELL_FDS) {
             shell.push((*flag).into());
             shell.push(fd.to_string().into());
