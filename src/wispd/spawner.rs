@@ -51,11 +51,13 @@ fn decode_job(job: &[u8; JOB_LEN]) -> (u8, u64, u32, u8) {
 
 /// The spawner's half, in wispd's child: serves jobs until wispd closes its end, then exits.
 pub fn serve(sock: UnixDatagram, plan: ShellPlan, wispd: libc::pid_t) -> ! {
-    // SAFETY: prctl/getppid take no pointers.
+    // SAFETY: prctl/getppid take no pointers but the name, a NUL-terminated literal.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 || libc::getppid() != wispd {
             libc::_exit(0);
         }
+        // So that ps tells it from wispd.
+        libc::prctl(libc::PR_SET_NAME, c"wispd-spawner".as_ptr());
     }
     let devnull = match std::fs::OpenOptions::new()
         .read(true)
