@@ -199,8 +199,11 @@ fn wispd(list: &mut SyscallList) -> Result<(), BackendError> {
         // ...a poll a signal interrupted (SIGCHLD under a tracer) resumes through this.
         sys!(SYS_restart_syscall),
         // Create requests are checked like every front end's (wisp-hostfs opens the kernel and
-        // the drives with openat2 RESOLVE_NO_SYMLINKS and checks their type).
+        // the drives with openat2 RESOLVE_NO_SYMLINKS and checks their type); drives are compared
+        // by their canonical paths (realpath: readlink per component, getcwd for a relative one).
         sys!(SYS_openat2),
+        sys!(SYS_readlink),
+        sys!(SYS_getcwd),
         // A shell's console (opened without following links, checked to be a regular file),
         // a jail's files hard-linked in at create, and wispd's own socket and run directory
         // removed at exit (the socket only if it is still the inode wispd bound).
