@@ -77,7 +77,10 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                 peers.push(Entrant::Unfiltered);
                 peers.push(Entrant::Jailed(jailer));
                 notes.push(format!(
-                    "--jail: wisp-no-seccomp is `wisp --no-seccomp run`; wisp-jail-seccomp is                      `wisp-jailer` (uid {}, own root under {}, the kernel and the host's libc                      bound read-only, no cgroup limits) running `wisp run` with its filters;                      its exit includes the jailer removing the jail",
+                    "--jail: wisp-no-seccomp is `wisp --no-seccomp run`; wisp-jail-seccomp is \
+                     `wisp-jailer` (uid {}, own root under {}, the kernel and the host's libc \
+                     bound read-only, no cgroup limits) running `wisp run` with its filters; \
+                     its exit includes the jailer removing the jail",
                     cold_jail::JAIL_UID,
                     cold_jail::jail_base(setup).display()
                 ));

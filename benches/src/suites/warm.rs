@@ -11,12 +11,14 @@ use crate::peers::firecracker_config;
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
 use crate::setup::{help_mentions, Setup};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Time for the pool to refill between creates, so each create finds a prepared shell.
 const REFILL: Duration = Duration::from_millis(100);
+/// The longest wait for every daemon's pool to be full before a create.
+const REFILL_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(setup: &Setup) -> SuiteOutcome {
     let Some(wispd) = setup.sibling("wispd") else {
@@ -108,12 +110,16 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
     }
     // Let the pools fill before the first create.
     std::thread::sleep(REFILL * setup.pool as u32);
+    let sockets: Vec<PathBuf> = records.iter().map(|(s, _)| s.clone()).collect();
     for run in 1..=setup.runs {
-        // Interleaved: A B A B …, so drift on the machine hits every daemon alike.
+        // Interleaved: A B A B …, so drift on the machine hits every daemon alike; and each
+        // create waits until every pool is full again, so no daemon's refill (a jailed shell's
+        // takes longest) lands on another's create.
         for (socket, record) in &mut records {
             if !socket.exists() {
                 continue;
             }
+            wait_for_pools(setup, &sockets);
             match create_once(setup, socket, &config) {
                 Ok(sample) => {
                     eprintln!(
@@ -177,9 +183,11 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         vmms,
         notes: [
             format!(
-                "pool of {} prepared shells, {} ms between creates for the pool to refill",
+                "pool of {} prepared shells, {} ms between creates, and each create waits \
+                 (at most {} s) until every daemon's pool is full",
                 setup.pool,
-                REFILL.as_millis()
+                REFILL.as_millis(),
+                REFILL_WAIT.as_secs()
             ),
             "no peer: neither QEMU nor Firecracker has prepared shells (compare with `api`)"
                 .to_string(),
@@ -188,6 +196,32 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         .chain(notes)
         .collect(),
     })
+}
+
+/// Waits (at most `REFILL_WAIT`) until every daemon has `setup.pool` prepared shells.
+fn wait_for_pools(setup: &Setup, sockets: &[PathBuf]) {
+    let deadline = Instant::now() + REFILL_WAIT;
+    for socket in sockets {
+        while Instant::now() < deadline && prepared(setup, socket) < Some(setup.pool) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `wisp ctl status`'s prepared shells.
+fn prepared(setup: &Setup, socket: &Path) -> Option<usize> {
+    let out = Command::new(&setup.wisp)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("prepared="))?
+        .parse()
+        .ok()
 }
 
 fn create_once(
