@@ -34,7 +34,11 @@ fn base(w_dir: &Path) -> PathBuf {
 
 /// `wispd --jail` with a pool of `pool` jailed shells and the given extra flags.
 fn jailed_wispd(name: &str, pool: usize, extra: &[&str]) -> Wispd {
-    let dir = wispd_common::scratch_dir(name);
+    jailed_wispd_in(wispd_common::scratch_dir(name), pool, extra)
+}
+
+/// The same in `dir`, as it is.
+fn jailed_wispd_in(dir: PathBuf, pool: usize, extra: &[&str]) -> Wispd {
     let socket = dir.join("wispd.sock");
     let mut cmd = wispd_command(&socket, pool, 64);
     cmd.arg("--jail")
@@ -267,4 +271,31 @@ fn paths_a_jailed_vmm_would_create_are_refused_and_the_shell_is_not_reused() {
     let config = config(&w.dir, &kernel, "idle");
     let (ok, out, err) = w.ctl(&["create", "--config", config.to_str().unwrap()]);
     assert!(ok, "{out} {err}");
+}
+
+#[test]
+fn jails_left_by_a_wispd_that_died_are_removed_at_start_and_live_ones_kept() {
+    let dir = wispd_common::scratch_dir("jail-leftovers");
+    let jails_dir = base(&dir).join("wisp");
+    // A pid that no longer exists: a child already reaped (pids are not reused at once).
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let dead_jail = format!("shell-{dead}-3");
+    // A live process's jail (this test's pid), and a jail that is not a wispd shell's.
+    let live_jail = format!("shell-{}-1", std::process::id());
+    for name in [dead_jail.as_str(), live_jail.as_str(), "vm1"] {
+        std::fs::create_dir_all(jails_dir.join(name).join("root/dev")).unwrap();
+    }
+    let w = jailed_wispd_in(dir, 1, &[]);
+    let left = jails(&base(&w.dir));
+    assert!(
+        !left.contains(&dead_jail),
+        "a dead wispd's jail stays: {left:?}"
+    );
+    assert!(left.contains(&live_jail), "{left:?}");
+    assert!(left.contains("vm1"), "{left:?}");
+    // ...beside the jail of its own prepared shell.
+    let own = format!("shell-{}-", w.pid());
+    assert!(left.iter().any(|j| j.starts_with(&own)), "{left:?}");
 }

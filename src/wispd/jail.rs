@@ -93,6 +93,34 @@ impl JailSettings {
         args
     }
 
+    /// Removes the jail directories a wispd that died left behind (`shell-<its pid>-<n>`: its
+    /// shells died with it, their jailers killed before they could clean up). Only those of a
+    /// pid that no longer exists: another wispd's live jails, or ours, are never touched.
+    pub fn remove_leftovers(&self, wisp: &Path, own_pid: u32) {
+        let Some(dir) = self.jail_dir(wisp, "x").parent().map(Path::to_path_buf) else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = leftover_pid(&name.to_string_lossy()) else {
+                continue;
+            };
+            if pid == own_pid || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => log::info!(
+                    "wispd: removed {}, left by a wispd that died",
+                    entry.path().display()
+                ),
+                Err(e) => log::warn!("wispd: cannot remove {}: {e}", entry.path().display()),
+            }
+        }
+    }
+
     /// Where host path `path` appears inside a jail through a `--jail-bind`, if it does.
     fn bound(&self, path: &Path) -> Option<PathBuf> {
         self.binds.iter().find_map(|b| {
@@ -156,6 +184,13 @@ impl JailSettings {
     }
 }
 
+/// The wispd pid in a jail directory's name `shell-<pid>-<n>`, if it is one.
+fn leftover_pid(name: &str) -> Option<u32> {
+    let (pid, n) = name.strip_prefix("shell-")?.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// A drive id as a file name: letters, digits, '-' and '_' kept, the rest '_'.
 fn sanitize(id: &str) -> String {
     id.chars()
@@ -205,6 +240,14 @@ mod tests {
             s.jail_dir(Path::new("/usr/bin/wisp"), "shell-1-2"),
             PathBuf::from("/srv/j/wisp/shell-1-2")
         );
+    }
+
+    #[test]
+    fn only_shell_jails_name_a_wispd_pid() {
+        assert_eq!(leftover_pid("shell-4242-17"), Some(4242));
+        assert_eq!(leftover_pid("shell-4242"), None);
+        assert_eq!(leftover_pid("vm1"), None);
+        assert_eq!(leftover_pid("shell-x-1"), None);
     }
 
     #[test]

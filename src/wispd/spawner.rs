@@ -59,6 +59,9 @@ pub fn serve(sock: UnixDatagram, plan: ShellPlan, wispd: libc::pid_t) -> ! {
         // So that ps tells it from wispd.
         libc::prctl(libc::PR_SET_NAME, c"wispd-spawner".as_ptr());
     }
+    if let Some(jail) = &plan.jail {
+        jail.remove_leftovers(&plan.wisp, wispd as u32);
+    }
     let devnull = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
