@@ -234,10 +234,11 @@ fn a_jailed_vm_boots_filtered_unprivileged_and_sees_only_its_files() {
 }
 
 #[test]
-fn a_kernel_under_a_jail_bind_is_named_by_its_jail_path() {
+fn a_kernel_under_a_jail_bind_is_named_by_its_jail_path_and_cgroup_limits_apply() {
     let kernels = unikernel().parent().unwrap().display().to_string();
     let bind = format!("{kernels}:/kernels:ro");
-    let w = jailed_wispd("jail-bind", 1, &["--jail-bind", &bind]);
+    let extra = ["--jail-bind", &bind, "--jail-cgroup", "pids.max=64"];
+    let mut w = jailed_wispd("jail-bind", 1, &extra);
     let config = config(&w.dir, &unikernel(), "idle");
     let (ok, out, err) = w.ctl(&["create", "--config", config.to_str().unwrap()]);
     assert!(ok, "create failed: {out} {err}");
@@ -247,6 +248,33 @@ fn a_kernel_under_a_jail_bind_is_named_by_its_jail_path() {
     // Nothing was linked in: the bind holds the kernel.
     assert!(!root.join("kernel").exists());
     assert!(names(&root).contains("kernels"), "{:?}", names(&root));
+
+    // The shell's own cgroup, with the limit wispd passed on.
+    let jail = root.parent().unwrap();
+    let tag = jail.file_name().unwrap().to_string_lossy().into_owned();
+    let vmm: u32 = std::fs::read_to_string(jail.join("wisp.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let cgroup = std::fs::read_to_string(format!("/proc/{vmm}/cgroup")).unwrap();
+    let pids = cgroup
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.splitn(3, ':').collect();
+            // v1 names the controller; on a v2-only host the single line is "0::PATH".
+            (f[1].split(',').any(|c| c == "pids") || f[1].is_empty()).then(|| f[2].to_string())
+        })
+        .unwrap_or_else(|| panic!("{cgroup}"));
+    assert!(pids.ends_with(&format!("wisp/{tag}")), "{cgroup}");
+    let v1 = Path::new("/sys/fs/cgroup/pids").join(pids.trim_start_matches('/'));
+    let v2 = Path::new("/sys/fs/cgroup").join(pids.trim_start_matches('/'));
+    let dir = if v1.exists() { v1 } else { v2 };
+    let max = std::fs::read_to_string(dir.join("pids.max")).unwrap();
+    assert_eq!(max.trim(), "64");
+    // SIGTERM: the jailers remove their cgroups with their jails.
+    terminate(&mut w);
+    assert!(!dir.exists(), "{dir:?} left behind");
 }
 
 #[test]
