@@ -148,6 +148,37 @@ fn status_field(pid: u32, name: &str) -> String {
         .join(" ")
 }
 
+/// (name, `Seccomp:`) of every thread of `pid` that runs user code (KVM's worker threads,
+/// `PF_KTHREAD | PF_USER_WORKER`, run only kernel code and are left out).
+fn thread_seccomp(pid: u32) -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let path = e.ok()?.path();
+        let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+        let flags: u64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(6)?
+            .parse()
+            .ok()?;
+        if flags & (0x4000 | 0x0020_0000) != 0 {
+            return None;
+        }
+        let status = std::fs::read_to_string(path.join("status")).ok()?;
+        let field = |n: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(n))
+                .map(|v| v.trim().to_string())
+        };
+        Some((field("Name:")?, field("Seccomp:")?))
+    })
+    .collect()
+}
+
 /// Where `pid`'s cgroup for `controller` is on the host, and whether that is a v2 one:
 /// /proc/PID/cgroup gives the path inside the hierarchy, /proc/self/mounts the hierarchy.
 fn cgroup_dir(pid: u32, controller: &str) -> (PathBuf, bool) {
@@ -242,6 +273,12 @@ fn jailed_unikernel_runs_unprivileged_in_its_own_root_cgroup_and_limits() {
     let jail = jail_dir(&base, &id);
     let pid = vm_pid(&jail);
 
+    // Jailed and filtered: the VM has booted, so every thread is in seccomp filter mode.
+    let threads = thread_seccomp(pid);
+    assert!(
+        threads.iter().any(|(n, _)| n == "vcpu0") && threads.iter().all(|(_, m)| m == "2"),
+        "every thread of the jailed VMM filtered: {threads:?}"
+    );
     assert_eq!(status_field(pid, "Uid"), format!("{UID} {UID} {UID} {UID}"));
     assert_eq!(status_field(pid, "Gid"), format!("{GID} {GID} {GID} {GID}"));
     assert_eq!(status_field(pid, "Groups"), "");

@@ -37,6 +37,10 @@ pub struct Cli {
     /// Warm: prepared shells `wispd` keeps.
     #[arg(long, default_value_t = 4)]
     pub pool: usize,
+    /// Cold and warm: also run Wisp jailed (`wisp-jailer`, `wispd --jail`) with its seccomp
+    /// filters, and Wisp with neither (`--no-seccomp`), interleaved with the rest.
+    #[arg(long)]
+    pub jail: bool,
     /// Seconds a single VMM run may take before it is killed and counted as failed.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,

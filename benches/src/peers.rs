@@ -276,6 +276,7 @@ mod tests {
             pool: 1,
             timeout: std::time::Duration::from_secs(1),
             started_utc: String::new(),
+            jail: false,
         };
         let fc = Peer::Firecracker("/fc/firecracker".into(), "/out/fc.json".into());
         assert_eq!(

@@ -46,6 +46,8 @@ pub struct Setup {
     pub pool: usize,
     pub timeout: Duration,
     pub started_utc: String,
+    /// `--jail`: cold and warm add Wisp jailed + filtered and Wisp with neither.
+    pub jail: bool,
 }
 
 impl Setup {
@@ -92,6 +94,7 @@ impl Setup {
             pool: cli.pool.max(1),
             timeout: Duration::from_secs(cli.timeout.max(1)),
             started_utc: iso_utc(now),
+            jail: cli.jail,
         })
     }
 

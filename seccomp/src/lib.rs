@@ -4,6 +4,8 @@
 //!
 //! - the **vCPU** threads, at thread start, before they are handed a vCPU;
 //! - the **API** thread, before its first accept;
+//! - `wispd`'s thread, once its sockets, epoll set and spawner exist and before it reads a
+//!   client (a filter of its own, not shared with any thread of `wisp`);
 //! - the **VMM** thread, once the VM runs and before its event loop serves a device. Building
 //!   the VM (opening /dev/kvm and the images, creating the VM, mapping memory, spawning vCPU
 //!   threads) happens before that, as in Firecracker, whose VMM filter also goes on after boot.
@@ -36,10 +38,17 @@ pub enum ThreadKind {
     Api,
     /// "vcpu{N}": KVM_RUN and the device handlers of its exits.
     Vcpu,
+    /// `wispd`'s one thread: its event loop, serving clients and driving shells.
+    Wispd,
 }
 
 impl ThreadKind {
-    pub const ALL: [ThreadKind; 3] = [ThreadKind::Vmm, ThreadKind::Api, ThreadKind::Vcpu];
+    pub const ALL: [ThreadKind; 4] = [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Wispd,
+    ];
 
     /// The name used in messages, the docs and the test hook.
     pub fn name(self) -> &'static str {
@@ -47,6 +56,7 @@ impl ThreadKind {
             ThreadKind::Vmm => "vmm",
             ThreadKind::Api => "api",
             ThreadKind::Vcpu => "vcpu",
+            ThreadKind::Wispd => "wispd",
         }
     }
 }
@@ -73,12 +83,13 @@ pub enum SeccompError {
     },
 }
 
-/// The three filters as BPF programs.
+/// The filters as BPF programs.
 #[derive(Clone, Debug)]
 pub struct Filters {
     vmm: BpfProgram,
     api: BpfProgram,
     vcpu: BpfProgram,
+    wispd: BpfProgram,
 }
 
 impl Filters {
@@ -88,6 +99,7 @@ impl Filters {
             vmm: compile(ThreadKind::Vmm, params)?,
             api: compile(ThreadKind::Api, params)?,
             vcpu: compile(ThreadKind::Vcpu, params)?,
+            wispd: compile(ThreadKind::Wispd, params)?,
         })
     }
 
@@ -97,6 +109,7 @@ impl Filters {
             ThreadKind::Vmm => &self.vmm,
             ThreadKind::Api => &self.api,
             ThreadKind::Vcpu => &self.vcpu,
+            ThreadKind::Wispd => &self.wispd,
         }
     }
 

@@ -51,14 +51,27 @@ fn the_test_hooks_syscall_is_in_no_filter() {
 #[test]
 fn the_filters_stay_narrow() {
     // Firecracker's: vmm about 50, api about 31, vcpu about 27. Ours must not drift wider.
-    let (vmm, api, vcpu) = (
+    let (vmm, api, vcpu, wispd) = (
         names(ThreadKind::Vmm).len(),
         names(ThreadKind::Api).len(),
         names(ThreadKind::Vcpu).len(),
+        names(ThreadKind::Wispd).len(),
     );
-    eprintln!("allowed syscalls: vmm {vmm}, api {api}, vcpu {vcpu}");
+    eprintln!("allowed syscalls: vmm {vmm}, api {api}, vcpu {vcpu}, wispd {wispd}");
     assert!(vcpu < api && api < vmm, "vmm {vmm}, api {api}, vcpu {vcpu}");
     assert!(vmm <= 50, "vmm {vmm}");
+    assert!(wispd <= 55, "wispd {wispd}");
+}
+
+#[test]
+fn wispd_never_executes_traces_mounts_or_ioctls() {
+    let n = names(ThreadKind::Wispd);
+    for forbidden in [
+        "execve", "execveat", "fork", "vfork", "clone", "clone3", "ptrace", "mount", "setns",
+        "unshare", "ioctl", "socket", "connect", "bind", "setuid", "chmod", "chown",
+    ] {
+        assert!(!n.contains(&forbidden), "wispd allows {forbidden}");
+    }
 }
 
 #[test]

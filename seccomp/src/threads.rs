@@ -27,6 +27,7 @@ pub fn allowed(kind: ThreadKind, params: &FilterParams) -> Result<Vec<Allowed>, 
         ThreadKind::Vmm => vmm(&mut list, params)?,
         ThreadKind::Api => api(&mut list),
         ThreadKind::Vcpu => vcpu(&mut list)?,
+        ThreadKind::Wispd => wispd(&mut list)?,
     }
     Ok(list.merged())
 }
@@ -160,4 +161,71 @@ pub const VCPU_IOCTLS: &[Ioctl] = &[ioctls::KVM_RUN, ioctls::KVM_GET_REGS];
 /// write the console and ring eventfds (all `write`, in `runtime`).
 fn vcpu(list: &mut SyscallList) -> Result<(), BackendError> {
     list.allow_ioctls(VCPU_IOCTLS)
+}
+
+/// `wispd`'s thread once it serves: its event loop (clients, shells' doorbells and pidfds, the
+/// signalfd, the spawner's socket), control pages, shells' consoles, jails' files, and its
+/// exit. It never executes anything: shells are started by its spawner process, forked before
+/// this filter goes on. No ioctl at all.
+fn wispd(list: &mut SyscallList) -> Result<(), BackendError> {
+    list.allow(&[
+        // The event loop.
+        sys!(SYS_epoll_ctl),
+        sys!(SYS_epoll_pwait),
+        sys!(SYS_epoll_wait),
+        // Clients: accept, requests and answers; the spawner's replies and jobs (a spawn
+        // carries the shell's page and doorbells as SCM_RIGHTS), and its end at shutdown.
+        sys!(SYS_accept4),
+        sys!(SYS_recvfrom),
+        sys!(SYS_sendto),
+        sys!(SYS_sendmsg),
+        sys!(SYS_shutdown),
+        // The signalfd, the shells' ack eventfds; a console's tail.
+        sys!(SYS_read),
+        sys!(SYS_pread64),
+        // A shell's control page: a sealed memfd of fixed size, mapped shared; its doorbells.
+        sys!(SYS_memfd_create),
+        sys!(SYS_ftruncate),
+        sys!(SYS_eventfd2),
+        // Shells: held by pidfds, signalled through them, reaped (waitid on the pidfd; wait4
+        // for one whose pidfd could not be opened, and for the spawner at exit); `Drop` waits
+        // for a killed one with poll.
+        sys!(SYS_pidfd_open),
+        sys!(SYS_pidfd_send_signal),
+        sys!(SYS_waitid),
+        sys!(SYS_wait4),
+        sys!(SYS_kill),
+        sys!(SYS_poll),
+        // ...a poll a signal interrupted (SIGCHLD under a tracer) resumes through this.
+        sys!(SYS_restart_syscall),
+        // Create requests are checked like every front end's (wisp-hostfs opens the kernel and
+        // the drives with openat2 RESOLVE_NO_SYMLINKS and checks their type); drives are compared
+        // by their canonical paths (realpath: readlink per component, getcwd for a relative one).
+        sys!(SYS_openat2),
+        sys!(SYS_readlink),
+        sys!(SYS_getcwd),
+        // A shell's console (opened without following links, checked to be a regular file),
+        // a jail's files hard-linked in at create, and wispd's own socket and run directory
+        // removed at exit (the socket only if it is still the inode wispd bound).
+        sys!(SYS_openat),
+        sys!(SYS_newfstatat),
+        sys!(SYS_statx),
+        sys!(SYS_linkat),
+        sys!(SYS_unlink),
+        sys!(SYS_unlinkat),
+        sys!(SYS_rmdir),
+        sys!(SYS_getdents64),
+    ]);
+    // Sealing the control page (F_ADD_SEALS), non-blocking descriptors, and the directory
+    // stream of a jail directory removed by wispd itself (glibc's fdopendir sets FD_CLOEXEC).
+    list.allow_arg(
+        sys!(SYS_fcntl),
+        1,
+        &[
+            libc::F_ADD_SEALS as u64,
+            libc::F_SETFD as u64,
+            libc::F_GETFL as u64,
+            libc::F_SETFL as u64,
+        ],
+    )
 }

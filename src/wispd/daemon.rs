@@ -3,7 +3,8 @@
 //! in it waits on anyone: a request that needs a shell posts its command, rings, and is answered
 //! when the shell rings back, its process ends, or a deadline passes (deadlines are the epoll
 //! timeout). No lock exists to be held. Clients are in clients.rs, shells in pool.rs, VMs in
-//! vms.rs; starting shells and removing their files happen on a helper thread (helper.rs).
+//! vms.rs; starting shells and removing their files happen in the spawner process (helper.rs,
+//! spawner.rs).
 
 use crate::clients::Client;
 use crate::helper::Helper;
@@ -12,7 +13,6 @@ use crate::vms::VmRecord;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::PathBuf;
 use std::time::Instant;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use wisp_api::seqpacket::SeqpacketListener;
@@ -26,11 +26,11 @@ pub enum DaemonError {
     Setup(#[source] std::io::Error),
     #[error("the event loop failed: {0}")]
     Wait(#[source] std::io::Error),
+    #[error(transparent)]
+    Seccomp(#[from] wisp_seccomp::SeccompError),
 }
 
 pub struct Settings {
-    pub wisp: PathBuf,
-    pub run_dir: PathBuf,
     pub pool: usize,
     pub shell_mem: u32,
     pub shell_vcpus: u8,
@@ -45,7 +45,7 @@ pub enum Token {
     Client(u64),
     ShellAck(u64),
     ShellExit(u64),
-    /// The helper thread started shells.
+    /// The spawner started shells.
     Helper,
 }
 
@@ -143,11 +143,13 @@ pub fn block_exit_signals() -> Result<libc::sigset_t, DaemonError> {
 }
 
 impl Daemon {
-    /// The loop around `listener` (already bound), its signalfd reading `signals`.
+    /// The loop around `listener` (already bound), its signalfd reading `signals`, starting
+    /// shells through `helper`.
     pub fn new(
         settings: Settings,
         listener: SeqpacketListener,
         signals: &libc::sigset_t,
+        helper: Helper,
     ) -> Result<Daemon, DaemonError> {
         // SAFETY: signalfd reads one valid sigset_t; the result is checked.
         let fd = unsafe { libc::signalfd(-1, signals, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
@@ -157,8 +159,6 @@ impl Daemon {
         // SAFETY: signalfd returned a fresh fd that nothing else owns.
         let signals = unsafe { OwnedFd::from_raw_fd(fd) };
         listener.set_nonblocking().map_err(DaemonError::Setup)?;
-        let helper = Helper::start(settings.wisp.clone(), settings.run_dir.clone())
-            .map_err(DaemonError::Setup)?;
         let daemon = Daemon {
             settings,
             epoll: Epoll::new().map_err(DaemonError::Setup)?,

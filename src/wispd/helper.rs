@@ -1,120 +1,198 @@
-//! wispd's one helper thread, for the work that can stall on the scheduler or the disk and so
-//! must not run on the event loop: starting a shell (fork, then waiting until the child has
-//! exec'd, which on a loaded host takes milliseconds) and removing a finished shell's files
-//! (unlinking a console file that holds data waits on the filesystem journal, again
-//! milliseconds). The loop hands jobs over a channel; started shells come back over another,
-//! with an eventfd the loop watches. The thread lives as long as wispd: shells set
-//! PR_SET_PDEATHSIG, which fires when the thread that forked them ends.
+//! wispd's end of the spawner (spawner.rs): the process forked at start-up that starts shells
+//! and removes finished shells' files, so that neither the fork and exec (milliseconds on a
+//! loaded host) nor an unlink waiting on the filesystem journal runs on the event loop, and so
+//! that wispd itself can run under a seccomp filter that allows neither. Jobs go over a
+//! SOCK_SEQPACKET socket pair (a spawn carries the shell's page and doorbells as descriptors);
+//! the loop watches the socket for the spawner's replies.
 
-use crate::shell_process::{ShellError, ShellProcess};
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
-use vmm_sys_util::eventfd::EventFd;
+use crate::shell_process::{ShellError, ShellFiles, ShellParts, ShellPlan, ShellProcess};
+use crate::spawner::{self, JOB_REMOVE, JOB_SPAWN, REPLY_HEAD, REPLY_MAX};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixDatagram;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-enum Job {
-    Spawn { id: u64, mem_mib: u32, vcpus: u8 },
-    Remove(Vec<PathBuf>),
-}
-
-/// A shell the helper started (or why it could not), for the loop's shell `id`.
+/// A shell the spawner started (or why it could not), for the loop's shell `id`.
 pub struct Spawned {
     pub id: u64,
     pub result: Result<ShellProcess, ShellError>,
 }
 
+/// A shell asked of the spawner, not started yet.
+struct Pending {
+    parts: ShellParts,
+    mem_mib: u32,
+    vcpus: u8,
+}
+
 pub struct Helper {
-    jobs: Option<mpsc::Sender<Job>>,
-    /// Set when wispd shuts down: shells still queued are not started.
-    stopping: Arc<AtomicBool>,
-    done: mpsc::Receiver<Spawned>,
-    wake: EventFd,
-    thread: Option<JoinHandle<()>>,
+    sock: UnixDatagram,
+    plan: ShellPlan,
+    pending: HashMap<u64, Pending>,
+    /// The spawner closed its end (it died): nothing more can be started.
+    gone: bool,
+    pid: libc::pid_t,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot create the spawner's socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("cannot fork the spawner: {0}")]
+    Fork(#[source] std::io::Error),
 }
 
 impl Helper {
-    /// Starts the thread; shells are `wisp` processes with their files in `run_dir`.
-    pub fn start(wisp: PathBuf, run_dir: PathBuf) -> std::io::Result<Helper> {
-        let wake = EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)?;
-        let ring = wake.try_clone()?;
-        let (jobs, inbox) = mpsc::channel::<Job>();
-        let (outbox, done) = mpsc::channel();
-        let stopping = Arc::new(AtomicBool::new(false));
-        let stop = stopping.clone();
-        let thread = std::thread::Builder::new()
-            .name("wispd-helper".into())
-            .spawn(move || {
-                for job in inbox {
-                    match job {
-                        Job::Spawn { .. } if stop.load(Ordering::Relaxed) => {}
-                        Job::Spawn { id, mem_mib, vcpus } => {
-                            let result = ShellProcess::spawn(&wisp, &run_dir, mem_mib, vcpus);
-                            // If wispd is shutting down the shell is dropped here, which ends it.
-                            if outbox.send(Spawned { id, result }).is_ok() {
-                                let _ = ring.write(1);
-                            }
-                        }
-                        Job::Remove(paths) => remove_now(paths),
-                    }
-                }
-            })?;
+    /// Forks the spawner. Call while wispd is single-threaded, before its filter goes on.
+    pub fn start(plan: ShellPlan) -> Result<Helper, HelperError> {
+        let mut pair = [-1 as RawFd; 2];
+        let kind = libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC;
+        // SAFETY: socketpair writes two descriptors into `pair`.
+        if unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, pair.as_mut_ptr()) } < 0 {
+            return Err(HelperError::Socket(std::io::Error::last_os_error()));
+        }
+        // SAFETY: two fresh descriptors owned by nobody else. A seqpacket socket takes the same
+        // send/recv(msg) calls as a datagram one, which is all UnixDatagram makes.
+        let (ours, theirs) = unsafe {
+            (
+                UnixDatagram::from_raw_fd(pair[0]),
+                UnixDatagram::from_raw_fd(pair[1]),
+            )
+        };
+        let wispd = std::process::id() as libc::pid_t;
+        // SAFETY: wispd is single-threaded here (its caller's contract), so the child may run
+        // ordinary code; it never returns from `serve`.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(HelperError::Fork(std::io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            drop(ours);
+            spawner::serve(theirs, plan, wispd);
+        }
+        drop(theirs);
+        ours.set_nonblocking(true).map_err(HelperError::Socket)?;
         Ok(Helper {
-            jobs: Some(jobs),
-            stopping,
-            done,
-            wake,
-            thread: Some(thread),
+            sock: ours,
+            plan,
+            pending: HashMap::new(),
+            gone: false,
+            pid,
         })
     }
 
-    /// Asks for a shell for the loop's shell `id`; false if the helper is gone.
-    pub fn spawn(&self, id: u64, mem_mib: u32, vcpus: u8) -> bool {
-        let job = Job::Spawn { id, mem_mib, vcpus };
-        self.jobs.as_ref().is_some_and(|j| j.send(job).is_ok())
+    pub fn plan(&self) -> &ShellPlan {
+        &self.plan
     }
 
-    /// Removes `paths` (a finished shell's files), soon.
-    pub fn remove(&self, paths: Vec<PathBuf>) {
-        let Some(jobs) = &self.jobs else {
-            return remove_now(paths);
+    /// Asks for a shell for the loop's shell `id`.
+    pub fn spawn(&mut self, id: u64, mem_mib: u32, vcpus: u8) -> Result<(), ShellError> {
+        if self.gone {
+            return Err(ShellError::SpawnerGone);
+        }
+        let parts = ShellParts::new()?;
+        let job = spawner::encode_job(JOB_SPAWN, id, mem_mib, vcpus);
+        self.sock
+            .send_with_fds(&[&job[..]], &parts.fds())
+            .map_err(|e| ShellError::Spawn(format!("cannot reach wispd's spawner: {e}")))?;
+        let pending = Pending {
+            parts,
+            mem_mib,
+            vcpus,
         };
-        if let Err(mpsc::SendError(Job::Remove(paths))) = jobs.send(Job::Remove(paths)) {
-            // The helper is gone: remove them here rather than leave them.
-            remove_now(paths);
+        self.pending.insert(id, pending);
+        Ok(())
+    }
+
+    /// Removes shell `id`'s files (`files`), soon, on the spawner; here if it is gone.
+    pub fn remove(&self, id: u64, files: ShellFiles) {
+        let job = spawner::encode_job(JOB_REMOVE, id, 0, 0);
+        if self.gone || self.sock.send(&job).is_err() {
+            files.remove();
         }
     }
 
-    /// Readable when started shells are waiting in `finished`.
+    /// Readable when the spawner replied (or died).
     pub fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
+        self.sock.as_raw_fd()
     }
 
-    /// The shells started since the last call.
-    pub fn finished(&self) -> Vec<Spawned> {
-        let _ = self.wake.read();
-        self.done.try_iter().collect()
+    pub fn is_gone(&self) -> bool {
+        self.gone
+    }
+
+    /// The shells started since the last call; marks the spawner gone at its end of file.
+    pub fn finished(&mut self) -> Vec<Spawned> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; REPLY_MAX];
+        loop {
+            let n = match self.sock.recv(&mut buf) {
+                Ok(0) => {
+                    self.spawner_died(&mut out);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    self.spawner_died(&mut out);
+                    break;
+                }
+            };
+            if n < REPLY_HEAD {
+                continue;
+            }
+            let mut id = [0u8; 8];
+            id.copy_from_slice(&buf[..8]);
+            let id = u64::from_le_bytes(id);
+            let mut pid = [0u8; 4];
+            pid.copy_from_slice(&buf[8..12]);
+            let pid = u32::from_le_bytes(pid);
+            let error = String::from_utf8_lossy(&buf[REPLY_HEAD..n]).into_owned();
+            let Some(p) = self.pending.remove(&id) else {
+                continue;
+            };
+            let files = self.plan.files(id);
+            let adopted = (pid != 0)
+                .then(|| ShellProcess::adopt(p.parts, pid, files, p.mem_mib, p.vcpus))
+                .transpose();
+            let result = match (adopted, error.is_empty()) {
+                (Ok(Some(proc)), true) => Ok(proc),
+                (Ok(None), true) => Err(ShellError::Spawn("the spawner started nothing".into())),
+                // A child that failed to exec is dropped here, which reaps it.
+                (Ok(_), false) => Err(ShellError::Spawn(error)),
+                (Err(e), _) => Err(e),
+            };
+            out.push(Spawned { id, result });
+        }
+        out
+    }
+
+    /// Whatever the spawner had not started never will be: those come back failed.
+    fn spawner_died(&mut self, out: &mut Vec<Spawned>) {
+        if !self.gone {
+            log::error!("wispd: the spawner (pid {}) is gone", self.pid);
+        }
+        self.gone = true;
+        for (id, _) in self.pending.drain() {
+            let result = Err(ShellError::SpawnerGone);
+            out.push(Spawned { id, result });
+        }
     }
 }
 
 impl Drop for Helper {
-    /// Lets the thread finish the jobs already queued (so no file is left behind), then ends
-    /// every shell it started that the loop never took.
+    /// Shutting our end down ends the spawner once it has done the jobs already queued (so no
+    /// file is left behind); it is wispd's child, reaped here.
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::Relaxed);
-        self.jobs = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-        for spawned in self.done.try_iter() {
-            drop(spawned);
-        }
-    }
-}
-
-fn remove_now(paths: Vec<PathBuf>) {
-    for path in paths {
-        let _ = std::fs::remove_file(path);
+        // SAFETY: shutdown on our socket; no memory is shared.
+        unsafe { libc::shutdown(self.sock.as_raw_fd(), libc::SHUT_WR) };
+        let mut status = 0;
+        // SAFETY: waitpid on our own child, writing one int.
+        unsafe { libc::waitpid(self.pid, &mut status, 0) };
+        self.gone = true;
+        // Shells it started that the loop never took end here (dropping one kills and reaps it
+        // and removes its files).
+        drop(self.finished());
     }
 }

@@ -14,15 +14,20 @@ macro_rules! report {
 mod clients;
 mod daemon;
 mod helper;
+mod jail;
 #[path = "../logger.rs"]
 mod logger;
 mod pool;
 mod shell_process;
 mod socket_path;
+mod spawner;
 mod vms;
 
 use clap::Parser;
 use daemon::{Daemon, Settings};
+use helper::Helper;
+use jail::JailSettings;
+use shell_process::ShellPlan;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -55,13 +60,92 @@ struct Args {
     /// Log level (off, error, warn, info, debug).
     #[arg(long, default_value = "warn", env = "WISP_LOG")]
     log_level: String,
+    /// Run wispd and its shells without their seccomp filters (docs/seccomp.md). For debugging
+    /// only.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Start every shell through `wisp-jailer`, one jail per shell (docs/jailer.md).
+    #[arg(long, requires_all = ["jail_uid", "jail_gid"])]
+    jail: bool,
+    /// The jailer binary (default: `wisp-jailer` next to this one).
+    #[arg(long, requires = "jail")]
+    jailer: Option<PathBuf>,
+    /// The uid jailed shells run as (not 0).
+    #[arg(long, requires = "jail")]
+    jail_uid: Option<u32>,
+    /// The gid jailed shells run as (not 0).
+    #[arg(long, requires = "jail")]
+    jail_gid: Option<u32>,
+    /// Where the jails are built: <DIR>/<wisp's file name>/shell-<wispd pid>-<n>/root. Files a
+    /// create names are hard-linked into the shell's root, so keep them on this filesystem
+    /// (or under a --jail-bind directory).
+    #[arg(long, requires = "jail", default_value = "/srv/wisp-jail")]
+    chroot_base_dir: PathBuf,
+    /// Bind a host file or directory into every jail, SRC:DST[:ro] (repeatable). A file a
+    /// create names under SRC is given to the shell as DST/...: bind the kernels' directory
+    /// read-only, and a dynamic `wisp` needs its libraries.
+    #[arg(long = "jail-bind", value_name = "SRC:DST[:ro]", requires = "jail")]
+    jail_binds: Vec<String>,
+    /// A cgroup limit for every jailed shell, FILE=VALUE (cpu.max, memory.max, pids.max).
+    #[arg(long = "jail-cgroup", value_name = "FILE=VALUE", requires = "jail")]
+    jail_cgroups: Vec<String>,
+    /// The per-shell cgroups' parent (the jailer's default: wisp).
+    #[arg(long, requires = "jail")]
+    jail_parent_cgroup: Option<String>,
+    /// A resource limit for every jailed shell, no-file=N or fsize=BYTES (repeatable).
+    #[arg(
+        long = "jail-resource-limit",
+        value_name = "RESOURCE=N",
+        requires = "jail"
+    )]
+    jail_resource_limits: Vec<String>,
+    /// The network namespace jailed shells join (where their taps are).
+    #[arg(long, requires = "jail")]
+    jail_netns: Option<PathBuf>,
 }
 
-fn sibling_wisp() -> PathBuf {
+impl Args {
+    fn jail_settings(&self) -> Option<JailSettings> {
+        if !self.jail {
+            return None;
+        }
+        Some(JailSettings {
+            jailer: self
+                .jailer
+                .clone()
+                .unwrap_or_else(|| sibling("wisp-jailer")),
+            uid: self.jail_uid.unwrap_or(0),
+            gid: self.jail_gid.unwrap_or(0),
+            base: self.chroot_base_dir.clone(),
+            binds: self.jail_binds.clone(),
+            cgroups: self.jail_cgroups.clone(),
+            parent_cgroup: self.jail_parent_cgroup.clone(),
+            resource_limits: self.jail_resource_limits.clone(),
+            netns: self.jail_netns.clone(),
+        })
+    }
+}
+
+/// The binary `name` next to this one.
+fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|p| p.parent().map(|d| d.join("wisp")))
-        .unwrap_or_else(|| PathBuf::from("wisp"))
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// wispd's own filter (docs/seccomp.md), on its one thread, once everything it opens at
+/// start-up is open and before the first client is read. The spawner was forked before this and
+/// stays unfiltered: a filter passes to every process exec'd under it, and shells need far more.
+fn enter_seccomp(off: bool) -> Result<(), wisp_seccomp::SeccompError> {
+    if off {
+        wisp_seccomp::disable();
+        return Ok(());
+    }
+    wisp_seccomp::enable(&wisp_seccomp::FilterParams {
+        kick_signal: libc::SIGRTMIN(),
+    })?;
+    wisp_seccomp::enter(wisp_seccomp::ThreadKind::Wispd)
 }
 
 /// Creates the run directory (0700); true if it did. An existing one is used as it is, but the
@@ -124,6 +208,27 @@ fn main() {
         Some(dir) => (dir.clone(), false),
         None => (PathBuf::from(format!("{}.d", args.socket.display())), true),
     };
+    if let Some(j) = args.jail_settings() {
+        if j.uid == 0 || j.gid == 0 {
+            report!("wispd: error: --jail-uid and --jail-gid must not be 0");
+            std::process::exit(1);
+        }
+    }
+    let plan = ShellPlan {
+        wisp: args.wisp.clone().unwrap_or_else(|| sibling("wisp")),
+        run_dir: run_dir.clone(),
+        jail: args.jail_settings(),
+        wispd_pid: std::process::id(),
+        no_seccomp: args.no_seccomp,
+    };
+    // First, while wispd is one thread holding nothing: the spawner inherits no socket.
+    let helper = match Helper::start(plan) {
+        Ok(h) => h,
+        Err(e) => {
+            report!("wispd: error: {e}");
+            std::process::exit(1);
+        }
+    };
     let (listener, claimed) = match socket_path::claim(&args.socket) {
         Ok(claimed) => claimed,
         Err(e) => {
@@ -140,13 +245,16 @@ fn main() {
         }
     };
     let settings = Settings {
-        wisp: args.wisp.clone().unwrap_or_else(sibling_wisp),
-        run_dir: run_dir.clone(),
         pool: args.pool,
         shell_mem: args.shell_mem,
         shell_vcpus: args.shell_vcpus,
     };
-    let outcome = Daemon::new(settings, listener, &signals).and_then(|mut d| d.run());
+    let outcome = Daemon::new(settings, listener, &signals, helper)
+        .and_then(|d| match enter_seccomp(args.no_seccomp) {
+            Ok(()) => Ok(d),
+            Err(e) => Err(daemon::DaemonError::Seccomp(e)),
+        })
+        .and_then(|mut d| d.run());
     // The loop ended every shell (and removed their files); what is left is ours to remove.
     claimed.release();
     if made_run_dir {

@@ -56,7 +56,7 @@ pub(crate) enum Stage {
     Ending,
 }
 
-/// A shell the helper thread is starting.
+/// A shell the spawner is starting.
 pub(crate) struct Spawning {
     mem_mib: u32,
     vcpus: u8,
@@ -186,15 +186,14 @@ impl Daemon {
         self.at(at, Timer::Refill);
     }
 
-    /// Has the helper start a shell, for the pool or for `create`; false if it cannot.
+    /// Has the spawner start a shell, for the pool or for `create`; false if it cannot.
     fn spawn_shell(&mut self, mem_mib: u32, vcpus: u8, create: Option<Box<CreateRequest>>) -> bool {
         let id = self.new_id();
-        if !self.helper.spawn(id, mem_mib, vcpus) {
-            let why = "wispd's helper thread is gone";
-            log::error!("wispd: cannot start a shell: {why}");
+        if let Err(e) = self.helper.spawn(id, mem_mib, vcpus) {
+            log::error!("wispd: cannot start a shell: {e}");
             self.back_off();
             if let Some(req) = create {
-                self.reply(req.from, error(format!("cold start failed: {why}")));
+                self.reply(req.from, error(format!("cold start failed: {e}")));
             }
             return false;
         }
@@ -207,7 +206,7 @@ impl Daemon {
         true
     }
 
-    /// The helper started shells (or failed to): they prepare now, watched by the loop.
+    /// The spawner started shells (or failed to): they prepare now, watched by the loop.
     pub(crate) fn shells_started(&mut self) {
         for started in self.helper.finished() {
             let Some(spawning) = self.spawning.remove(&started.id) else {
@@ -217,6 +216,10 @@ impl Daemon {
                 Ok(proc) => self.watch_shell(started.id, proc, spawning.create),
                 Err(e) => self.prepare_failed(None, spawning.create, &e.to_string()),
             }
+        }
+        if self.helper.is_gone() {
+            // Its socket would stay readable (end of file) and spin the loop.
+            self.unwatch(self.helper.wake_fd());
         }
     }
 
@@ -304,9 +307,9 @@ impl Daemon {
             Stage::Vm { id: vm, op } => self.vm_shell_ended(vm, op, &shell.proc, &how),
             Stage::Ending => log::debug!("wispd: shell {pid} ended ({how})"),
         }
-        // Its files go on the helper thread (an unlink can wait on the disk); dropping the shell
-        // frees the rest.
-        self.helper.remove(shell.proc.take_files());
+        // Its files go in the spawner (an unlink can wait on the disk); dropping the shell frees
+        // the rest.
+        self.helper.remove(id, shell.proc.take_files());
         drop(shell);
     }
 
@@ -345,9 +348,12 @@ impl Daemon {
     /// A shell finished preparing: into the pool, or on to the create waiting for it.
     fn prepared(&mut self, id: u64) {
         self.prepare_failures = 0;
-        if let Some(shell) = self.shells.get(&id) {
+        if let Some(shell) = self.shells.get_mut(&id) {
             let took = shell.started.elapsed();
             log::debug!("wispd: shell {} prepared in {took:?}", shell.proc.pid());
+            // A jailed shell creates its console while preparing: from now on it is read through
+            // this descriptor, which outlives the jail.
+            shell.proc.open_console();
         }
         match self.take_stage(id) {
             Stage::Preparing { create: Some(req) } => self.start_create(id, *req),
@@ -440,8 +446,21 @@ impl Daemon {
         let Some(shell) = self.shells.get(&id) else {
             return;
         };
+        // Jailed: the files the request names go into the shell's root now, and the page names
+        // them by their jail paths. A shell that got some of them is not reused.
+        let jail = self.helper.plan().jail.as_ref();
+        let config = match (jail, shell.proc.files.root()) {
+            (Some(jail), Some(root)) => match jail.place_files(&req.config, &root) {
+                Ok(config) => config,
+                Err(e) => {
+                    self.kill_shell(id);
+                    return self.reply(req.from, error(e));
+                }
+            },
+            _ => req.config.clone(),
+        };
         let page = &shell.proc.page;
-        let written = page.write_config(&req.config).and_then(|()| {
+        let written = page.write_config(&config).and_then(|()| {
             // The shell's controller logs the create under the client's request id.
             req.from
                 .request_id

@@ -1,25 +1,24 @@
 //! One `wisp shell` child of wispd: the process, held by a pidfd so that neither a signal nor a
 //! reap can ever reach a recycled pid, its control page and its two doorbells. Nothing here
 //! waits on the shell except `Drop`, the last resort; the event loop watches `ack_fd` and
-//! `pidfd` instead.
+//! `pidfd` instead. The process itself is started by the spawner (spawner.rs) from a
+//! [`ShellPlan`]: `wisp shell` directly, or `wisp-jailer … -- shell …` with `--jail`.
 
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
+use crate::jail::JailSettings;
+use std::cell::Cell;
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::EventFd;
 use wisp_api::control_page::{
     monotonic_ns, ControlCommand, ControlPage, ControlPageError, Timestamp,
 };
 
-/// The fd numbers a shell finds its page and doorbells at.
-const SHELL_CONTROL_FD: RawFd = 3;
-const SHELL_DOORBELL_FD: RawFd = 4;
-const SHELL_ACK_FD: RawFd = 5;
+/// The fd numbers a shell finds its page, doorbell and ack doorbell at.
+pub const SHELL_FDS: [RawFd; 3] = [3, 4, 5];
 
 /// How long `Drop` waits for a killed shell to be reaped (SIGKILL ends a process promptly
 /// unless it is stuck in the kernel; then it stays a zombie rather than block wispd).
@@ -31,18 +30,10 @@ pub enum ShellError {
     Page(#[from] ControlPageError),
     #[error("cannot create a doorbell: {0}")]
     Doorbell(#[source] std::io::Error),
-    #[error("cannot create the console file {}: {source}", path.display())]
-    Console {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot start {}: {source}", wisp.display())]
-    Spawn {
-        wisp: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Spawn(String),
+    #[error("wispd's spawner is gone")]
+    SpawnerGone,
     #[error("cannot watch the shell (pid {pid}): pidfd_open: {source}")]
     Pidfd {
         pid: u32,
@@ -51,15 +42,174 @@ pub enum ShellError {
     },
 }
 
-/// Duplicates `fd` above the fd numbers the child will use, close-on-exec.
-fn dup_high(fd: RawFd) -> std::io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC duplicates a valid fd we hold; the result is checked.
-    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
+/// How shells are started: fixed when wispd starts, known to the spawner and to wispd.
+#[derive(Clone, Debug)]
+pub struct ShellPlan {
+    pub wisp: PathBuf,
+    pub run_dir: PathBuf,
+    pub jail: Option<JailSettings>,
+    /// wispd's pid, part of every shell's tag so that tags stay unique across restarts.
+    pub wispd_pid: u32,
+    /// `wispd --no-seccomp`: the shells run without their filters too (debugging only).
+    pub no_seccomp: bool,
+}
+
+/// Where one shell's files are, on the host.
+#[derive(Clone, Debug)]
+pub struct ShellFiles {
+    /// The guest console (0600).
+    pub console: PathBuf,
+    /// The VM's own REST API socket.
+    pub api_socket: PathBuf,
+    /// Jailed: `<base>/<wisp's name>/shell-<tag>` (the jailer removes it when the shell ends).
+    pub jail_dir: Option<PathBuf>,
+}
+
+impl ShellFiles {
+    /// The jail root, if jailed: files a create names are linked in here.
+    pub fn root(&self) -> Option<PathBuf> {
+        self.jail_dir.as_ref().map(|d| d.join("root"))
     }
-    // SAFETY: fcntl returned a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+
+    /// Unjailed: creates the console file (0600) before the shell starts, so it is private from
+    /// its first byte. (A file of that name can only be left over from an earlier wispd with the
+    /// same pid.) Jailed, the shell creates it inside its own root, 0600 too.
+    pub fn create_console(&self) -> Result<(), String> {
+        if self.jail_dir.is_some() {
+            return Ok(());
+        }
+        let _ = std::fs::remove_file(&self.console);
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(&self.console)
+            .map(drop)
+            .map_err(|e| {
+                format!(
+                    "cannot create the console file {}: {e}",
+                    self.console.display()
+                )
+            })
+    }
+
+    /// Removes what is left of the shell's files. Jailed, that is the jail directory, which
+    /// the jailer removes itself unless it was killed.
+    pub fn remove(&self) {
+        match &self.jail_dir {
+            Some(dir) => {
+                if dir.exists() {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&self.console);
+                let _ = std::fs::remove_file(&self.api_socket);
+            }
+        }
+    }
+}
+
+impl ShellPlan {
+    fn tag(&self, id: u64) -> String {
+        format!("shell-{}-{id}", self.wispd_pid)
+    }
+
+    /// The program the spawner executes: `wisp`, or the jailer.
+    pub fn program(&self) -> &Path {
+        match &self.jail {
+            Some(j) => &j.jailer,
+            None => &self.wisp,
+        }
+    }
+
+    pub fn files(&self, id: u64) -> ShellFiles {
+        let tag = self.tag(id);
+        match &self.jail {
+            Some(j) => {
+                let dir = j.jail_dir(&self.wisp, &tag);
+                let root = dir.join("root");
+                ShellFiles {
+                    console: root.join("console"),
+                    api_socket: root.join("api.sock"),
+                    jail_dir: Some(dir),
+                }
+            }
+            None => ShellFiles {
+                console: self.run_dir.join(format!("{tag}.console")),
+                api_socket: self.run_dir.join(format!("{tag}.sock")),
+                jail_dir: None,
+            },
+        }
+    }
+
+    /// The arguments of shell `id`'s program (`program()` is argv[0]).
+    pub fn command(&self, id: u64, mem_mib: u32, vcpus: u8) -> (PathBuf, Vec<OsString>) {
+        let files = self.files(id);
+        let (console, api): (OsString, OsString) = match &self.jail {
+            Some(_) => ("/console".into(), "/api.sock".into()),
+            None => (files.console.into(), files.api_socket.into()),
+        };
+        let mut shell: Vec<OsString> = vec!["shell".into()];
+        if self.no_seccomp {
+            shell.push("--no-seccomp".into());
+        }
+        for (flag, fd) in ["--control", "--doorbell", "--ack"].iter().zip(SHELL_FDS) {
+            shell.push((*flag).into());
+            shell.push(fd.to_string().into());
+        }
+        for a in [
+            "--mem".to_string(),
+            mem_mib.to_string(),
+            "--vcpus".to_string(),
+            vcpus.to_string(),
+        ] {
+            shell.push(a.into());
+        }
+        shell.extend(["--console".into(), console, "--api-sock".into(), api]);
+        let args = match &self.jail {
+            Some(j) => {
+                let mut args = j.jailer_args(&self.wisp, &self.tag(id), &SHELL_FDS);
+                args.push("--".into());
+                args.extend(shell);
+                args
+            }
+            None => shell,
+        };
+        (self.program().to_path_buf(), args)
+    }
+}
+
+/// What wispd makes for a shell before it is started: its page and doorbells.
+pub struct ShellParts {
+    pub page: ControlPage,
+    doorbell: EventFd,
+    ack: EventFd,
+}
+
+impl ShellParts {
+    pub fn new() -> Result<ShellParts, ShellError> {
+        let page = ControlPage::create()?;
+        // The shell blocks on its doorbell; wispd's end of the ack never blocks.
+        let doorbell = EventFd::new(libc::EFD_CLOEXEC).map_err(ShellError::Doorbell)?;
+        let ack =
+            EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(ShellError::Doorbell)?;
+        Ok(ShellParts {
+            page,
+            doorbell,
+            ack,
+        })
+    }
+
+    /// The descriptors the shell gets as fds 3, 4 and 5.
+    pub fn fds(&self) -> [RawFd; 3] {
+        [
+            self.page.file().as_raw_fd(),
+            self.doorbell.as_raw_fd(),
+            self.ack.as_raw_fd(),
+        ]
+    }
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -86,111 +236,34 @@ pub struct ShellProcess {
     pid: u32,
     pidfd: OwnedFd,
     reaped: bool,
-    /// `Drop` removes the console and API socket unless `take_files` handed them on.
+    /// `Drop` removes the shell's files unless `take_files` handed them on.
     owns_files: bool,
     pub page: ControlPage,
     doorbell: EventFd,
     ack: EventFd,
     pub mem_mib: u32,
     pub vcpus: u8,
-    /// Created by wispd (0600) before the shell starts; removed with the shell.
-    pub console: PathBuf,
-    /// The VM's own REST API socket (bound by the shell); removed with the shell.
-    pub api_socket: PathBuf,
+    pub files: ShellFiles,
+    /// The console, opened read-only once it exists: read through this descriptor, the text
+    /// outlives the file (a jailer removes its jail, console included, as the shell ends).
+    console: Option<File>,
+    /// Jailed: the process is the jailer, and `kill` asks it to end the shell first.
+    jailed: bool,
+    /// SIGTERM already sent to the jailer: the next `kill` is SIGKILL.
+    termed: Cell<bool>,
+    /// SIGKILL sent.
+    killed: Cell<bool>,
 }
 
 impl ShellProcess {
-    /// Starts a shell that prepares a VM of `mem_mib` MiB and `vcpus` vCPUs. Returns once the
-    /// process exists; it reports Prepared on the page and rings `ack_fd` when it is ready.
-    pub fn spawn(
-        wisp: &Path,
-        run_dir: &Path,
+    /// Takes over the shell the spawner started as `pid` (wispd's child, by `CLONE_PARENT`).
+    pub fn adopt(
+        parts: ShellParts,
+        pid: u32,
+        files: ShellFiles,
         mem_mib: u32,
         vcpus: u8,
     ) -> Result<ShellProcess, ShellError> {
-        let page = ControlPage::create()?;
-        // The shell blocks on its doorbell; wispd's end of the ack never blocks.
-        let doorbell = EventFd::new(libc::EFD_CLOEXEC).map_err(ShellError::Doorbell)?;
-        let ack =
-            EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(ShellError::Doorbell)?;
-        let fds = [
-            dup_high(page.file().as_raw_fd()).map_err(ShellError::Doorbell)?,
-            dup_high(doorbell.as_raw_fd()).map_err(ShellError::Doorbell)?,
-            dup_high(ack.as_raw_fd()).map_err(ShellError::Doorbell)?,
-        ];
-        let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
-        let tag = unique();
-        let console = run_dir.join(format!("shell-{tag}.console"));
-        let api_socket = run_dir.join(format!("shell-{tag}.sock"));
-        // The guest's console is the guest's business: only wispd's user may read it. The shell
-        // opens it with O_TRUNC, which keeps this mode. (A file of that name can only be left
-        // over from an earlier wispd with the same pid.)
-        let _ = std::fs::remove_file(&console);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&console)
-            .map_err(|source| ShellError::Console {
-                path: console.clone(),
-                source,
-            })?;
-        let parent = std::process::id() as libc::pid_t;
-        let mut cmd = Command::new(wisp);
-        cmd.arg("shell")
-            .args(["--control", &SHELL_CONTROL_FD.to_string()])
-            .args(["--doorbell", &SHELL_DOORBELL_FD.to_string()])
-            .args(["--ack", &SHELL_ACK_FD.to_string()])
-            .args(["--mem", &mem_mib.to_string(), "--vcpus", &vcpus.to_string()])
-            .arg("--console")
-            .arg(&console)
-            .arg("--api-sock")
-            .arg(&api_socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
-        // SAFETY: between fork and exec this only calls async-signal-safe functions (dup2,
-        // umask, sigprocmask, prctl, getppid) on fds and memory valid in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (src, dst) in
-                    raw.iter()
-                        .zip([SHELL_CONTROL_FD, SHELL_DOORBELL_FD, SHELL_ACK_FD])
-                {
-                    if libc::dup2(*src, dst) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Files the shell makes (its API socket) are private too.
-                libc::umask(0o077);
-                // wispd blocks SIGTERM/SIGINT for its signalfd; the shell must not inherit that.
-                let mut none: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut none);
-                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                // Shells must not outlive wispd: the kernel kills them when it dies. If wispd
-                // died before this line, no signal will come: give up now.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    return Err(std::io::Error::other("wispd is gone"));
-                }
-                Ok(())
-            });
-        }
-        let child = match cmd.spawn() {
-            Ok(child) => child,
-            Err(source) => {
-                let _ = std::fs::remove_file(&console);
-                return Err(ShellError::Spawn {
-                    wisp: wisp.to_path_buf(),
-                    source,
-                });
-            }
-        };
-        drop(fds);
-        let pid = child.id();
-        // `Child` has no pipes here and never waits by itself; the pidfd owns the process now.
-        drop(child);
         let pidfd = match pidfd_open(pid) {
             Ok(fd) => fd,
             Err(source) => {
@@ -201,23 +274,66 @@ impl ShellProcess {
                     let mut status = 0;
                     libc::waitpid(pid as libc::pid_t, &mut status, 0);
                 }
-                let _ = std::fs::remove_file(&console);
+                files.remove();
                 return Err(ShellError::Pidfd { pid, source });
             }
         };
-        Ok(ShellProcess {
+        let jailed = files.jail_dir.is_some();
+        let mut shell = ShellProcess {
             pid,
             pidfd,
             reaped: false,
             owns_files: true,
-            page,
-            doorbell,
-            ack,
+            page: parts.page,
+            doorbell: parts.doorbell,
+            ack: parts.ack,
             mem_mib,
             vcpus,
-            console,
-            api_socket,
-        })
+            files,
+            console: None,
+            jailed,
+            termed: Cell::new(false),
+            killed: Cell::new(false),
+        };
+        if !jailed {
+            shell.open_console();
+        }
+        Ok(shell)
+    }
+
+    /// Opens the console for reading if it is not open yet. It must be a regular file: a jailed
+    /// shell owns the directory and could have put a FIFO or a link there instead.
+    pub fn open_console(&mut self) {
+        if self.console.is_some() {
+            return;
+        }
+        let opened = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&self.files.console)
+            .and_then(|f| {
+                if f.metadata()?.is_file() {
+                    Ok(f)
+                } else {
+                    Err(std::io::Error::other("not a regular file"))
+                }
+            });
+        match opened {
+            Ok(f) => self.console = Some(f),
+            Err(e) => log::debug!(
+                "wispd: shell {}: console {}: {e}",
+                self.pid,
+                self.files.console.display()
+            ),
+        }
+    }
+
+    /// The last `max` bytes of the console, as text.
+    pub fn console_tail(&self, max: u64) -> std::io::Result<String> {
+        match &self.console {
+            Some(f) => console_tail(f, max),
+            None => Err(std::io::Error::other("the console is not open")),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -249,28 +365,42 @@ impl ShellProcess {
         Ok(seq)
     }
 
-    /// SIGKILL through the pidfd: it can only ever reach this shell.
+    /// Ends the shell through its pidfd, which can only ever reach this process: SIGKILL, or
+    /// for a jailed shell first SIGTERM to the jailer, which forwards it to the shell, waits for
+    /// it and removes the jail and the cgroup (a SIGKILLed jailer cannot: its shell then dies of
+    /// the jailer's parent-death signal and the spawner removes the jail directory).
     pub fn kill(&self) {
         if self.reaped {
             return;
         }
+        let signal = if self.jailed && !self.termed.replace(true) {
+            libc::SIGTERM
+        } else {
+            self.killed.set(true);
+            libc::SIGKILL
+        };
         // SAFETY: pidfd_send_signal on a pidfd we own, with no siginfo; no memory is shared.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_pidfd_send_signal,
                 self.pidfd.as_raw_fd(),
-                libc::SIGKILL,
+                signal,
                 std::ptr::null::<libc::siginfo_t>(),
                 0,
             )
         };
         if rc < 0 {
             log::debug!(
-                "wispd: cannot kill shell {}: {}",
+                "wispd: cannot signal shell {}: {}",
                 self.pid,
                 std::io::Error::last_os_error()
             );
         }
+    }
+
+    /// Whether `kill` has sent SIGKILL (a jailed shell's first `kill` is a SIGTERM).
+    pub fn killed_hard(&self) -> bool {
+        self.killed.get()
     }
 
     /// Reaps the shell if it has exited (never blocks): how it ended, or `None` while it runs.
@@ -297,10 +427,10 @@ impl ShellProcess {
         Some(describe_exit(&info))
     }
 
-    /// The console and API socket, for the caller to remove (`Drop` then leaves them).
-    pub fn take_files(&mut self) -> Vec<PathBuf> {
+    /// The shell's files, for the caller to remove (`Drop` then leaves them).
+    pub fn take_files(&mut self) -> ShellFiles {
         self.owns_files = false;
-        vec![self.console.clone(), self.api_socket.clone()]
+        self.files.clone()
     }
 }
 
@@ -309,10 +439,21 @@ impl Drop for ShellProcess {
     /// `REAP_ON_DROP`), and its files removed (unless `take_files` took them).
     fn drop(&mut self) {
         if !self.reaped {
-            self.kill();
-            let deadline = Instant::now() + REAP_ON_DROP;
+            // A jailer already asked to end (shutdown) gets its time before the SIGKILL.
+            if !(self.jailed && self.termed.get()) {
+                self.kill();
+            }
+            let start = Instant::now();
+            // A jailer gets SIGTERM first (so it removes its jail); SIGKILL after this long.
+            let mut escalate = self.jailed.then(|| start + REAP_ON_DROP / 4);
+            let deadline = start + REAP_ON_DROP;
             while self.try_reap().is_none() {
-                let left = deadline.saturating_duration_since(Instant::now());
+                let now = Instant::now();
+                if escalate.is_some_and(|at| now >= at) {
+                    escalate = None;
+                    self.kill();
+                }
+                let left = deadline.saturating_duration_since(now);
                 if left.is_zero() {
                     log::warn!("wispd: shell {} did not die after SIGKILL", self.pid);
                     break;
@@ -323,29 +464,27 @@ impl Drop for ShellProcess {
                     revents: 0,
                 };
                 // SAFETY: polls one valid pollfd.
-                unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 100) as i32) };
             }
         }
         if self.owns_files {
-            let _ = std::fs::remove_file(&self.console);
-            let _ = std::fs::remove_file(&self.api_socket);
+            self.files.remove();
         }
     }
 }
 
-/// The last `max` bytes of the file at `path`, as text.
-pub fn console_tail(path: &Path, max: u64) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
-    f.seek(SeekFrom::Start(len.saturating_sub(max)))?;
-    let mut s = Vec::new();
-    f.take(max).read_to_end(&mut s)?;
-    Ok(String::from_utf8_lossy(&s).into_owned())
-}
-
-/// A process-unique number for file names.
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    (u64::from(std::process::id()) << 32) | NEXT.fetch_add(1, Ordering::Relaxed)
+/// The last `max` bytes of `file`, as text.
+fn console_tail(file: &File, max: u64) -> std::io::Result<String> {
+    let len = file.metadata()?.len();
+    let from = len.saturating_sub(max);
+    let mut buf = vec![0u8; (len - from) as usize];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], from + got as u64)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    buf.truncate(got);
+    Ok(String::from_utf8_lossy(&buf).into_owned())
 }

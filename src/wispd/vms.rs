@@ -7,7 +7,7 @@
 use crate::clients::Requester;
 use crate::daemon::Daemon;
 use crate::pool::{error, page_error, Creating, Stage, COMMAND_TIMEOUT, KILL_WAIT};
-use crate::shell_process::{console_tail, ShellProcess};
+use crate::shell_process::ShellProcess;
 use std::time::{Duration, Instant};
 use wisp_api::control_page::{ControlCommand, ShellState, Timestamp};
 use wisp_api::wispd_protocol::{CreateTimes, CtlResponse, VmSummary};
@@ -95,7 +95,7 @@ impl Daemon {
             pid: proc.pid(),
             mem_size_mib: mc.mem_size_mib,
             vcpu_count: mc.vcpu_count,
-            api_socket: Some(proc.api_socket.display().to_string()),
+            api_socket: Some(proc.files.api_socket.display().to_string()),
             ended: None,
             console: String::new(),
         };
@@ -120,7 +120,7 @@ impl Daemon {
             vm_name(vm),
             proc.pid()
         );
-        let console = console_tail(&proc.console, ENDED_CONSOLE).unwrap_or_default();
+        let console = proc.console_tail(ENDED_CONSOLE).unwrap_or_default();
         let Some(record) = self.vms.get_mut(&vm) else {
             return;
         };
@@ -211,7 +211,10 @@ impl Daemon {
             // Nothing in flight (a stale deadline): nothing to do.
             other => return self.enter(id, other, None),
         };
-        if op.command == ControlCommand::Destroy && !op.killed {
+        // A destroy kills; a jailed shell is asked first (SIGTERM to its jailer, which removes
+        // the jail), then killed at the next deadline.
+        let hard = self.shells.get(&id).is_some_and(|s| s.proc.killed_hard());
+        if op.command == ControlCommand::Destroy && !(op.killed && hard) {
             if let Some(shell) = self.shells.get(&id) {
                 shell.proc.kill();
             }
@@ -381,7 +384,7 @@ impl Daemon {
                 text: vm.console.clone(),
             };
         };
-        match console_tail(&shell.proc.console, CONSOLE_TAIL) {
+        match shell.proc.console_tail(CONSOLE_TAIL) {
             Ok(text) => CtlResponse::Console { text },
             Err(e) => error(format!("cannot read the console of {name}: {e}")),
         }

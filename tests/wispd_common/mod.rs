@@ -113,9 +113,21 @@ impl Wispd {
         }
     }
 
-    /// Direct children of wispd: its shells.
+    /// Direct children of wispd: its shells (wispd's spawner, also its child, is not one).
     pub fn shell_pids(&self) -> Vec<u32> {
         children_of(self.pid())
+            .into_iter()
+            .filter(|&pid| Some(pid) != self.spawner_pid())
+            .collect()
+    }
+
+    /// wispd's spawner: the child running wispd's own binary.
+    pub fn spawner_pid(&self) -> Option<u32> {
+        let exe = |pid: u32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+        let own = exe(self.pid())?;
+        children_of(self.pid())
+            .into_iter()
+            .find(|&pid| exe(pid).as_ref() == Some(&own))
     }
 
     /// wispd's open fds, as their link targets.

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cold;
+pub mod cold_jail;
 pub mod density;
 pub mod host_tsc;
 pub mod linux;

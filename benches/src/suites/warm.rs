@@ -2,20 +2,23 @@
 //! --pool N` keeps the shells; each create is `wisp ctl --socket PATH create --config vm.json`,
 //! which prints the VM id and its times (request → first guest instruction, doorbell → first
 //! instruction, request → boot timer with `--wait-boot`). Records those and the client's whole
-//! round trip (process start → exit of `wisp ctl`).
+//! round trip (process start → exit of `wisp ctl`). With `--jail`, two more daemons run beside it,
+//! `wispd --no-seccomp` and `wispd --jail` (cold_jail.rs), their creates interleaved.
 
-use super::{metric, micros, run_failed};
+use super::{cold_jail, metric, micros, run_failed};
 use crate::launch::{Input, Launched};
 use crate::peers::firecracker_config;
 use crate::results::{Comparison, SuiteOutcome, Unit, VmmRuns};
 use crate::setup::{help_mentions, Setup};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Time for the pool to refill between creates, so each create finds a prepared shell.
 const REFILL: Duration = Duration::from_millis(100);
+/// The longest wait for every daemon's pool to be full before a create.
+const REFILL_WAIT: Duration = Duration::from_secs(5);
 
 pub fn run(setup: &Setup) -> SuiteOutcome {
     let Some(wispd) = setup.sibling("wispd") else {
@@ -31,51 +34,98 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
             reason: "`wisp ctl` does not exist yet (issue 7)".to_string(),
         };
     }
-    let socket = setup.out.join("wispd.sock");
     let config = setup.out.join("warm-vm.json");
     if let Err(e) = std::fs::write(&config, firecracker_config(&setup.unikernel, "")) {
         return SuiteOutcome::Skipped {
             reason: format!("cannot write {}: {e}", config.display()),
         };
     }
-    let _ = std::fs::remove_file(&socket);
-    let mut daemon = Command::new(&wispd);
-    daemon
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--pool")
-        .arg(setup.pool.to_string());
-    let daemon = match Launched::spawn(daemon, Input::Null, b"\0") {
-        Ok(d) => d,
-        Err(e) => {
-            return SuiteOutcome::Skipped {
-                reason: e.to_string(),
+    // The daemons compared: wispd as it is, and with --jail its isolation on and off.
+    let mut variants: Vec<(&str, Vec<String>)> = vec![("wisp", Vec::new())];
+    let mut notes = Vec::new();
+    if setup.jail {
+        match cold_jail::jailer(setup) {
+            Some(jailer) => {
+                variants.push(("wisp-no-seccomp", vec!["--no-seccomp".to_string()]));
+                variants.push((
+                    "wisp-jail-seccomp",
+                    cold_jail::wispd_jail_args(setup, &jailer),
+                ));
+                notes.push(format!(
+                    "--jail: wisp-no-seccomp is `wispd --no-seccomp` (wispd and its shells \
+                     unfiltered); wisp-jail-seccomp is `wispd --jail` (each shell a wisp-jailer, \
+                     uid {}, the kernel's directory bound read-only so nothing is linked on the \
+                     create path), filters on; creates interleaved across the daemons",
+                    cold_jail::JAIL_UID
+                ));
+            }
+            None => notes.push(format!(
+                "--jail: no wisp-jailer beside {}: jailed runs left out",
+                setup.wisp.display()
+            )),
+        }
+    }
+    let mut daemons = Vec::new();
+    let mut records = Vec::new();
+    for (name, extra) in &variants {
+        let socket = setup.out.join(format!("wispd-{name}.sock"));
+        let _ = std::fs::remove_file(&socket);
+        let mut daemon = Command::new(&wispd);
+        daemon
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--pool")
+            .arg(setup.pool.to_string())
+            .args(extra);
+        let mut record = VmmRuns::new(
+            name,
+            format!(
+                "{} --socket S --pool {}{}; {} ctl --socket S create --config {}",
+                wispd.display(),
+                setup.pool,
+                extra.iter().map(|a| format!(" {a}")).collect::<String>(),
+                setup.wisp.display(),
+                config.display()
+            ),
+        );
+        match Launched::spawn(daemon, Input::Null, b"\0") {
+            Ok(d) => daemons.push(Some(d)),
+            Err(e) => {
+                record.failures.push(e.to_string());
+                daemons.push(None);
             }
         }
-    };
-    let mut record = VmmRuns::new(
-        "wisp",
-        format!(
-            "{} --socket S --pool {}; {} ctl --socket S create --config {}",
-            wispd.display(),
-            setup.pool,
-            setup.wisp.display(),
-            config.display()
-        ),
-    );
-    let deadline = Instant::now() + setup.timeout;
-    while !socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+        records.push((socket, record));
     }
-    if socket.exists() {
-        // Let the pool fill before the first create.
-        std::thread::sleep(REFILL * setup.pool as u32);
-        for run in 1..=setup.runs {
-            match create_once(setup, &socket, &config) {
+    let deadline = Instant::now() + setup.timeout;
+    for (socket, record) in &mut records {
+        while !socket.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if !socket.exists() {
+            record
+                .failures
+                .push(format!("wispd never created {}", socket.display()));
+        }
+    }
+    // Let the pools fill before the first create.
+    std::thread::sleep(REFILL * setup.pool as u32);
+    let sockets: Vec<PathBuf> = records.iter().map(|(s, _)| s.clone()).collect();
+    for run in 1..=setup.runs {
+        // Interleaved: A B A B …, so drift on the machine hits every daemon alike; and each
+        // create waits until every pool is full again, so no daemon's refill (a jailed shell's
+        // takes longest) lands on another's create.
+        for (socket, record) in &mut records {
+            if !socket.exists() {
+                continue;
+            }
+            wait_for_pools(setup, &sockets);
+            match create_once(setup, socket, &config) {
                 Ok(sample) => {
                     eprintln!(
-                        "[warm] create {run}/{}: reported {:.1} µs, round trip {:.2} ms",
+                        "[warm] create {run}/{} {}: reported {:.1} µs, round trip {:.2} ms",
                         setup.runs,
+                        record.name,
                         sample.get("create_us").copied().unwrap_or(f64::NAN),
                         sample.get("ctl_round_trip_us").copied().unwrap_or(f64::NAN) / 1e3
                     );
@@ -83,28 +133,30 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                 }
                 Err(why) => run_failed(
                     "warm",
-                    &mut record,
+                    record,
                     &format!("create {run}/{}", setup.runs),
                     &why,
                 ),
             }
             std::thread::sleep(REFILL);
         }
-    } else {
-        record
-            .failures
-            .push(format!("wispd never created {}", socket.display()));
     }
-    // SAFETY: kill(2) has no memory effects; the daemon is our unreaped child.
-    unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
-    if let Ok(done) = daemon.finish(Duration::from_secs(10)) {
-        if done.timed_out {
-            record
-                .failures
-                .push("wispd did not exit on SIGTERM".to_string());
+    for (daemon, (socket, record)) in daemons.into_iter().zip(&mut records) {
+        let Some(daemon) = daemon else {
+            continue;
+        };
+        // SAFETY: kill(2) has no memory effects; the daemon is our unreaped child.
+        unsafe { libc::kill(daemon.pid(), libc::SIGTERM) };
+        if let Ok(done) = daemon.finish(Duration::from_secs(10)) {
+            if done.timed_out {
+                record
+                    .failures
+                    .push("wispd did not exit on SIGTERM".to_string());
+            }
         }
+        let _ = std::fs::remove_file(socket);
     }
-    let _ = std::fs::remove_file(&socket);
+    let vmms = records.into_iter().map(|(_, r)| r).collect();
     SuiteOutcome::Comparison(Comparison {
         metrics: vec![
             metric(
@@ -128,17 +180,48 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                 Unit::Microseconds,
             ),
         ],
-        vmms: vec![record],
-        notes: vec![
+        vmms,
+        notes: [
             format!(
-                "pool of {} prepared shells, {} ms between creates for the pool to refill",
+                "pool of {} prepared shells, {} ms between creates, and each create waits \
+                 (at most {} s) until every daemon's pool is full",
                 setup.pool,
-                REFILL.as_millis()
+                REFILL.as_millis(),
+                REFILL_WAIT.as_secs()
             ),
             "no peer: neither QEMU nor Firecracker has prepared shells (compare with `api`)"
                 .to_string(),
-        ],
+        ]
+        .into_iter()
+        .chain(notes)
+        .collect(),
     })
+}
+
+/// Waits (at most `REFILL_WAIT`) until every daemon has `setup.pool` prepared shells.
+fn wait_for_pools(setup: &Setup, sockets: &[PathBuf]) {
+    let deadline = Instant::now() + REFILL_WAIT;
+    for socket in sockets {
+        while Instant::now() < deadline && prepared(setup, socket) < Some(setup.pool) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `wisp ctl status`'s prepared shells.
+fn prepared(setup: &Setup, socket: &Path) -> Option<usize> {
+    let out = Command::new(&setup.wisp)
+        .arg("ctl")
+        .arg("--socket")
+        .arg(socket)
+        .arg("status")
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("prepared="))?
+        .parse()
+        .ok()
 }
 
 fn create_once(
