@@ -52,6 +52,8 @@ echo "WISP-JAIL pid=$pid"
 for f in Uid Gid CapPrm CapEff CapBnd NoNewPrivs; do
     echo "WISP-JAIL $f=$(grep "^$f:" /proc/$pid/status | cut -f2- | tr '\t' ',')"
 done
+echo "WISP-JAIL seccomp=$(cat /proc/$pid/task/*/status | grep '^Seccomp:' | cut -f2 | sort -u | tr '\n' ',')"
+echo "WISP-JAIL threads=$(ls /proc/$pid/task | wc -l)"
 echo "WISP-JAIL root=$(ls /proc/$pid/root | tr '\n' ',')"
 echo "WISP-JAIL cgroup=$(cat /proc/$pid/cgroup)"
 echo "WISP-JAIL memory.max=$(cat /newroot/sys/fs/cgroup/wisp/l2/memory.max)"
@@ -95,6 +97,12 @@ fn jailed_wisp_boots_linux_unprivileged_in_its_root_and_cgroup_v2() -> Result<()
         expect(caps, "0000000000000000")?;
     }
     expect("NoNewPrivs", "1")?;
+    // Every thread (VMM, API, each vCPU) runs under its seccomp filter (mode 2).
+    expect("seccomp", "2,")?;
+    let threads: u32 = value(run, "threads")?.parse().unwrap_or(0);
+    if threads < 2 {
+        return Err(check_failed(run, format!("only {threads} threads seen")));
+    }
     // A static wisp needs nothing but itself, its devices and what it was given.
     expect("root", "dev,guest,wisp,")?;
     expect("cgroup", "0::/wisp/l2")?;

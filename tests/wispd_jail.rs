@@ -284,6 +284,7 @@ fn paths_a_jailed_vmm_would_create_are_refused_and_the_shell_is_not_reused() {
     vm.vsock = Some(wisp_api::Vsock {
         guest_cid: 3,
         uds_path: w.dir.join("v.sock"),
+        vsock_id: None,
     });
     let refused = write_config(&w.dir, &vm);
     let (ok, out, err) = w.ctl(&["create", "--config", refused.to_str().unwrap()]);
