@@ -26,6 +26,7 @@ fn demo_config(kernel: PathBuf, initrd: Option<PathBuf>, cmdline: &str) -> VmCon
             vcpu_count: 2,
             mem_size_mib: 128,
             smt: false,
+            mem_shared: false,
         },
         ..Default::default()
     }

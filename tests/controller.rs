@@ -31,6 +31,7 @@ fn config(cmdline: &str, vcpus: u8) -> VmConfig {
             vcpu_count: vcpus,
             mem_size_mib: 32,
             smt: false,
+            mem_shared: false,
         },
         ..Default::default()
     }

@@ -4,8 +4,8 @@
 //! (Dragonball's `VmmAction`, see STYLE.md).
 
 use crate::config::{
-    BootSource, Drive, DriveUpdate, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
-    NetworkInterface, VmConfig, Vsock,
+    BootSource, Drive, DriveUpdate, Entropy, Fs, Logger, MachineConfig, MachineConfigUpdate,
+    Metrics, NetworkInterface, VmConfig, Vsock,
 };
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +41,8 @@ pub enum VmmAction {
     SetVsock(Vsock),
     /// `PUT /entropy`.
     SetEntropy(Entropy),
+    /// `PUT /fs/{id}`.
+    InsertFs(Fs),
     /// `PUT /logger`.
     ConfigureLogger(Logger),
     /// `PUT /metrics`.

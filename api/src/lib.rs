@@ -17,7 +17,7 @@ pub use action::{
     ErrorKind, InstanceInfo, VersionInfo, VmState, VmmAction, VmmActionError, VmmData,
 };
 pub use config::{
-    BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, LogLevel, Logger, MachineConfig,
+    BootSource, ConfigFileError, Drive, DriveUpdate, Entropy, Fs, LogLevel, Logger, MachineConfig,
     MachineConfigUpdate, Metrics, NetworkInterface, RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 pub use resources::{host_mem_mib, HostLimits, ResourcesError, VmResources};

@@ -69,6 +69,37 @@ pub fn check_socket_target(what: &str, path: &Path) -> Result<(), VmmActionError
     wisp_hostfs::check_bindable(path).map_err(|e| refused(what, path, &e))
 }
 
+/// Longest virtio-fs tag: the `tag` field of the device's config space (virtio 1.2 §5.11.4).
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// Most request queues of one virtio-fs device.
+pub const MAX_FS_QUEUES: u16 = 16;
+
+/// A virtio-fs tag: 1 to 36 bytes, no NUL (the guest reads it as a NUL-padded string).
+pub fn validate_fs_tag(tag: &str) -> Result<(), VmmActionError> {
+    if tag.is_empty() || tag.len() > MAX_FS_TAG_LEN || tag.contains('\0') {
+        return Err(VmmActionError::bad_request(format!(
+            "fs tag {tag:?} is {} bytes: it must be 1 to {MAX_FS_TAG_LEN} bytes without NUL",
+            tag.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A socket another process listens on (a vhost-user backend): it must exist, be a socket
+/// and be reached without symbolic links.
+pub fn check_backend_socket(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    check_parent_dir(what, path)?;
+    wisp_hostfs::check_bindable(path).map_err(|e| refused(what, path, &e))?;
+    if std::fs::symlink_metadata(path).is_err() {
+        return Err(VmmActionError::bad_request(format!(
+            "cannot use {what} {}: it does not exist (start the backend, e.g. virtiofsd \
+             --socket-path, first)",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn refused(what: &str, path: &Path, e: &HostFsError) -> VmmActionError {
     VmmActionError::bad_request(format!("cannot use {what} {}: {e}", path.display()))
 }

@@ -91,6 +91,7 @@ fn smt_needs_one_or_an_even_number_of_vcpus() {
             vcpu_count,
             mem_size_mib: 32,
             smt,
+            mem_shared: false,
         })
     };
     assert!(res
@@ -274,6 +275,7 @@ fn guest_memory_above_the_host_is_refused_unless_overcommit_is_allowed() {
         vcpu_count: 1,
         mem_size_mib: 1025,
         smt: false,
+        mem_shared: false,
     };
     let mut res = VmResources::new(small_host);
     let err = res

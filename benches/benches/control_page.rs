@@ -22,6 +22,7 @@ fn config() -> VmConfig {
             vcpu_count: 1,
             mem_size_mib: 32,
             smt: false,
+            mem_shared: false,
         },
         ..Default::default()
     }

@@ -380,6 +380,7 @@ pub fn sample_config() -> VmConfig {
             vcpu_count: 2,
             mem_size_mib: 256,
             smt: true,
+            mem_shared: false,
         },
         drives: vec![Drive {
             drive_id: "root".into(),

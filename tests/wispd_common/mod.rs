@@ -169,6 +169,7 @@ pub fn unikernel_vm(cmdline: &str) -> VmConfig {
             vcpu_count: 1,
             mem_size_mib: 32,
             smt: false,
+            mem_shared: false,
         },
         ..Default::default()
     }

@@ -12,6 +12,7 @@ pub mod layout;
 pub mod legacy_devices;
 pub mod loader;
 pub mod memory;
+pub mod memory_shared;
 pub mod microvm;
 pub mod prepared;
 pub mod vcpu;

@@ -44,6 +44,11 @@ pub enum MicroVmError {
     NoBootSource,
     #[error("the guest asks for {want} but this VM shell holds only {have}")]
     DoesNotFitShell { want: String, have: String },
+    #[error(
+        "the configuration needs shared guest memory (mem_shared or an fs device), and this \
+         shell's memory is anonymous: prepare it with --mem-shared"
+    )]
+    NotSharedShell,
     #[error(transparent)]
     Prepare(#[from] PrepareError),
     #[error(transparent)]
@@ -125,7 +130,8 @@ impl MicroVm {
             return Err(MicroVmError::NoBootSource);
         }
         let mc = &config.machine_config;
-        let shell = PreparedVm::prepare(mc.mem_size_mib, mc.vcpu_count)?;
+        let shell =
+            PreparedVm::prepare_with(mc.mem_size_mib, mc.vcpu_count, config.needs_shared_memory())?;
         MicroVm::configure(shell, config)
     }
 
@@ -141,6 +147,9 @@ impl MicroVm {
                 want: format!("{} MiB and {} vCPUs", mc.mem_size_mib, mc.vcpu_count),
                 have: format!("{} MiB and {} vCPUs", shell.mem_mib(), shell.vcpu_count()),
             });
+        }
+        if config.needs_shared_memory() && !shell.mem_shared() {
+            return Err(MicroVmError::NotSharedShell);
         }
         let ram_size = u64::from(mc.mem_size_mib) << 20;
         let PreparedVm {

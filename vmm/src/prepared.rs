@@ -11,6 +11,7 @@ use crate::layout::{
 };
 use crate::legacy_devices::{LegacyDeviceError, LegacyDevices};
 use crate::memory::{create_guest_memory, MemoryError};
+use crate::memory_shared::{create_shared_guest_memory, SharedMemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{install_kick_handler, ControlError};
 use crate::vcpu_thread::VcpuThread;
@@ -25,6 +26,8 @@ pub enum PrepareError {
     VcpuCount { got: u8, max: u8 },
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    #[error(transparent)]
+    SharedMemory(#[from] SharedMemoryError),
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -68,18 +71,33 @@ pub struct PreparedVm {
     pub(crate) vm: Vm,
     pub(crate) mem: GuestMemoryMmap,
     mem_mib: u32,
+    /// Guest RAM is a memfd a vhost-user backend can map (`--mem-shared`).
+    mem_shared: bool,
 }
 
 impl PreparedVm {
     /// Creates a shell able to host guests of up to `mem_mib` MiB and `vcpus` vCPUs.
     pub fn prepare(mem_mib: u32, vcpus: u8) -> Result<PreparedVm, PrepareError> {
+        PreparedVm::prepare_with(mem_mib, vcpus, false)
+    }
+
+    /// [`PreparedVm::prepare`], with guest RAM in a sealed memfd when `mem_shared` (for
+    /// vhost-user devices), anonymous otherwise.
+    pub fn prepare_with(
+        mem_mib: u32,
+        vcpus: u8,
+        mem_shared: bool,
+    ) -> Result<PreparedVm, PrepareError> {
         if vcpus == 0 || vcpus > MAX_CPUS {
             return Err(PrepareError::VcpuCount {
                 got: vcpus,
                 max: MAX_CPUS,
             });
         }
-        let mem = create_guest_memory(mem_mib)?;
+        let mem = match mem_shared {
+            true => create_shared_guest_memory(mem_mib)?,
+            false => create_guest_memory(mem_mib)?,
+        };
         let vm = Vm::with_memory(&mem)?;
         let supported_cpuid = vm
             .kvm()
@@ -108,12 +126,18 @@ impl PreparedVm {
             vm,
             mem,
             mem_mib,
+            mem_shared,
         })
     }
 
     /// The most memory (MiB) a guest in this shell can have.
     pub fn mem_mib(&self) -> u32 {
         self.mem_mib
+    }
+
+    /// Whether guest RAM is shared (a memfd), as vhost-user devices need.
+    pub fn mem_shared(&self) -> bool {
+        self.mem_shared
     }
 
     /// The most vCPUs a guest in this shell can have.

@@ -49,6 +49,8 @@ pub enum ControlPageError {
     Duplicate(&'static str),
     #[error("guest MAC `{0}` is not a MAC address like 06:00:ac:10:00:02")]
     BadMac(String),
+    #[error("fs tag {0:?} is empty or holds a NUL byte")]
+    BadFsTag(String),
     #[error("request id {0:?} is not printable ASCII")]
     BadRequestId(String),
     #[error("{device}: {source}")]

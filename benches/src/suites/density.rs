@@ -85,6 +85,7 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
             vcpu_count: 1,
             mem_size_mib: VM_MEM_MIB,
             smt: false,
+            mem_shared: false,
         },
         ..Default::default()
     };

@@ -36,6 +36,7 @@ pub(super) fn sample() -> VmConfig {
             vcpu_count: 2,
             mem_size_mib: 256,
             smt: true,
+            mem_shared: false,
         },
         drives: vec![Drive {
             drive_id: "root".into(),
@@ -56,6 +57,7 @@ pub(super) fn sample() -> VmConfig {
             uds_path: "/run/v.sock".into(),
         }),
         entropy: Some(Entropy::default()),
+        fs: Vec::new(),
         logger: Some(Logger {
             log_path: "/run/wisp.log".into(),
             level: LogLevel::Debug,
@@ -77,6 +79,7 @@ fn full() -> VmConfig {
         vcpu_count: 255,
         mem_size_mib: MEM_MIB_MAX,
         smt: false,
+        mem_shared: false,
     };
     let boot = c.boot_source.as_mut().unwrap();
     boot.kernel_image_path = long('k', KERNEL_MAX).into();
@@ -424,4 +427,37 @@ fn request_ids_are_printable_ascii_within_their_field() {
     assert_eq!(shell.request_id(), "");
     wispd.set_request_id("").unwrap();
     assert_eq!(shell.request_id(), "");
+}
+
+#[test]
+fn virtio_fs_shares_and_shared_memory_travel_on_the_page() {
+    let wispd = ControlPage::create().unwrap();
+    let shell = shell_view(&wispd).unwrap();
+    let mut c = sample();
+    c.machine_config.mem_shared = true;
+    c.drives.clear();
+    c.fs = vec![
+        crate::config::Fs {
+            fs_id: "rootfs".into(),
+            tag: "t".repeat(DEV_FS_TAG_MAX),
+            socket: "/run/virtiofsd.sock".into(),
+            num_queues: 1,
+            queue_size: 1024,
+        },
+        crate::config::Fs {
+            fs_id: "vol".into(),
+            tag: "v".into(),
+            socket: "/run/v2.sock".into(),
+            num_queues: 4,
+            queue_size: 32768,
+        },
+    ];
+    wispd.write_config(&c).unwrap();
+    assert_eq!(shell.read_config().unwrap(), c);
+    // A tag the config space cannot carry is refused, naming the device, page unchanged.
+    let mut bad = c.clone();
+    bad.fs[1].tag = "x".repeat(DEV_FS_TAG_MAX + 1);
+    let err = wispd.write_config(&bad).unwrap_err().to_string();
+    assert!(err.contains("fs `vol`") && err.contains("tag"), "{err}");
+    assert_eq!(shell.read_config().unwrap(), c);
 }
