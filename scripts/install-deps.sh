@@ -3,14 +3,19 @@
 # QEMU (TCG boot oracle for Tinyx, the real-KVM test host, the peer VMM in benchmarks),
 # busybox-static and cpio (initramfs), the kernel source and its build tools (Tinyx),
 # curl (REST API tests), iproute2 (network namespaces and taps), kmod/xz/zstd (test host),
-# e2fsprogs (ext4 images for the Linux virtio-blk tests).
+# e2fsprogs (ext4 images for the Linux virtio-blk tests), libseccomp-dev and libcap-ng-dev
+# (to build virtiofsd, the vhost-user backend of the virtio-fs tests).
+#
+# virtiofsd (crates.io) is installed with `cargo install --locked` into
+# ~/.cache/wisp/virtiofsd/bin when neither that copy nor one on PATH exists; tests look there.
 #
 # QEMU comes from bookworm-backports (10.x): Debian 12's own QEMU 7.2 leaves an L1 CPU of the
 # nested-SVM test host stuck in L2 in about one boot of three; 10.x does not. The suite is
 # added with the mirror the main suite already uses; a machine whose QEMU is >= 10 skips it.
 set -euo pipefail
 packages=(busybox-static cpio linux-source-6.12 build-essential flex bison bc
-          libelf-dev libssl-dev curl iproute2 kmod xz-utils zstd e2fsprogs)
+          libelf-dev libssl-dev curl iproute2 kmod xz-utils zstd e2fsprogs
+          libseccomp-dev libcap-ng-dev)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 apt_update() { [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }; }
@@ -48,4 +53,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   apt_update
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# virtiofsd: built once per machine (a few minutes), then found in the cache.
+virtiofsd_root="${HOME}/.cache/wisp/virtiofsd"
+if [ ! -x "$virtiofsd_root/bin/virtiofsd" ] && ! command -v virtiofsd >/dev/null 2>&1; then
+    echo "install-deps: building virtiofsd into $virtiofsd_root" >&2
+    cargo install --locked --quiet virtiofsd --root "$virtiofsd_root"
 fi

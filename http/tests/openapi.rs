@@ -37,6 +37,7 @@ fn concrete(template: &str) -> String {
     template
         .replace("{drive_id}", "rootfs")
         .replace("{iface_id}", "eth0")
+        .replace("{fs_id}", "rootfs")
 }
 
 #[test]
@@ -197,7 +198,10 @@ fn response_bodies_match_their_schemas() {
             initrd_path: Some(p("/i")),
             boot_args: Some("console=ttyS0".into()),
         }),
-        machine_config: MachineConfig::default(),
+        machine_config: MachineConfig {
+            mem_shared: true,
+            ..MachineConfig::default()
+        },
         drives: vec![Drive {
             drive_id: "rootfs".into(),
             path_on_host: p("/d"),
@@ -219,6 +223,13 @@ fn response_bodies_match_their_schemas() {
         entropy: Some(Entropy {
             rate_limiter: Some(limiter),
         }),
+        fs: vec![wisp_api::Fs {
+            fs_id: "rootfs".into(),
+            tag: "myfs".into(),
+            socket: p("/s"),
+            num_queues: 1,
+            queue_size: 1024,
+        }],
         logger: Some(Logger {
             log_path: p("/l"),
             level: LogLevel::Info,
