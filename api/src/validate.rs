@@ -85,19 +85,21 @@ pub fn validate_fs_tag(tag: &str) -> Result<(), VmmActionError> {
     Ok(())
 }
 
-/// A socket another process listens on (a vhost-user backend): it must exist, be a socket
-/// and be reached without symbolic links.
+/// A socket another process listens on (a vhost-user backend): it must exist and be a socket
+/// itself, not a symbolic link. Nothing connects here: virtiofsd serves one connection only.
 pub fn check_backend_socket(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    use std::os::unix::fs::FileTypeExt;
     check_parent_dir(what, path)?;
-    wisp_hostfs::check_bindable(path).map_err(|e| refused(what, path, &e))?;
-    if std::fs::symlink_metadata(path).is_err() {
-        return Err(VmmActionError::bad_request(format!(
-            "cannot use {what} {}: it does not exist (start the backend, e.g. virtiofsd \
-             --socket-path, first)",
-            path.display()
-        )));
-    }
-    Ok(())
+    let problem = match std::fs::symlink_metadata(path) {
+        Err(_) => "it does not exist (start the backend, e.g. virtiofsd --socket-path, first)",
+        Ok(m) if m.file_type().is_symlink() => "it is a symbolic link (give the socket itself)",
+        Ok(m) if !m.file_type().is_socket() => "it is not a Unix socket",
+        Ok(_) => return Ok(()),
+    };
+    Err(VmmActionError::bad_request(format!(
+        "cannot use {what} {}: {problem}",
+        path.display()
+    )))
 }
 
 fn refused(what: &str, path: &Path, e: &HostFsError) -> VmmActionError {

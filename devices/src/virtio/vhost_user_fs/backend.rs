@@ -100,7 +100,7 @@ impl Backend {
     /// Connects to `path` and runs the start of the handshake: ownership, features, protocol
     /// features and the queue count. `queues` is the number of virtqueues the device has.
     pub fn connect(path: &Path, queues: usize) -> Result<Backend, BackendError> {
-        let meta = std::fs::metadata(path).map_err(|source| match source.kind() {
+        let meta = std::fs::symlink_metadata(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => BackendError::Missing(path.to_path_buf()),
             _ => BackendError::Connect {
                 path: path.to_path_buf(),
@@ -114,7 +114,12 @@ impl Backend {
             path: path.to_path_buf(),
             source,
         };
-        let stream = UnixStream::connect(path).map_err(connect_err)?;
+        // No symbolic links, and paths longer than sun_path work (wisp-hostfs).
+        let stream: UnixStream =
+            wisp_hostfs::connect_stream(path, false).map_err(|source| BackendError::Connect {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(source),
+            })?;
         stream
             .set_read_timeout(Some(REPLY_TIMEOUT))
             .map_err(connect_err)?;
