@@ -41,8 +41,8 @@ pub enum ControlPageError {
         max: usize,
     },
     #[error(
-        "the configuration has {0} virtio devices (drives, network interfaces, vsock and \
-         entropy together); a VM has at most {DEVICES_MAX}, one IRQ each"
+        "the configuration has {0} virtio devices (drives, network interfaces, vsock, \
+         entropy and fs together); a VM has at most {DEVICES_MAX}, one IRQ each"
     )]
     TooManyDevices(usize),
     #[error("the device table lists more than one {0} device")]
