@@ -119,7 +119,7 @@ pub enum VmmData {
     /// Success without a body (HTTP 204).
     Empty,
     InstanceInfo(InstanceInfo),
-    VmConfig(VmConfig),
+    VmConfig(Box<VmConfig>),
     MachineConfig(MachineConfig),
     Version(VersionInfo),
 }

@@ -194,7 +194,7 @@ impl VmResources {
                 vmm_version: VMM_VERSION.to_string(),
                 app_name: APP_NAME.to_string(),
             }))),
-            A::GetVmConfig => Some(Ok(VmmData::VmConfig(self.config.clone()))),
+            A::GetVmConfig => Some(Ok(VmmData::VmConfig(Box::new(self.config.clone())))),
             A::GetVersion => Some(Ok(VmmData::Version(VersionInfo {
                 wisp_version: VMM_VERSION.to_string(),
             }))),

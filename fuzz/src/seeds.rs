@@ -401,6 +401,7 @@ pub fn sample_config() -> VmConfig {
             uds_path: "/run/v.sock".into(),
         }),
         entropy: Some(Entropy::default()),
+        fs: Vec::new(),
         logger: Some(Logger {
             log_path: "/run/wisp.log".into(),
             level: LogLevel::Debug,
