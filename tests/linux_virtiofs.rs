@@ -17,7 +17,7 @@ mod testhost;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wisp_test_support::Scratch;
 
 use testhost::{
@@ -208,6 +208,8 @@ fn boot() -> Result<TestHost, TestHostError> {
         .file(&image, "/guest/blk.ext4")
         .host_program(&vfsd)
         .script(&script(&vfsd))
+        // Two L2 boots and 128 MiB of reads under TCG take longer than the default guard.
+        .timeout(Duration::from_secs(1200))
         .boot()
 }
 

@@ -53,14 +53,23 @@ pub fn fail_requests(
     metrics: &DeviceMetrics,
 ) -> usize {
     let mut answered = 0;
-    while let Some((head, c)) = chain::pop_chain(queue, mem) {
-        answered += 1;
-        metrics.request();
-        let len = match c {
-            Ok(c) => error_reply(mem, &c, metrics),
-            Err(e) => chain::refuse(metrics, WHO, e),
-        };
-        chain::add_used(queue, mem, head, len);
+    loop {
+        while let Some((head, c)) = chain::pop_chain(queue, mem) {
+            answered += 1;
+            metrics.request();
+            let len = match c {
+                Ok(c) => error_reply(mem, &c, metrics),
+                Err(e) => chain::refuse(metrics, WHO, e),
+            };
+            chain::add_used(queue, mem, head, len);
+        }
+        // With VIRTIO_RING_F_EVENT_IDX the driver kicks only when its index passes
+        // avail_event (virtio 1.2 §2.7.10): move it to what we consumed, or the next request
+        // is never notified. A request published meanwhile is served in this pass.
+        match queue.enable_notification(mem) {
+            Ok(true) => continue,
+            _ => break,
+        }
     }
     if answered > 0 {
         chain::notify_used(queue, mem, interrupt);

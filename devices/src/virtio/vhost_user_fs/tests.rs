@@ -250,6 +250,14 @@ fn a_killed_backend_stops_the_device_and_requests_fail_with_eio() {
         16 + 128,
     );
     assert_eq!(error, -libc::EIO);
+    // The driver negotiated EVENT_IDX (virtiofsd offers it): avail_event must follow what the
+    // device consumed, or a real driver would never kick again.
+    assert_ne!(g.device_features() & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    let q = g.queues[REQ];
+    let avail_idx = u16::from_le_bytes(g.read(q.avail + 2, 2).try_into().unwrap());
+    let event_at = q.used + 4 + 8 * u64::from(q.size);
+    let avail_event = u16::from_le_bytes(g.read(event_at, 2).try_into().unwrap());
+    assert_eq!(avail_event, avail_idx, "avail_event left behind");
     // And again: the device keeps answering, it does not wedge.
     let (error, _) = call(
         &mut g,
