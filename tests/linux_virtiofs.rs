@@ -293,7 +293,7 @@ fn the_share_is_an_overlay_lower_layer() -> Result<(), TestHostError> {
 fn a_killed_virtiofsd_gives_the_guest_io_errors_and_wisp_lives() -> Result<(), TestHostError> {
     let run = clean_run("fs-kill")?;
     expect_value(run, "mount", "ok")?;
-    expect_value(run, "after-kill", "I/O_error")?;
+    expect_value(run, "after-kill", "Input/output_error")?;
     if !run.stderr.contains("is gone") {
         return Err(check_failed(run, "wisp did not say why the device stopped"));
     }

@@ -291,7 +291,12 @@ impl VirtioDevice for VhostUserFs {
 
     fn activate(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
         if self.state == State::Orphaned {
-            // The driver reset and came back after the backend died: keep answering EIO.
+            // The driver reset and came back after the backend died: keep answering EIO,
+            // with the ring features it negotiated this time.
+            let event_idx = self.acked & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+            for queue in ctx.queues.iter_mut() {
+                queue.set_event_idx(event_idx);
+            }
             return Ok(());
         }
         match self.start_rings(ctx) {
