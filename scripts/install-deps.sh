@@ -4,7 +4,12 @@
 # busybox-static and cpio (initramfs), the kernel source and its build tools (Tinyx),
 # curl and netcat-openbsd (REST API tests; `nc -N -U` half-closes), iproute2 (network
 # namespaces and taps), kmod/xz/zstd (test host), e2fsprogs (ext4 images for the Linux
-# virtio-blk tests), acpica-tools (`iasl -d` disassembles the DSDT in wisp-vmm's tests).
+# virtio-blk tests), acpica-tools (`iasl -d` disassembles the DSDT in wisp-vmm's tests),
+# libseccomp-dev and libcap-ng-dev (to build virtiofsd, the vhost-user backend of the
+# virtio-fs tests).
+#
+# virtiofsd (crates.io) is installed with `cargo install --locked` into
+# ~/.cache/wisp/virtiofsd/bin when neither that copy nor one on PATH exists; tests look there.
 #
 # QEMU comes from bookworm-backports (10.x): Debian 12's own QEMU 7.2 leaves an L1 CPU of the
 # nested-SVM test host stuck in L2 in about one boot of three; 10.x does not. The suite is
@@ -12,7 +17,7 @@
 set -euo pipefail
 packages=(busybox-static cpio linux-source-6.12 build-essential flex bison bc
           libelf-dev libssl-dev curl netcat-openbsd iproute2 kmod xz-utils zstd e2fsprogs
-          acpica-tools)
+          acpica-tools libseccomp-dev libcap-ng-dev)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 apt_update() { [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }; }
@@ -50,4 +55,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}" >&2
   apt_update
   apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# virtiofsd: built once per machine (a few minutes), then found in the cache.
+virtiofsd_root="${HOME}/.cache/wisp/virtiofsd"
+if [ ! -x "$virtiofsd_root/bin/virtiofsd" ] && ! command -v virtiofsd >/dev/null 2>&1; then
+    echo "install-deps: building virtiofsd into $virtiofsd_root" >&2
+    cargo install --locked --quiet virtiofsd --root "$virtiofsd_root"
 fi

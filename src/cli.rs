@@ -175,6 +175,10 @@ pub struct ShellArgs {
     /// vCPUs to create.
     #[arg(long, default_value_t = 1)]
     pub vcpus: u8,
+    /// Back guest memory with a sealed memfd that vhost-user backends can map (needed for
+    /// configurations with fs devices).
+    #[arg(long)]
+    pub mem_shared: bool,
     /// Where the guest's console output goes.
     #[arg(long)]
     pub console: Option<PathBuf>,
@@ -252,6 +256,14 @@ pub struct RunArgs {
     /// A virtio-rng device fed from the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-fs share served by a vhost-user backend (virtiofsd):
+    /// `tag=TAG,socket=PATH[,queue-size=N][,num-queues=N][,id=NAME]` (repeatable; implies
+    /// --mem-shared).
+    #[arg(long = "fs", value_name = "SPEC")]
+    pub fs: Vec<String>,
+    /// Back guest memory with a sealed memfd (`MAP_SHARED`) that a vhost-user backend can map.
+    #[arg(long)]
+    pub mem_shared: bool,
     /// For legacy guests without ACPI (e.g. Linux with `acpi=off`): also end the VM when
     /// Linux prints its halt/power-off line, and report a reset after its panic banner as a
     /// panic. Off by default: console text from any guest process would decide the VM's fate.

@@ -1,8 +1,9 @@
-//! `--disk`, `--net` and `--vsock` option values (`key=value` lists, as in Cloud Hypervisor and
+//! `--disk`, `--net`, `--vsock` and `--fs` option values (`key=value` lists, as in Cloud Hypervisor and
 //! Firecracker's jailer) turned into the API's configuration models.
 
 use std::path::PathBuf;
-use wisp_api::{Drive, NetworkInterface, Vsock};
+use wisp_api::config::{DEFAULT_FS_NUM_QUEUES, DEFAULT_FS_QUEUE_SIZE};
+use wisp_api::{Drive, Fs, NetworkInterface, Vsock};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DeviceArgError {
@@ -137,6 +138,54 @@ pub fn parse_vsock(text: &str) -> Result<Vsock, DeviceArgError> {
     })
 }
 
+/// `tag=TAG,socket=PATH[,queue-size=N][,num-queues=N][,id=NAME]` (Cloud Hypervisor's `--fs`
+/// keys); shares without an id are named fs0, fs1, ...
+pub fn parse_fs(text: &str, index: usize) -> Result<Fs, DeviceArgError> {
+    const OPT: &str = "--fs";
+    let mut fs = Fs {
+        fs_id: format!("fs{index}"),
+        tag: String::new(),
+        socket: PathBuf::new(),
+        num_queues: DEFAULT_FS_NUM_QUEUES,
+        queue_size: DEFAULT_FS_QUEUE_SIZE,
+    };
+    let number = |key: &'static str, value: &str| {
+        value.parse::<u16>().map_err(|_| DeviceArgError::Invalid {
+            option: OPT,
+            key,
+            value: value.into(),
+        })
+    };
+    for (key, value) in pairs(text) {
+        match key {
+            "tag" => fs.tag = value.to_string(),
+            "socket" => fs.socket = PathBuf::from(value),
+            "queue-size" | "queue_size" => fs.queue_size = number("queue-size", value)?,
+            "num-queues" | "num_queues" => fs.num_queues = number("num-queues", value)?,
+            "id" if !value.is_empty() => fs.fs_id = value.to_string(),
+            _ => {
+                return Err(DeviceArgError::UnknownKey {
+                    option: OPT,
+                    key: key.into(),
+                })
+            }
+        }
+    }
+    if fs.tag.is_empty() {
+        return Err(DeviceArgError::Missing {
+            option: OPT,
+            key: "tag",
+        });
+    }
+    if fs.socket.as_os_str().is_empty() {
+        return Err(DeviceArgError::Missing {
+            option: OPT,
+            key: "socket",
+        });
+    }
+    Ok(fs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +221,35 @@ mod tests {
         assert!(matches!(
             parse_vsock("cid=x,uds=/a"),
             Err(DeviceArgError::Invalid { key: "cid", .. })
+        ));
+    }
+
+    #[test]
+    fn fs_options() {
+        let f = parse_fs("tag=myfs,socket=/run/v.sock,queue-size=256,num-queues=2", 0).unwrap();
+        assert_eq!((f.fs_id.as_str(), f.tag.as_str()), ("fs0", "myfs"));
+        assert_eq!(f.socket, PathBuf::from("/run/v.sock"));
+        assert_eq!((f.num_queues, f.queue_size), (2, 256));
+        let f = parse_fs("tag=a,socket=/s,id=root", 1).unwrap();
+        assert_eq!(f.fs_id, "root");
+        assert_eq!((f.num_queues, f.queue_size), (1, 1024));
+        assert_eq!(
+            parse_fs("socket=/s", 0),
+            Err(DeviceArgError::Missing {
+                option: "--fs",
+                key: "tag"
+            })
+        );
+        assert!(matches!(
+            parse_fs("tag=a", 0),
+            Err(DeviceArgError::Missing { key: "socket", .. })
+        ));
+        assert!(matches!(
+            parse_fs("tag=a,socket=/s,queue-size=big", 0),
+            Err(DeviceArgError::Invalid {
+                key: "queue-size",
+                ..
+            })
         ));
     }
 }

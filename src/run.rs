@@ -1,7 +1,7 @@
 //! `wisp run`: boot a guest now, console on stdio, exit status from the guest's outcome.
 
 use crate::cli::RunArgs;
-use crate::device_args::{parse_disk, parse_net, parse_vsock, DeviceArgError};
+use crate::device_args::{parse_disk, parse_fs, parse_net, parse_vsock, DeviceArgError};
 use crate::terminal::TerminalClaim;
 use std::fs::File;
 use std::io::Write;
@@ -41,6 +41,9 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
         .map(|(i, n)| parse_net(n, i))
         .collect::<Result<Vec<_>, _>>()?;
     let vsock = args.vsock.as_deref().map(parse_vsock).transpose()?;
+    let fs = (args.fs.iter().enumerate())
+        .map(|(i, f)| parse_fs(f, i))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(VmConfig {
         boot_source: Some(BootSource {
             kernel_image_path: args.kernel.clone(),
@@ -51,12 +54,14 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
             vcpu_count: args.vcpus,
             mem_size_mib: args.mem,
             smt: false,
+            mem_shared: args.mem_shared,
             ..Default::default()
         },
         drives,
         network_interfaces,
         vsock,
         entropy: args.rng.then(Entropy::default),
+        fs,
         ..Default::default()
     })
 }

@@ -137,7 +137,7 @@ pub fn run_shell(start: Instant, args: &ShellArgs) -> i32 {
             return EXIT_VMM_ERROR;
         }
     };
-    let prepared = match PreparedVm::prepare(args.mem, args.vcpus) {
+    let prepared = match PreparedVm::prepare_with(args.mem, args.vcpus, args.mem_shared) {
         Ok(p) => p,
         Err(e) => {
             page.fail(None, &format!("cannot prepare the VM: {e}"));

@@ -1,4 +1,4 @@
-//! The control page's fixed layout (version 3): a memfd shared by `wispd` and one prepared
+//! The control page's fixed layout (version 4): a memfd shared by `wispd` and one prepared
 //! `wisp shell`. Protocol and field table: api/src/control_page/control_page.md.
 //!
 //! Every string field has a u32 length word, so a writer stores only the bytes it has and a
@@ -11,9 +11,9 @@ use crate::memory_map::MAX_VIRTIO_DEVICES;
 pub const REGION_SIZE: usize = 25 * 4096;
 /// "WISPNOXS", little endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"WISPNOXS");
-/// Version 3: the whole `VmConfig` (logger, metrics, smt, 19 devices, their rate limiters),
-/// request id.
-pub const VERSION: u32 = 3;
+/// Version 4: the whole `VmConfig` (logger, metrics, smt, shared memory, 19 devices with
+/// virtio-fs among them, their rate limiters), request id.
+pub const VERSION: u32 = 4;
 
 /// Linux's `PATH_MAX`: the size of every path field.
 pub const PATH_MAX: usize = 4096;
@@ -87,7 +87,9 @@ pub const CFG_LOGGER: u32 = 1 << 4;
 pub const CFG_LOG_SHOW_LEVEL: u32 = 1 << 5;
 pub const CFG_LOG_SHOW_ORIGIN: u32 = 1 << 6;
 pub const CFG_METRICS: u32 = 1 << 7;
-pub const CFG_ALL: u32 = (1 << 8) - 1;
+/// `machine-config` `mem_shared`: guest RAM in a memfd a vhost-user backend can map.
+pub const CFG_MEM_SHARED: u32 = 1 << 8;
+pub const CFG_ALL: u32 = (1 << 9) - 1;
 
 /// Logger levels (Firecracker's names).
 pub const LOG_LEVEL_OFF: u32 = 0;
@@ -122,6 +124,14 @@ pub const DEV_KIND_BLOCK: u32 = 1;
 pub const DEV_KIND_NET: u32 = 2;
 pub const DEV_KIND_VSOCK: u32 = 3;
 pub const DEV_KIND_RNG: u32 = 4;
+/// virtio-fs (vhost-user): the kind-specific word at [`DEV_OFF_CID`] holds `num_queues`
+/// (bits 0-15) and `queue_size` (bits 16-31), the tag sits NUL-padded at [`DEV_OFF_FS_TAG`],
+/// the id is the fs id and the path the backend's socket.
+pub const DEV_KIND_FS: u32 = 5;
+/// virtio-fs tag, NUL-padded (a tag has no NUL): fs entries use neither the MAC nor the
+/// refill slots it overlaps.
+pub const DEV_OFF_FS_TAG: usize = DEV_OFF_MAC;
+pub const DEV_FS_TAG_MAX: usize = 36;
 /// Block: read-only, root device.
 pub const DEV_FLAG_READ_ONLY: u32 = 1 << 0;
 pub const DEV_FLAG_ROOT: u32 = 1 << 1;
@@ -137,6 +147,7 @@ pub const DEV_FLAG_BURST: [u32; 4] = [1 << 9, 1 << 10, 1 << 11, 1 << 12];
 const _: () = assert!(OFF_REQUEST_ID_LEN + 4 <= OFF_REQUEST_ID);
 const _: () = assert!(DEV_OFF_MAC + DEV_MAC_LEN <= DEV_OFF_REFILL);
 const _: () = assert!(DEV_OFF_REFILL + 16 <= DEV_OFF_ID);
+const _: () = assert!(DEV_OFF_FS_TAG + DEV_FS_TAG_MAX <= DEV_OFF_ID);
 const _: () = assert!(OFF_LIMITERS.is_multiple_of(8));
 const _: () = assert!(OFF_LIMITERS + DEVICES_MAX * LIMITER_ENTRY_SIZE <= REGION_SIZE);
 const _: () = assert!(OFF_DEVICES.is_multiple_of(8) && DEVICE_ENTRY_SIZE.is_multiple_of(8));

@@ -5,7 +5,7 @@
 
 use crate::config::{
     Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DriveUpdate,
-    Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface,
+    Entropy, Fs, Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface,
     NetworkInterfaceUpdate, Serial, VmConfig, Vsock,
 };
 use serde::{Deserialize, Serialize};
@@ -42,6 +42,8 @@ pub enum VmmAction {
     SetVsock(Vsock),
     /// `PUT /entropy`.
     SetEntropy(Entropy),
+    /// `PUT /fs/{id}`.
+    InsertFs(Fs),
     /// `PUT /logger`.
     ConfigureLogger(Logger),
     /// `PUT /metrics`.

@@ -34,6 +34,9 @@ pub struct VmConfig {
     pub vsock: Option<Vsock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy: Option<Entropy>,
+    /// virtio-fs shares (`PUT /fs/{id}`, `--fs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fs: Vec<Fs>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logger: Option<Logger>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +139,10 @@ pub struct MachineConfig {
     /// Firecracker's (deprecated) static CPU template; only `"None"` is accepted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
+    /// Back guest RAM with a memfd (`MAP_SHARED`) that a vhost-user backend can map. Implied
+    /// by any `fs` device; anonymous memory otherwise.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mem_shared: bool,
 }
 
 impl Default for MachineConfig {
@@ -147,6 +154,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             huge_pages: HugePages::None,
             cpu_template: None,
+            mem_shared: false,
         }
     }
 }
@@ -177,6 +185,44 @@ impl HugePages {
     pub fn is_none(&self) -> bool {
         *self == HugePages::None
     }
+}
+
+impl VmConfig {
+    /// Whether guest RAM must be shared: asked for, or needed by a vhost-user device.
+    pub fn needs_shared_memory(&self) -> bool {
+        self.machine_config.mem_shared || !self.fs.is_empty()
+    }
+}
+
+/// Default request queues of a virtio-fs device (virtiofsd serves one).
+pub const DEFAULT_FS_NUM_QUEUES: u16 = 1;
+/// Default size of each virtio-fs queue (Cloud Hypervisor's `--fs` default).
+pub const DEFAULT_FS_QUEUE_SIZE: u16 = 1024;
+
+fn default_fs_num_queues() -> u16 {
+    DEFAULT_FS_NUM_QUEUES
+}
+
+fn default_fs_queue_size() -> u16 {
+    DEFAULT_FS_QUEUE_SIZE
+}
+
+/// `PUT /fs/{id}`: a virtio-fs device whose requests a vhost-user backend (virtiofsd) serves
+/// from its Unix socket. Names follow Cloud Hypervisor's `--fs`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fs {
+    pub fs_id: String,
+    /// What the guest mounts: `mount -t virtiofs TAG /mnt` (1 to 36 bytes).
+    pub tag: String,
+    /// The backend's vhost-user socket (`virtiofsd --socket-path`).
+    pub socket: PathBuf,
+    /// Request queues (the high-priority queue comes on top).
+    #[serde(default = "default_fs_num_queues")]
+    pub num_queues: u16,
+    /// Entries per queue: a power of two.
+    #[serde(default = "default_fs_queue_size")]
+    pub queue_size: u16,
 }
 
 /// `PUT /drives/{id}`: a virtio-blk device backed by a host file.
@@ -389,6 +435,7 @@ pub struct MachineConfigUpdate {
     pub huge_pages: Option<HugePages>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<String>,
+    pub mem_shared: Option<bool>,
 }
 
 impl MachineConfigUpdate {
@@ -400,6 +447,7 @@ impl MachineConfigUpdate {
             && self.track_dirty_pages.is_none()
             && self.huge_pages.is_none()
             && self.cpu_template.is_none()
+            && self.mem_shared.is_none()
     }
 
     /// `base` with the given fields replaced.
@@ -414,6 +462,7 @@ impl MachineConfigUpdate {
                 .cpu_template
                 .clone()
                 .or_else(|| base.cpu_template.clone()),
+            mem_shared: self.mem_shared.unwrap_or(base.mem_shared),
         }
     }
 }

@@ -18,7 +18,7 @@ pub use action::{
 };
 pub use config::{
     Balloon, BalloonStats, BalloonStatsUpdate, BalloonUpdate, BootSource, CacheType,
-    ConfigFileError, Drive, DriveUpdate, Entropy, HugePages, IoEngine, LogLevel, Logger,
+    ConfigFileError, Drive, DriveUpdate, Entropy, Fs, HugePages, IoEngine, LogLevel, Logger,
     MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate,
     RateLimiter, Serial, TokenBucket, VmConfig, Vsock,
 };

@@ -7,13 +7,13 @@ use crate::action::{
     InstanceInfo, VersionInfo, VmState, VmmAction, VmmActionError, VmmData, APP_NAME, VMM_VERSION,
 };
 use crate::config::{
-    BootSource, Drive, DriveUpdate, Logger, MachineConfig, Metrics, NetworkInterface, VmConfig,
+    BootSource, Drive, DriveUpdate, Fs, Logger, MachineConfig, Metrics, NetworkInterface, VmConfig,
     Vsock,
 };
 use crate::validate::{
-    canonical_or_given, check_append_target, check_file_opens, check_host_file,
-    check_socket_target, validate_boot_args, validate_id, validate_mac, validate_rate_limiter,
-    validate_tap_name,
+    canonical_or_given, check_append_target, check_backend_socket, check_file_opens,
+    check_host_file, check_socket_target, validate_boot_args, validate_fs_tag, validate_id,
+    validate_mac, validate_rate_limiter, validate_tap_name, MAX_FS_QUEUES,
 };
 use wisp_hostfs::FileKind;
 
@@ -156,6 +156,13 @@ impl VmResources {
             check_limiter("rate_limiter", &entropy.rate_limiter).map_err(wrap("entropy"))?;
         }
         res.config.entropy = config.entropy.clone();
+        for fs in &config.fs {
+            if res.config.fs.iter().any(|f| f.fs_id == fs.fs_id) {
+                let msg = format!("fs id `{}` appears twice", fs.fs_id);
+                return Err(wrap("fs")(VmmActionError::bad_request(msg)));
+            }
+            res.insert_fs(fs).map_err(wrap("fs"))?;
+        }
         if let Some(logger) = &config.logger {
             res.set_logger(logger).map_err(wrap("logger"))?;
         }
@@ -278,6 +285,7 @@ impl VmResources {
                 self.config.entropy = Some(entropy.clone());
                 Some(Ok(VmmData::Empty))
             }
+            A::InsertFs(fs) => configured(self.insert_fs(fs)),
             A::ConfigureLogger(logger) => configured(self.set_logger(logger)),
             A::ConfigureMetrics(metrics) => configured(self.set_metrics(metrics)),
             // Answered by `apply_compat` above.
@@ -366,7 +374,8 @@ impl VmResources {
             + c.network_interfaces.len()
             + usize::from(c.vsock.is_some())
             + usize::from(c.entropy.is_some())
-            + usize::from(c.balloon.is_some());
+            + usize::from(c.balloon.is_some())
+            + c.fs.len();
         if adds_one && count >= MAX_VIRTIO_DEVICES {
             return Err(VmmActionError::bad_request(format!(
                 "cannot add {what}: the microVM already has {count} virtio devices, the most \
@@ -537,6 +546,45 @@ impl VmResources {
         Ok(())
     }
 
+    /// A virtio-fs share: a valid id, a tag the config space can carry and no other device
+    /// uses, sane queues, and a socket that is there (virtiofsd listens before the VMM starts).
+    fn insert_fs(&mut self, fs: &Fs) -> Result<(), VmmActionError> {
+        validate_id("fs_id", &fs.fs_id)?;
+        validate_fs_tag(&fs.tag)?;
+        if fs.num_queues == 0 || fs.num_queues > MAX_FS_QUEUES {
+            return Err(VmmActionError::bad_request(format!(
+                "fs `{}`: num_queues {} must be between 1 and {MAX_FS_QUEUES}",
+                fs.fs_id, fs.num_queues
+            )));
+        }
+        if fs.queue_size < 2 || !fs.queue_size.is_power_of_two() {
+            return Err(VmmActionError::bad_request(format!(
+                "fs `{}`: queue_size {} must be a power of two between 2 and 32768",
+                fs.fs_id, fs.queue_size
+            )));
+        }
+        let new = !self.config.fs.iter().any(|f| f.fs_id == fs.fs_id);
+        self.check_device_room(new, &format!("fs `{}`", fs.fs_id))?;
+        if let Some(twin) = self
+            .config
+            .fs
+            .iter()
+            .find(|f| f.fs_id != fs.fs_id && f.tag == fs.tag)
+        {
+            return Err(VmmActionError::bad_request(format!(
+                "fs `{}`: tag `{}` is already used by fs `{}` (the guest mounts by tag)",
+                fs.fs_id, fs.tag, twin.fs_id
+            )));
+        }
+        check_backend_socket(&format!("socket of fs `{}`", fs.fs_id), &fs.socket)?;
+        let list = &mut self.config.fs;
+        match list.iter().position(|f| f.fs_id == fs.fs_id) {
+            Some(i) => list[i] = fs.clone(),
+            None => list.push(fs.clone()),
+        }
+        Ok(())
+    }
+
     fn set_logger(&mut self, logger: &Logger) -> Result<(), VmmActionError> {
         compat::check_logger_compat(logger)?;
         if !logger.log_path.as_os_str().is_empty() {
@@ -565,6 +613,7 @@ fn config_change_name(action: &VmmAction) -> &'static str {
         VmmAction::InsertNetworkDevice(_) => "adding a network interface",
         VmmAction::SetVsock(_) => "configuring vsock",
         VmmAction::SetEntropy(_) => "configuring the entropy device",
+        VmmAction::InsertFs(_) => "adding a virtio-fs device",
         VmmAction::ConfigureLogger(_) => "configuring the logger",
         VmmAction::ConfigureMetrics(_) => "configuring metrics",
         VmmAction::ConfigureAll(_) => "configuring the microVM",

@@ -69,6 +69,39 @@ pub fn check_socket_target(what: &str, path: &Path) -> Result<(), VmmActionError
     wisp_hostfs::check_bindable(path).map_err(|e| refused(what, path, &e))
 }
 
+/// Longest virtio-fs tag: the `tag` field of the device's config space (virtio 1.2 §5.11.4).
+pub const MAX_FS_TAG_LEN: usize = 36;
+/// Most request queues of one virtio-fs device.
+pub const MAX_FS_QUEUES: u16 = 16;
+
+/// A virtio-fs tag: 1 to 36 bytes, no NUL (the guest reads it as a NUL-padded string).
+pub fn validate_fs_tag(tag: &str) -> Result<(), VmmActionError> {
+    if tag.is_empty() || tag.len() > MAX_FS_TAG_LEN || tag.contains('\0') {
+        return Err(VmmActionError::bad_request(format!(
+            "fs tag {tag:?} is {} bytes: it must be 1 to {MAX_FS_TAG_LEN} bytes without NUL",
+            tag.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A socket another process listens on (a vhost-user backend): it must exist and be a socket
+/// itself, not a symbolic link. Nothing connects here: virtiofsd serves one connection only.
+pub fn check_backend_socket(what: &str, path: &Path) -> Result<(), VmmActionError> {
+    use std::os::unix::fs::FileTypeExt;
+    check_parent_dir(what, path)?;
+    let problem = match std::fs::symlink_metadata(path) {
+        Err(_) => "it does not exist (start the backend, e.g. virtiofsd --socket-path, first)",
+        Ok(m) if m.file_type().is_symlink() => "it is a symbolic link (give the socket itself)",
+        Ok(m) if !m.file_type().is_socket() => "it is not a Unix socket",
+        Ok(_) => return Ok(()),
+    };
+    Err(VmmActionError::bad_request(format!(
+        "cannot use {what} {}: {problem}",
+        path.display()
+    )))
+}
+
 fn refused(what: &str, path: &Path, e: &HostFsError) -> VmmActionError {
     VmmActionError::bad_request(format!("cannot use {what} {}: {e}", path.display()))
 }

@@ -404,6 +404,7 @@ pub fn sample_config() -> VmConfig {
             ..Default::default()
         }),
         entropy: Some(Entropy::default()),
+        fs: Vec::new(),
         logger: Some(Logger {
             log_path: "/run/wisp.log".into(),
             level: LogLevel::Debug,

@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use wisp_api::action::VmmAction;
 use wisp_api::config::{
-    Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DriveUpdate, Entropy, Logger,
-    MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate, Serial,
-    Vsock,
+    Balloon, BalloonStatsUpdate, BalloonUpdate, BootSource, Drive, DriveUpdate, Entropy, Fs,
+    Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface, NetworkInterfaceUpdate,
+    Serial, Vsock,
 };
 
 /// The HTTP methods the API uses.
@@ -51,6 +51,7 @@ pub enum Resource {
     NetworkInterfaces,
     Vsock,
     Entropy,
+    Fs,
     Logger,
     Metrics,
     Actions,
@@ -136,6 +137,7 @@ pub static ROUTES: &[Route] = &[
     ),
     route(Resource::Vsock, "/vsock", "vsock", &[Put]),
     route(Resource::Entropy, "/entropy", "entropy", &[Put]),
+    route(Resource::Fs, "/fs/{fs_id}", "fs", &[Put]),
     route(Resource::Logger, "/logger", "logger", &[Put]),
     route(Resource::Metrics, "/metrics", "metrics", &[Put]),
     route(Resource::Actions, "/actions", "actions", &[Put]),
@@ -377,6 +379,11 @@ pub fn parse_action(
         }
         (R::Vsock, _) => VmmAction::SetVsock(body_as::<Vsock>(endpoint, body)?),
         (R::Entropy, _) => VmmAction::SetEntropy(body_as::<Entropy>(endpoint, body)?),
+        (R::Fs, _) => {
+            let fs: Fs = body_as(endpoint, body)?;
+            same_id("fs_id", &fs.fs_id, id)?;
+            VmmAction::InsertFs(fs)
+        }
         (R::Logger, _) => VmmAction::ConfigureLogger(body_as::<Logger>(endpoint, body)?),
         (R::Metrics, _) => VmmAction::ConfigureMetrics(body_as::<Metrics>(endpoint, body)?),
         (R::Actions, _) => match body_as::<ActionBody>(endpoint, body)?.action_type {

@@ -39,6 +39,7 @@ fn concrete(template: &str) -> String {
         .replace("{drive_id}", "rootfs")
         .replace("{iface_id}", "eth0")
         .replace("{id}", "pmem0")
+        .replace("{fs_id}", "rootfs")
 }
 
 /// Whether a spec object is marked as refused on purpose.
@@ -219,6 +220,7 @@ fn response_bodies_match_their_schemas() {
             track_dirty_pages: true,
             huge_pages: HugePages::Transparent,
             cpu_template: Some("None".into()),
+            mem_shared: true,
             ..Default::default()
         },
         drives: vec![Drive {
@@ -248,6 +250,13 @@ fn response_bodies_match_their_schemas() {
         entropy: Some(Entropy {
             rate_limiter: Some(limiter),
         }),
+        fs: vec![wisp_api::Fs {
+            fs_id: "rootfs".into(),
+            tag: "myfs".into(),
+            socket: p("/s"),
+            num_queues: 1,
+            queue_size: 1024,
+        }],
         logger: Some(Logger {
             log_path: p("/l"),
             level: LogLevel::Info,

@@ -50,7 +50,9 @@ fn the_test_hooks_syscall_is_in_no_filter() {
 
 #[test]
 fn the_filters_stay_narrow() {
-    // Firecracker's: vmm about 50, api about 31, vcpu about 27. Ours must not drift wider.
+    // Firecracker's: vmm about 50, api about 31, vcpu about 27. Ours must not drift wider;
+    // the vmm thread's two more are vhost-user's sendmsg/recvmsg (virtio-fs), which
+    // Firecracker has no device for.
     let (vmm, api, vcpu, wispd) = (
         names(ThreadKind::Vmm).len(),
         names(ThreadKind::Api).len(),
@@ -59,7 +61,7 @@ fn the_filters_stay_narrow() {
     );
     eprintln!("allowed syscalls: vmm {vmm}, api {api}, vcpu {vcpu}, wispd {wispd}");
     assert!(vcpu < api && api < vmm, "vmm {vmm}, api {api}, vcpu {vcpu}");
-    assert!(vmm <= 50, "vmm {vmm}");
+    assert!(vmm <= 52, "vmm {vmm}");
     assert!(wispd <= 55, "wispd {wispd}");
 }
 

@@ -117,6 +117,10 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
         sys!(SYS_recvfrom),
         sys!(SYS_sendto),
         sys!(SYS_shutdown),
+        // virtio-fs: vhost-user messages to the backend when the driver starts or resets the
+        // device (ring fds travel as SCM_RIGHTS).
+        sys!(SYS_sendmsg),
+        sys!(SYS_recvmsg),
         // Rate limiters re-arm their timerfd when a bucket runs dry.
         sys!(SYS_timerfd_settime),
         // Teardown removes the API socket and the vsock socket (wisp-hostfs: unlinkat in

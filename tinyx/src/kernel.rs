@@ -21,6 +21,9 @@ pub const APP_FRAGMENT: &str = include_str!("../configs/app.config");
 /// The ACPI fragment (ACPI, PCI for ACPICA, pvpanic): power-off and panic reach the VMM
 /// through devices.
 pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
+/// The virtio-fs fragment (FUSE, virtio-fs, overlayfs): host directories shared through
+/// vhost-user-fs, overlay container roots.
+pub const FS_FRAGMENT: &str = include_str!("../configs/fs.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
@@ -98,7 +101,7 @@ impl FragmentSource {
     }
 }
 
-/// The default fragments: microvm.config, app.config, then acpi.config.
+/// The default fragments: microvm.config, app.config, acpi.config, then fs.config.
 pub fn default_fragments() -> Vec<FragmentSource> {
     vec![
         FragmentSource {
@@ -112,6 +115,10 @@ pub fn default_fragments() -> Vec<FragmentSource> {
         FragmentSource {
             name: "acpi.config".into(),
             text: ACPI_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "fs.config".into(),
+            text: FS_FRAGMENT.into(),
         },
     ]
 }

@@ -14,6 +14,7 @@ pub mod legacy_devices;
 pub mod loader;
 pub mod memory;
 pub mod memory_backing;
+pub mod memory_shared;
 pub mod microvm;
 pub mod prepared;
 pub mod vcpu;

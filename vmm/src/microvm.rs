@@ -44,6 +44,11 @@ pub enum MicroVmError {
     NoBootSource,
     #[error("the guest asks for {want} but this VM shell holds only {have}")]
     DoesNotFitShell { want: String, have: String },
+    #[error(
+        "the configuration needs shared guest memory (mem_shared or an fs device), and this \
+         shell's memory is anonymous: prepare it with --mem-shared"
+    )]
+    NotSharedShell,
     #[error(transparent)]
     Prepare(#[from] PrepareError),
     #[error(transparent)]
@@ -130,6 +135,7 @@ impl MicroVm {
             mc.vcpu_count,
             mc.huge_pages,
             mc.track_dirty_pages,
+            config.needs_shared_memory(),
         )?;
         MicroVm::configure(shell, config)
     }
@@ -152,6 +158,9 @@ impl MicroVm {
                 want: "track_dirty_pages".into(),
                 have: "a shell prepared without dirty-page logging".into(),
             });
+        }
+        if config.needs_shared_memory() && !shell.mem_shared() {
+            return Err(MicroVmError::NotSharedShell);
         }
         let ram_size = u64::from(mc.mem_size_mib) << 20;
         let PreparedVm {

@@ -12,6 +12,7 @@ use crate::layout::{
 use crate::legacy_devices::{LegacyDeviceError, LegacyDevices};
 use crate::memory::MemoryError;
 use crate::memory_backing::{create_backed_guest_memory, BackingError};
+use crate::memory_shared::{create_shared_guest_memory, SharedMemoryError};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{install_kick_handler, ControlError};
 use crate::vcpu_thread::VcpuThread;
@@ -29,6 +30,10 @@ pub enum PrepareError {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Backing(#[from] BackingError),
+    #[error(transparent)]
+    SharedMemory(#[from] SharedMemoryError),
+    #[error("huge_pages 2M and shared guest memory (mem_shared or a virtio-fs device) cannot be combined")]
+    SharedHugePages,
     #[error(transparent)]
     Vm(#[from] VmError),
     #[error(transparent)]
@@ -72,21 +77,35 @@ pub struct PreparedVm {
     pub(crate) vm: Vm,
     pub(crate) mem: GuestMemoryMmap,
     mem_mib: u32,
+    /// Guest RAM is a memfd a vhost-user backend can map (`--mem-shared`).
+    mem_shared: bool,
 }
 
 impl PreparedVm {
     /// Creates a shell able to host guests of up to `mem_mib` MiB and `vcpus` vCPUs.
     pub fn prepare(mem_mib: u32, vcpus: u8) -> Result<PreparedVm, PrepareError> {
-        PreparedVm::prepare_backed(mem_mib, vcpus, HugePages::None, false)
+        PreparedVm::prepare_with(mem_mib, vcpus, false)
+    }
+
+    /// [`PreparedVm::prepare`], with guest RAM in a sealed memfd when `mem_shared` (for
+    /// vhost-user devices), anonymous otherwise.
+    pub fn prepare_with(
+        mem_mib: u32,
+        vcpus: u8,
+        mem_shared: bool,
+    ) -> Result<PreparedVm, PrepareError> {
+        PreparedVm::prepare_backed(mem_mib, vcpus, HugePages::None, false, mem_shared)
     }
 
     /// As `prepare`, with guest memory backed as `huge` asks and, with `dirty_log`, KVM
-    /// dirty-page logging on its slots (`machine-config.huge_pages`, `track_dirty_pages`).
+    /// dirty-page logging on its slots (`machine-config.huge_pages`, `track_dirty_pages`);
+    /// with `mem_shared`, guest RAM is a sealed memfd (for vhost-user devices).
     pub fn prepare_backed(
         mem_mib: u32,
         vcpus: u8,
         huge: HugePages,
         dirty_log: bool,
+        mem_shared: bool,
     ) -> Result<PreparedVm, PrepareError> {
         if vcpus == 0 || vcpus > MAX_CPUS {
             return Err(PrepareError::VcpuCount {
@@ -94,7 +113,11 @@ impl PreparedVm {
                 max: MAX_CPUS,
             });
         }
-        let mem = create_backed_guest_memory(mem_mib, huge)?;
+        let mem = match (mem_shared, huge) {
+            (true, HugePages::Huge2M) => return Err(PrepareError::SharedHugePages),
+            (true, _) => create_shared_guest_memory(mem_mib)?,
+            (false, huge) => create_backed_guest_memory(mem_mib, huge)?,
+        };
         let vm = Vm::with_memory_logged(&mem, dirty_log)?;
         let supported_cpuid = vm
             .kvm()
@@ -123,12 +146,18 @@ impl PreparedVm {
             vm,
             mem,
             mem_mib,
+            mem_shared,
         })
     }
 
     /// The most memory (MiB) a guest in this shell can have.
     pub fn mem_mib(&self) -> u32 {
         self.mem_mib
+    }
+
+    /// Whether guest RAM is shared (a memfd), as vhost-user devices need.
+    pub fn mem_shared(&self) -> bool {
+        self.mem_shared
     }
 
     /// The most vCPUs a guest in this shell can have.

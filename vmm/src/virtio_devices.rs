@@ -13,8 +13,11 @@ use wisp_api::{RateLimiter, VmConfig};
 use wisp_devices::rate_limiter::TokenBucket;
 use wisp_devices::virtio::block::BlockError;
 use wisp_devices::virtio::net::NetError;
+use wisp_devices::virtio::vhost_user_fs::{FsConfig, VhostUserFsError};
 use wisp_devices::virtio::vsock::VsockError;
-use wisp_devices::virtio::{Balloon, Block, MmioTransport, Net, Rng, VirtioDevice, Vsock};
+use wisp_devices::virtio::{
+    Balloon, Block, MmioTransport, Net, Rng, VhostUserFs, VirtioDevice, Vsock,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum VirtioSetupError {
@@ -36,6 +39,12 @@ pub enum VirtioSetupError {
     Vsock(#[source] VsockError),
     #[error("balloon: cannot create its statistics timerfd: {0}")]
     Balloon(#[source] std::io::Error),
+    #[error("fs {id}: {source}")]
+    Fs {
+        id: String,
+        #[source]
+        source: VhostUserFsError,
+    },
     #[error("{what}: cannot create the rate limiter's timerfd: {source}")]
     RateLimiter {
         what: String,
@@ -56,7 +65,7 @@ pub enum VirtioSetupError {
 
 /// A virtio device of the running VM, for the front ends (PATCH /drives, metrics).
 pub struct VirtioHandle {
-    /// "block", "net", "vsock", "rng" or "balloon".
+    /// "block", "net", "vsock", "rng", "balloon" or "fs".
     pub kind: &'static str,
     /// The drive or interface id from the configuration ("vsock" / "rng" for those).
     pub id: String,
@@ -228,7 +237,43 @@ pub fn attach_virtio_devices(
             Box::new(balloon),
         )?);
     }
+    attach_fs_devices(dm, vm, mem, cmdline, config, &mut handles)?;
     Ok(handles)
+}
+
+/// virtio-fs devices: each connects to its vhost-user backend and sends it the memory table
+/// here, so a missing or wrong backend refuses the VM before it starts.
+fn attach_fs_devices(
+    dm: &mut DeviceManager,
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    cmdline: &mut Cmdline,
+    config: &VmConfig,
+    handles: &mut Vec<VirtioHandle>,
+) -> Result<(), VirtioSetupError> {
+    for fs in &config.fs {
+        let device_config = FsConfig {
+            tag: fs.tag.clone(),
+            socket: fs.socket.clone(),
+            num_request_queues: fs.num_queues,
+            queue_size: fs.queue_size,
+        };
+        let device =
+            VhostUserFs::new(&device_config, mem).map_err(|source| VirtioSetupError::Fs {
+                id: fs.fs_id.clone(),
+                source,
+            })?;
+        handles.push(attach(
+            dm,
+            vm,
+            mem,
+            cmdline,
+            "fs",
+            fs.fs_id.clone(),
+            Box::new(device),
+        )?);
+    }
+    Ok(())
 }
 
 /// The event-loop subscriber of each device.

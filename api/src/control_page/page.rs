@@ -41,8 +41,8 @@ pub enum ControlPageError {
         max: usize,
     },
     #[error(
-        "the configuration has {0} virtio devices (drives, network interfaces, vsock and \
-         entropy together); a VM has at most {DEVICES_MAX}, one IRQ each"
+        "the configuration has {0} virtio devices (drives, network interfaces, vsock, \
+         entropy and fs together); a VM has at most {DEVICES_MAX}, one IRQ each"
     )]
     TooManyDevices(usize),
     #[error("the device table lists more than one {0} device")]
@@ -54,6 +54,8 @@ pub enum ControlPageError {
     NotCarried(&'static str),
     #[error("guest MAC `{0}` is not a MAC address like 06:00:ac:10:00:02")]
     BadMac(String),
+    #[error("fs tag {0:?} is empty or holds a NUL byte")]
+    BadFsTag(String),
     #[error("request id {0:?} is not printable ASCII")]
     BadRequestId(String),
     #[error("{device}: {source}")]

@@ -1,4 +1,5 @@
-//! virtio over MMIO (virtio 1.2 §4.2): the transport and the block, net, vsock and rng devices.
+//! virtio over MMIO (virtio 1.2 §4.2): the transport and the block, net, vsock, rng and
+//! vhost-user-fs devices.
 //!
 //! # Contract with the VMM
 //!
@@ -48,6 +49,7 @@ pub mod mmio;
 pub mod net;
 pub mod rng;
 pub mod tap;
+pub mod vhost_user_fs;
 pub mod vsock;
 
 #[cfg(test)]
@@ -62,6 +64,7 @@ pub use metrics::{DeviceMetrics, MetricsSnapshot};
 pub use mmio::{MmioTransport, MMIO_SLOT_SIZE, REG_QUEUE_NOTIFY};
 pub use net::Net;
 pub use rng::Rng;
+pub use vhost_user_fs::VhostUserFs;
 pub use vsock::Vsock;
 
 /// Feature bit: compliance with virtio 1.0+ (virtio 1.2 §6); mandatory on the modern transport.
@@ -79,4 +82,6 @@ pub mod device_id {
     pub const BALLOON: u32 = 5;
     /// Socket device.
     pub const VSOCK: u32 = 19;
+    /// File system device (virtio-fs, served by a vhost-user backend).
+    pub const FS: u32 = 26;
 }

@@ -40,6 +40,12 @@ pub struct TestGuest {
 impl TestGuest {
     pub fn new(device: Box<dyn VirtioDevice>) -> Self {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+        Self::with_memory(mem, device)
+    }
+
+    /// A guest over given memory (of at least `MEM_SIZE` bytes), e.g. shared memory for a
+    /// vhost-user device that was built with it.
+    pub fn with_memory(mem: GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Self {
         let transport = Arc::new(Mutex::new(MmioTransport::new(mem.clone(), device).unwrap()));
         let mut em = EventManager::new().unwrap();
         em.add_subscriber(transport.clone());

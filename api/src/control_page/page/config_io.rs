@@ -5,7 +5,7 @@
 
 use super::{ControlPage, ControlPageError};
 use crate::config::{
-    BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
+    BootSource, Drive, Entropy, Fs, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
     RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 use crate::control_page::layout::*;
@@ -146,12 +146,14 @@ fn level_from_code(code: u32) -> Option<LogLevel> {
     .find(|l| level_code(*l) == code)
 }
 
-/// The device table for `config`: drives, network interfaces, vsock, entropy, in that order.
+/// The device table for `config`: drives, network interfaces, vsock, entropy, fs, in that
+/// order.
 fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError> {
     let count = config.drives.len()
         + config.network_interfaces.len()
         + usize::from(config.vsock.is_some())
-        + usize::from(config.entropy.is_some());
+        + usize::from(config.entropy.is_some())
+        + config.fs.len();
     if count > DEVICES_MAX {
         return Err(ControlPageError::TooManyDevices(count));
     }
@@ -232,7 +234,27 @@ fn device_entries(config: &VmConfig) -> Result<Vec<Entry<'_>>, ControlPageError>
             buckets,
         });
     }
+    for fs in &config.fs {
+        entries.push(fs_entry(fs).map_err(in_device(|| format!("fs `{}`", fs.fs_id)))?);
+    }
     Ok(entries)
+}
+
+/// A virtio-fs entry: the tag in the MAC/refill slots, the queue shape in the kind word.
+fn fs_entry(fs: &Fs) -> Result<Entry<'_>, ControlPageError> {
+    let tag = fit("tag", fs.tag.as_bytes(), DEV_FS_TAG_MAX)?;
+    if tag.is_empty() || tag.contains(&0) {
+        return Err(ControlPageError::BadFsTag(fs.tag.clone()));
+    }
+    Ok(Entry {
+        kind: DEV_KIND_FS,
+        flags: 0,
+        cid: u32::from(fs.num_queues) | (u32::from(fs.queue_size) << 16),
+        mac: tag,
+        id: fit("fs_id", fs.fs_id.as_bytes(), DEV_ID_MAX)?,
+        path: fit("socket", path_bytes(&fs.socket), DEV_PATH_MAX)?,
+        buckets: [Slot::default(); 4],
+    })
 }
 
 fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
@@ -252,7 +274,8 @@ fn plan(config: &VmConfig) -> Result<Plan<'_>, ControlPageError> {
             value: 0,
         });
     }
-    let mut flags = if mc.smt { CFG_SMT } else { 0 };
+    let mut flags =
+        if mc.smt { CFG_SMT } else { 0 } | if mc.mem_shared { CFG_MEM_SHARED } else { 0 };
     let (mut kernel, mut initrd, mut cmdline): (&[u8], &[u8], &[u8]) = (&[], &[], &[]);
     if let Some(boot) = &config.boot_source {
         flags |= CFG_BOOT_SOURCE;
@@ -368,12 +391,19 @@ impl ControlPage {
             self.store32(base + DEV_OFF_KIND, e.kind);
             self.store32(base + DEV_OFF_FLAGS, e.flags);
             self.store32(base + DEV_OFF_CID, e.cid);
+            if e.kind == DEV_KIND_FS {
+                // The tag is read up to its first NUL: clear the whole slot first.
+                self.write_bytes(base + DEV_OFF_FS_TAG, &[0; DEV_FS_TAG_MAX]);
+            }
             self.write_bytes(base + DEV_OFF_MAC, e.mac);
             put(base + DEV_OFF_ID, base + DEV_OFF_ID_LEN, e.id);
             put(base + DEV_OFF_PATH, base + DEV_OFF_PATH_LEN, e.path);
             let limits = OFF_LIMITERS + i * LIMITER_ENTRY_SIZE;
             for (k, slot) in e.buckets.iter().enumerate() {
-                self.store32(base + DEV_OFF_REFILL + 4 * k, slot.refill);
+                // An fs entry's tag overlaps the refill words (fs has no rate limiters).
+                if e.kind != DEV_KIND_FS {
+                    self.store32(base + DEV_OFF_REFILL + 4 * k, slot.refill);
+                }
                 self.store64(limits + 16 * k, slot.size);
                 self.store64(limits + 16 * k + 8, slot.burst);
             }
@@ -499,6 +529,7 @@ impl ControlPage {
                 vcpu_count: vcpus as u8,
                 mem_size_mib,
                 smt: has(CFG_SMT),
+                mem_shared: has(CFG_MEM_SHARED),
                 ..Default::default()
             },
             logger,
@@ -560,7 +591,7 @@ impl ControlPage {
             | match kind {
                 DEV_KIND_BLOCK => DEV_FLAG_READ_ONLY | DEV_FLAG_ROOT,
                 DEV_KIND_NET => DEV_FLAG_MAC,
-                DEV_KIND_VSOCK | DEV_KIND_RNG => 0,
+                DEV_KIND_VSOCK | DEV_KIND_RNG | DEV_KIND_FS => 0,
                 other => {
                     return Err(ControlPageError::OutOfRange {
                         field: "device kind",
@@ -618,6 +649,24 @@ impl ControlPage {
                     rx_rate_limiter: limiter0,
                     tx_rate_limiter: limiter1,
                     ..Default::default()
+                })
+            }
+            DEV_KIND_FS => {
+                let raw = self.read_bytes(base + DEV_OFF_FS_TAG, DEV_FS_TAG_MAX);
+                let len = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+                if len == 0 || raw[len..].iter().any(|&b| b != 0) {
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    return Err(ControlPageError::BadFsTag(text));
+                }
+                let tag = String::from_utf8(raw[..len].to_vec())
+                    .map_err(|_| ControlPageError::NotUtf8("fs tag"))?;
+                let shape = self.load32(base + DEV_OFF_CID);
+                config.fs.push(Fs {
+                    fs_id: id("fs id")?,
+                    tag,
+                    socket: path("fs socket")?,
+                    num_queues: (shape & 0xffff) as u16,
+                    queue_size: (shape >> 16) as u16,
                 })
             }
             DEV_KIND_VSOCK if config.vsock.is_some() => {

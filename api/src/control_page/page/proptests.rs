@@ -5,7 +5,7 @@
 use super::tests::sample;
 use super::*;
 use crate::config::{
-    BootSource, Drive, Entropy, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
+    BootSource, Drive, Entropy, Fs, LogLevel, Logger, MachineConfig, Metrics, NetworkInterface,
     RateLimiter, TokenBucket, VmConfig, Vsock,
 };
 use proptest::collection::vec;
@@ -141,6 +141,27 @@ fn iface(lim: Limits) -> impl Strategy<Value = NetworkInterface> {
         )
 }
 
+fn fs(lim: Limits) -> impl Strategy<Value = Fs> {
+    (
+        text(DEV_ID_MAX, lim),
+        proptest::string::string_regex(&format!(
+            "[a-zA-Z0-9._-]{{1,{}}}",
+            DEV_FS_TAG_MAX + lim.slack
+        ))
+        .expect("a valid regex"),
+        path(DEV_PATH_MAX, lim),
+        any::<u16>(),
+        any::<u16>(),
+    )
+        .prop_map(|(fs_id, tag, socket, num_queues, queue_size)| Fs {
+            fs_id,
+            tag,
+            socket,
+            num_queues,
+            queue_size,
+        })
+}
+
 fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
     let boot = option::of(
         (
@@ -154,13 +175,15 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
                 boot_args,
             }),
     );
-    let machine =
-        (1..=u8::MAX, 1..=MEM_MIB_MAX, any::<bool>()).prop_map(|(v, m, smt)| MachineConfig {
+    let machine = (1..=u8::MAX, 1..=MEM_MIB_MAX, any::<bool>(), any::<bool>()).prop_map(
+        |(v, m, smt, mem_shared)| MachineConfig {
             vcpu_count: v,
             mem_size_mib: m,
             smt,
+            mem_shared,
             ..Default::default()
-        });
+        },
+    );
     let logger = option::of((
         path(LOG_PATH_MAX, lim),
         level(),
@@ -206,14 +229,25 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
                     (
                         Just(drives),
                         vec(iface(lim), 0..=left),
+                        Just(left),
                         Just(vsock),
                         Just(entropy),
+                    )
+                })
+                .prop_flat_map(move |(drives, ifaces, left, vsock, entropy)| {
+                    let room = (left - ifaces.len()).min(3);
+                    (
+                        Just(drives),
+                        Just(ifaces),
+                        Just(vsock),
+                        Just(entropy),
+                        vec(fs(lim), 0..=room),
                     )
                 })
         })
     });
     (boot, machine, logger, metrics, devices).prop_map(
-        |(boot_source, machine_config, logger, metrics, (drives, ifaces, vsock, entropy))| {
+        |(boot_source, machine_config, logger, metrics, (drives, ifaces, vsock, entropy, fs))| {
             VmConfig {
                 boot_source,
                 machine_config,
@@ -221,6 +255,7 @@ fn config(lim: Limits) -> impl Strategy<Value = VmConfig> {
                 network_interfaces: ifaces,
                 vsock,
                 entropy,
+                fs,
                 logger,
                 metrics,
                 ..Default::default()

@@ -61,6 +61,7 @@ pub(super) fn sample() -> VmConfig {
             ..Default::default()
         }),
         entropy: Some(Entropy::default()),
+        fs: Vec::new(),
         logger: Some(Logger {
             log_path: "/run/wisp.log".into(),
             level: LogLevel::Debug,
@@ -446,4 +447,37 @@ fn firecracker_fields_the_page_cannot_hold_are_refused_by_name() {
     c.network_interfaces[0].mtu = Some(1500);
     let err = page.write_config(&c).unwrap_err().to_string();
     assert!(err.contains("mtu"), "{err}");
+}
+
+#[test]
+fn virtio_fs_shares_and_shared_memory_travel_on_the_page() {
+    let wispd = ControlPage::create().unwrap();
+    let shell = shell_view(&wispd).unwrap();
+    let mut c = sample();
+    c.machine_config.mem_shared = true;
+    c.drives.clear();
+    c.fs = vec![
+        crate::config::Fs {
+            fs_id: "rootfs".into(),
+            tag: "t".repeat(DEV_FS_TAG_MAX),
+            socket: "/run/virtiofsd.sock".into(),
+            num_queues: 1,
+            queue_size: 1024,
+        },
+        crate::config::Fs {
+            fs_id: "vol".into(),
+            tag: "v".into(),
+            socket: "/run/v2.sock".into(),
+            num_queues: 4,
+            queue_size: 32768,
+        },
+    ];
+    wispd.write_config(&c).unwrap();
+    assert_eq!(shell.read_config().unwrap(), c);
+    // A tag the config space cannot carry is refused, naming the device, page unchanged.
+    let mut bad = c.clone();
+    bad.fs[1].tag = "x".repeat(DEV_FS_TAG_MAX + 1);
+    let err = wispd.write_config(&bad).unwrap_err().to_string();
+    assert!(err.contains("fs `vol`") && err.contains("tag"), "{err}");
+    assert_eq!(shell.read_config().unwrap(), c);
 }
