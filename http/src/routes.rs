@@ -54,6 +54,8 @@ pub enum Resource {
     Metrics,
     Actions,
     Vm,
+    SnapshotCreate,
+    SnapshotLoad,
 }
 
 /// One path template (OpenAPI style, `{id}` for a path parameter) and its methods.
@@ -98,6 +100,19 @@ pub static ROUTES: &[Route] = &[
     route(Resource::Metrics, "/metrics", "metrics", &[Put]),
     route(Resource::Actions, "/actions", "actions", &[Put]),
     route(Resource::Vm, "/vm", "vm", &[Patch]),
+    // Snapshots (Firecracker's paths and bodies).
+    route(
+        Resource::SnapshotCreate,
+        "/snapshot/create",
+        "snapshot_create",
+        &[Put],
+    ),
+    route(
+        Resource::SnapshotLoad,
+        "/snapshot/load",
+        "snapshot_load",
+        &[Put],
+    ),
 ];
 
 const fn route(
@@ -279,6 +294,8 @@ pub fn parse_action(
             RequestedVmState::Paused => VmmAction::Pause,
             RequestedVmState::Resumed => VmmAction::Resume,
         },
+        (R::SnapshotCreate, _) => VmmAction::CreateSnapshot(body_as(endpoint, body)?),
+        (R::SnapshotLoad, _) => VmmAction::LoadSnapshot(body_as(endpoint, body)?),
         // `resolve` only yields methods listed in ROUTES: these resources are GET-only.
         (R::Root | R::Version | R::VmConfig, _) => {
             return Err(RouteError::MethodNotAllowed {

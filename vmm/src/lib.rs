@@ -14,6 +14,8 @@ pub mod loader;
 pub mod memory;
 pub mod microvm;
 pub mod prepared;
+pub mod snapshot;
+mod snapshot_actions;
 pub mod vcpu;
 pub mod vcpu_control;
 pub mod vcpu_thread;
