@@ -120,8 +120,13 @@ pub enum CtlCommand {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+    /// Restore the snapshot in DIR (`vm.state` and `vm.mem`, as `PUT /snapshot/create` or
+    /// `wisp ctl` wrote them) and resume it, instead of booting a kernel; the VM's devices
+    /// come from the snapshot.
+    #[arg(long, value_name = "DIR", conflicts_with = "kernel")]
+    pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,

@@ -52,6 +52,25 @@ pub enum SnapshotError {
     DoesNotFitShell { want: String, have: String },
 }
 
+/// A snapshot kept as a directory (`wisp run --restore DIR`, `wisp ctl`): the VM state file
+/// `vm.state` and the memory file `vm.mem`.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir(std::path::PathBuf);
+
+impl SnapshotDir {
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        SnapshotDir(dir.into())
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.0.join("vm.state")
+    }
+
+    pub fn memory(&self) -> std::path::PathBuf {
+        self.0.join("vm.mem")
+    }
+}
+
 /// What `create` wrote and how long it took.
 #[derive(Clone, Copy, Debug)]
 pub struct SnapshotInfo {
