@@ -115,6 +115,19 @@ pub enum CtlCommand {
     Console { id: String },
     /// Prepared shells and running VMs.
     Status,
+    /// Restore a snapshot directory (`vm.state`, `vm.mem`) into a prepared shell and resume it.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        snapshot: PathBuf,
+    },
+    /// Restore one snapshot into COUNT prepared shells at once: clones sharing the memory
+    /// file's pages copy-on-write, each told on its noxs page that it is a new copy.
+    Clone {
+        #[arg(long, value_name = "DIR")]
+        snapshot: PathBuf,
+        #[arg(long, value_name = "COUNT", default_value_t = 1)]
+        count: u32,
+    },
 }
 
 #[derive(Args, Debug)]

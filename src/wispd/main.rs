@@ -17,6 +17,7 @@ mod helper;
 #[path = "../logger.rs"]
 mod logger;
 mod pool;
+mod restore;
 mod shell_process;
 mod socket_path;
 mod vms;
