@@ -356,3 +356,35 @@ fn bad_snapshot_requests_are_refused_with_their_reason_and_change_nothing() {
     wisp.wait_for_line("count: ");
     assert_eq!(wisp.state(), "Running");
 }
+
+#[test]
+fn a_restored_guest_is_snapshotted_again_and_restored_again() {
+    let scratch = Scratch::new("snap-again");
+    let (first, second) = (scratch.join("first"), scratch.join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    snapshot_a_counting_guest(&scratch, &first);
+    // The restored guest's memory is the first memory file mapped MAP_PRIVATE: the second
+    // snapshot must hold the pages it never wrote (from the file) as well as those it did.
+    let wisp = Wisp::start(&scratch.join("second.sock"));
+    let (status, body) = wisp.load(&first.join("vm.state"), &first.join("vm.mem"), true);
+    assert_eq!(status, 204, "{body}");
+    let seen = counts(&wisp.wait_for_line("count: "));
+    let at = seen.last().copied().unwrap();
+    wisp.wait_for_line(&format!("count: {}", at + 2));
+    wisp.pause();
+    let last = counts(&wisp.drain(Duration::from_millis(300)))
+        .last()
+        .copied()
+        .unwrap_or(at + 2);
+    let (status, body) = wisp.snapshot(&second);
+    assert_eq!(status, 204, "{body}");
+    wisp.kill();
+    std::fs::remove_file(first.join("vm.mem")).unwrap();
+
+    let wisp = Wisp::start(&scratch.join("third.sock"));
+    let (status, body) = wisp.load(&second.join("vm.state"), &second.join("vm.mem"), true);
+    assert_eq!(status, 204, "{body}");
+    let after = counts(&wisp.wait_for_line(&format!("count: {}", last + 2)));
+    assert_eq!(after.first().copied(), Some(last + 1), "{after:?}");
+}

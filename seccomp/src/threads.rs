@@ -123,8 +123,8 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
         // the socket's directory, after checking it is still the inode it bound).
         sys!(SYS_unlink),
         sys!(SYS_unlinkat),
-        // A snapshot's memory file is sized to the guest (sparse where pages are zero).
-        sys!(SYS_ftruncate),
+        // A snapshot's memory file holds only the pages the guest touched (mincore).
+        sys!(SYS_mincore),
     ]);
     list.allow_arg(sys!(SYS_socket), 0, &[libc::AF_UNIX as u64])?;
     list.allow_arg(

@@ -8,8 +8,9 @@
 //!
 //! The snapshot is checked once here (state file, memory file size) before any shell is
 //! taken, and a clone takes shells only if enough prepared ones fit: a refused request
-//! changes nothing. The loads are synchronous, one after another: each is a short request to a
-//! process that is idle waiting for it.
+//! changes nothing. Every load is sent before any answer is read, so the shells of a clone
+//! restore side by side; wispd waits for the answers (each a short request to a process that
+//! was idle waiting for it).
 
 use crate::clients::Requester;
 use crate::daemon::Daemon;
@@ -27,9 +28,17 @@ const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most clones one request may make.
 pub(crate) const MAX_CLONES: u32 = 1024;
 
-/// `PUT /snapshot/load` on a shell's REST socket; the shell's answer if it refused.
-fn load_over_rest(socket: &Path, body: &str) -> Result<(), String> {
+/// A `PUT /snapshot/load` sent to one shell, its answer not read yet.
+struct PendingLoad {
+    stream: UnixStream,
+    sent: Instant,
+}
+
+/// Sends `PUT /snapshot/load` with `body` on a shell's REST socket (not waiting for the answer:
+/// the shells of a clone load side by side).
+fn send_load(socket: &Path, body: &str) -> Result<PendingLoad, String> {
     let failed = |e: std::io::Error| format!("the shell's API socket: {e}");
+    let sent = Instant::now();
     let mut stream = UnixStream::connect(socket).map_err(failed)?;
     stream
         .set_read_timeout(Some(LOAD_TIMEOUT))
@@ -43,14 +52,25 @@ fn load_over_rest(socket: &Path, body: &str) -> Result<(), String> {
         body.len()
     );
     stream.write_all(request.as_bytes()).map_err(failed)?;
-    let mut answer = Vec::new();
-    stream.read_to_end(&mut answer).map_err(failed)?;
-    let text = String::from_utf8_lossy(&answer);
-    if text.starts_with("HTTP/1.1 204") {
-        return Ok(());
+    Ok(PendingLoad { stream, sent })
+}
+
+impl PendingLoad {
+    /// Reads the answer: `Ok` for 204, else the shell's reason; and send → answer.
+    fn answer(mut self) -> (Result<(), String>, Duration) {
+        let mut answer = Vec::new();
+        let read = self.stream.read_to_end(&mut answer);
+        let took = self.sent.elapsed();
+        if let Err(e) = read {
+            return (Err(format!("the shell's API socket: {e}")), took);
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if text.starts_with("HTTP/1.1 204") {
+            return (Ok(()), took);
+        }
+        let body = text.split_once("\r\n\r\n").map_or(&*text, |(_, b)| b);
+        (Err(body.trim().to_string()), took)
     }
-    let body = text.split_once("\r\n\r\n").map_or(&*text, |(_, b)| b);
-    Err(body.trim().to_string())
 }
 
 impl Daemon {
@@ -97,9 +117,11 @@ impl Daemon {
         let mut vms = Vec::with_capacity(shells.len());
         let mut each_us = Vec::with_capacity(shells.len());
         let mut failures = Vec::new();
+        // Every load is sent before any answer is read: the shells restore side by side.
+        let mut pending = Vec::with_capacity(shells.len());
         for id in shells {
             let _ = self.take_stage(id);
-            let Some(shell) = self.shells.remove(&id) else {
+            let Some(shell) = self.shells.get(&id) else {
                 continue;
             };
             let body = serde_json::json!({
@@ -109,9 +131,17 @@ impl Daemon {
                 "vm_generation": new_generation(),
             })
             .to_string();
-            let t = Instant::now();
-            let loaded = load_over_rest(&shell.proc.api_socket, &body);
-            each_us.push(t.elapsed().as_secs_f64() * 1e6);
+            pending.push((id, send_load(&shell.proc.api_socket, &body)));
+        }
+        for (id, load) in pending {
+            let (loaded, took) = match load {
+                Ok(load) => load.answer(),
+                Err(e) => (Err(e), Duration::ZERO),
+            };
+            each_us.push(took.as_secs_f64() * 1e6);
+            let Some(shell) = self.shells.remove(&id) else {
+                continue;
+            };
             match loaded {
                 Ok(()) => {
                     let vm = self.restored(id, &shell.proc, mem, vcpus);

@@ -117,6 +117,8 @@ pub struct MicroVm {
     pub(crate) panicked: Arc<AtomicBool>,
     pub(crate) virtio: Vec<VirtioHandle>,
     pub(crate) memory_registered: bool,
+    /// Guest RAM is a snapshot's memory file mapped `MAP_PRIVATE` (a restored VM).
+    pub(crate) memory_from_file: bool,
     pub(crate) vm: Vm,
     pub(crate) mem: GuestMemoryMmap,
 }
@@ -231,6 +233,7 @@ impl MicroVm {
             panicked: watch.panicked,
             virtio,
             memory_registered: true,
+            memory_from_file: false,
             vm,
             mem,
         })

@@ -98,7 +98,8 @@ pub fn create(
 ) -> Result<SnapshotInfo, SnapshotError> {
     let start = Instant::now();
     let state = save(vm, config)?;
-    let memory_bytes_written = memory_file::write_memory(&vm.mem, mem_path)?;
+    let anonymous = !vm.memory_from_file;
+    let memory_bytes_written = memory_file::write_memory(&vm.mem, mem_path, anonymous)?;
     let state_bytes = format::write_file(state_path, &state)?;
     Ok(SnapshotInfo {
         state_bytes,

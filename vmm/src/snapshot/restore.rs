@@ -173,6 +173,7 @@ pub fn restore(
         panicked: watch.panicked,
         virtio,
         memory_registered: true,
+        memory_from_file: true,
         vm,
         mem,
     })
