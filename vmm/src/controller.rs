@@ -63,7 +63,7 @@ pub struct Controller {
     outcome: Option<Outcome>,
     /// The request that started the VM; metrics lines written on no request carry it.
     pub(crate) start_request: Option<String>,
-    metrics_timer_wanted: bool,
+    pub(crate) metrics_timer_wanted: bool,
 }
 
 impl Controller {

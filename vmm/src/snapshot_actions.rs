@@ -86,10 +86,21 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
     };
     let resources = VmResources::from_config(restored, c.resources.limits())
         .map_err(|e| refuse(format!("its configuration: {e}")))?;
+    let vcpus = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
+    if let Some(shell) = &c.shell {
+        // Checked before the shell is taken: a snapshot too large for it changes nothing.
+        if shell.mem_mib() < state.mem_mib || shell.vcpu_count() < vcpus {
+            return Err(refuse(format!(
+                "its guest ({} MiB, {vcpus} vCPUs) does not fit this VM shell ({} MiB, {} vCPUs)",
+                state.mem_mib,
+                shell.mem_mib(),
+                shell.vcpu_count()
+            )));
+        }
+    }
     let (shell, spent_shell) = match c.shell.take() {
         Some(shell) => (shell, true),
         None => {
-            let vcpus = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
             let shell = PreparedVm::prepare(state.mem_mib, vcpus)
                 .map_err(|e| VmmActionError::LoadSnapshot(e.to_string()))?;
             (shell, false)
@@ -130,6 +141,7 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
         return Err(c.start_failed(e));
     }
     c.new_subscribers.extend(vm.take_subscribers());
+    c.metrics_timer_wanted = resources.vm_config().metrics.is_some();
     c.vm = Some(vm);
     c.resources = resources;
     c.start_request = Some(request_id.to_string());
