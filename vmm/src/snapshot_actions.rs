@@ -59,6 +59,7 @@ fn guest_configured(config: &VmConfig) -> bool {
 
 pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadParams) -> VmmResult {
     let refuse = |e: String| VmmActionError::LoadSnapshot(e);
+    let started = std::time::Instant::now();
     if c.state() != VmState::NotStarted || c.vm.is_some() {
         return Err(VmmActionError::not_allowed(format!(
             "cannot load a snapshot: a microVM was already started (state {:?})",
@@ -106,6 +107,7 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
             (shell, false)
         }
     };
+    let shell_ready = started.elapsed();
     let generation = params
         .vm_generation
         .unwrap_or_else(snapshot::new_generation);
@@ -132,12 +134,12 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
         ));
     };
     vm.attach_host(options);
-    let started = if params.resume_vm {
+    let launched = if params.resume_vm {
         vm.start()
     } else {
         vm.start_paused()
     };
-    if let Err(e) = started {
+    if let Err(e) = launched {
         return Err(c.start_failed(e));
     }
     c.new_subscribers.extend(vm.take_subscribers());
@@ -146,8 +148,15 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
     c.resources = resources;
     c.start_request = Some(request_id.to_string());
     log::info!(
-        "[{request_id}] snapshot {} loaded (generation {generation:#x})",
-        params.snapshot_path.display()
+        "[{request_id}] snapshot {} loaded in {:?} (checks{} {shell_ready:?}; generation \
+         {generation:#x})",
+        params.snapshot_path.display(),
+        started.elapsed(),
+        if spent_shell {
+            ""
+        } else {
+            " and a new VM shell"
+        },
     );
     c.set_state(if params.resume_vm {
         VmState::Running
