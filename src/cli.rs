@@ -222,13 +222,31 @@ pub enum CtlCommand {
     Console { id: String },
     /// Prepared shells and running VMs.
     Status,
+    /// Restore a snapshot directory (`vm.state`, `vm.mem`) into a prepared shell and resume it.
+    Restore {
+        #[arg(long, value_name = "DIR")]
+        snapshot: PathBuf,
+    },
+    /// Restore one snapshot into COUNT prepared shells at once: clones sharing the memory
+    /// file's pages copy-on-write, each told on its noxs page that it is a new copy.
+    Clone {
+        #[arg(long, value_name = "DIR")]
+        snapshot: PathBuf,
+        #[arg(long, value_name = "COUNT", default_value_t = 1)]
+        count: u32,
+    },
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Kernel image: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
-    #[arg(long)]
-    pub kernel: PathBuf,
+    #[arg(long, required_unless_present = "restore")]
+    pub kernel: Option<PathBuf>,
+    /// Restore the snapshot in DIR (`vm.state` and `vm.mem`, as `PUT /snapshot/create` or
+    /// `wisp ctl` wrote them) and resume it, instead of booting a kernel; the VM's devices
+    /// come from the snapshot.
+    #[arg(long, value_name = "DIR", conflicts_with = "kernel")]
+    pub restore: Option<PathBuf>,
     /// Initial ramdisk.
     #[arg(long)]
     pub initrd: Option<PathBuf>,

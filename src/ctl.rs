@@ -124,6 +124,8 @@ fn run(args: &CtlArgs, request_id: &str) -> Result<(), CtlError> {
         CtlCommand::Resume { id } => CtlRequest::Resume { id: id.clone() },
         CtlCommand::Console { id } => CtlRequest::Console { id: id.clone() },
         CtlCommand::Status => CtlRequest::Status {},
+        CtlCommand::Restore { snapshot } => restore_request(snapshot, 1)?,
+        CtlCommand::Clone { snapshot, count } => restore_request(snapshot, *count)?,
     };
     // A closed stdout (e.g. `| head`) is not an error worth a panic.
     let mut out = std::io::stdout().lock();
@@ -165,9 +167,39 @@ fn run(args: &CtlArgs, request_id: &str) -> Result<(), CtlError> {
         CtlResponse::Status { prepared, running } => {
             let _ = writeln!(out, "prepared={prepared} running={running}");
         }
+        CtlResponse::Restored {
+            vms,
+            total_us,
+            each_us,
+        } => {
+            for (vm, us) in vms.iter().zip(&each_us) {
+                let _ = writeln!(
+                    out,
+                    "{} pid={} restore-us={us:.1} api={}",
+                    vm.id,
+                    vm.pid,
+                    vm.api_socket.as_deref().unwrap_or("-")
+                );
+            }
+            let _ = writeln!(out, "restored={} total-us={total_us:.1}", vms.len());
+        }
         CtlResponse::Done | CtlResponse::Error { .. } => {}
     }
     Ok(())
+}
+
+/// A restore of the snapshot in `dir`, named absolutely: wispd and its shells do not share
+/// our working directory.
+fn restore_request(dir: &std::path::Path, count: u32) -> Result<CtlRequest, CtlError> {
+    let dir = std::fs::canonicalize(dir).map_err(|source| CtlError::Config {
+        path: dir.display().to_string(),
+        source,
+    })?;
+    Ok(CtlRequest::Restore {
+        snapshot: dir.display().to_string(),
+        count,
+        sent_ns: monotonic_ns(),
+    })
 }
 
 pub fn run_ctl(args: &CtlArgs) -> i32 {

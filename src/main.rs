@@ -52,6 +52,11 @@ fn main() {
             report!("wisp: error: nothing to do: give a subcommand (run, demo, ctl), --api-sock or --config-file; see --help");
             run::EXIT_VMM_ERROR
         }
+        Some(Command::Run(args)) if args.restore.is_some() => run::restore_vm(
+            start,
+            args.restore.as_deref().unwrap_or(std::path::Path::new("")),
+            run::host_limits_with(cli.allow_overcommit),
+        ),
         Some(Command::Run(args)) => match run::config_from_args(args) {
             Ok(config) => run::run_vm_with(
                 start,

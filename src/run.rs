@@ -46,7 +46,8 @@ pub fn config_from_args(args: &RunArgs) -> Result<VmConfig, DeviceArgError> {
         .collect::<Result<Vec<_>, _>>()?;
     Ok(VmConfig {
         boot_source: Some(BootSource {
-            kernel_image_path: args.kernel.clone(),
+            // clap makes --kernel required unless --restore is given (then this is unused).
+            kernel_image_path: args.kernel.clone().unwrap_or_default(),
             initrd_path: args.initrd.clone(),
             boot_args: Some(args.cmdline.clone()),
         }),
@@ -92,6 +93,46 @@ pub fn run_vm_with(
     legacy_console_lifecycle: bool,
     limits: HostLimits,
 ) -> i32 {
+    let actions = vec![
+        VmmAction::ConfigureAll(Box::new(config.clone())),
+        VmmAction::StartMicroVm,
+    ];
+    run_actions(
+        start,
+        actions,
+        print_boot_time,
+        legacy_console_lifecycle,
+        limits,
+    )
+}
+
+/// `wisp run --restore DIR`: loads and resumes the snapshot in `dir` through the controller
+/// (the same `LoadSnapshot` as `PUT /snapshot/load`), console on stdio.
+pub fn restore_vm(start: Instant, dir: &std::path::Path, limits: HostLimits) -> i32 {
+    let files = wisp_vmm::snapshot::SnapshotDir::new(dir);
+    let load = wisp_api::snapshot::SnapshotLoadParams {
+        snapshot_path: files.state(),
+        mem_file_path: Some(files.memory()),
+        resume_vm: true,
+        ..Default::default()
+    };
+    run_actions(
+        start,
+        vec![VmmAction::LoadSnapshot(load)],
+        false,
+        false,
+        limits,
+    )
+}
+
+/// Runs a VM the `actions` create, console on stdio; returns the process exit status.
+fn run_actions(
+    start: Instant,
+    actions: Vec<VmmAction>,
+    print_boot_time: bool,
+    legacy_console_lifecycle: bool,
+    limits: HostLimits,
+) -> i32 {
     // Before the VM's threads exist, so they inherit the blocked ending signals (terminal.rs).
     let terminal = TerminalClaim::new(libc::STDIN_FILENO);
     let (stdout, stdin) = match (
@@ -131,10 +172,7 @@ pub fn run_vm_with(
     {
         let shared = vmm.controller();
         let mut controller = lock(&shared);
-        for action in [
-            VmmAction::ConfigureAll(Box::new(config.clone())),
-            VmmAction::StartMicroVm,
-        ] {
+        for action in actions {
             if let Err(e) = controller.handle(&request_id, action) {
                 report!("wisp: error: {e}");
                 return EXIT_VMM_ERROR;

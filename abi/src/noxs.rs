@@ -4,6 +4,9 @@
 //! Layout, little endian: u32 magic "NOXS", u32 version, u32 device count, u32 sysctl, then one
 //! 16-byte entry per device: u32 virtio device type, u32 IRQ, u64 MMIO base. The guest may
 //! write 0 to the sysctl word to acknowledge a request; every other write is ignored.
+//! The page's last 8 bytes are the VM generation, a u64: 0 for a VM that booted, a new
+//! value on every snapshot restore (each clone gets its own), so a guest learns that it was
+//! restored or cloned and reseeds what must differ between copies (Firecracker's VMGenID).
 
 /// Guest-physical address of the page.
 pub const NOXS_PAGE_ADDR: u64 = crate::memory_map::NOXS_PAGE_START;
@@ -23,8 +26,10 @@ pub const ENTRY_OFF_TYPE: usize = 0;
 pub const ENTRY_OFF_IRQ: usize = 4;
 pub const ENTRY_OFF_BASE: usize = 8;
 pub const ENTRY_SIZE: usize = 16;
-/// Entries that fit in the page; a reader clamps a larger count.
-pub const MAX_ENTRIES: usize = (NOXS_PAGE_SIZE as usize - HEADER_SIZE) / ENTRY_SIZE;
+/// The VM generation (u64) at the end of the page.
+pub const OFF_GENERATION: usize = NOXS_PAGE_SIZE as usize - 8;
+/// Entries that fit in the page before the generation; a reader clamps a larger count.
+pub const MAX_ENTRIES: usize = (OFF_GENERATION - HEADER_SIZE) / ENTRY_SIZE;
 
 /// Values of the sysctl word: no request, power off, suspend.
 pub const SYSCTL_NONE: u32 = 0;

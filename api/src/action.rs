@@ -8,6 +8,7 @@ use crate::config::{
     Entropy, Fs, Logger, MachineConfig, MachineConfigUpdate, Metrics, NetworkInterface,
     NetworkInterfaceUpdate, Serial, VmConfig, Vsock,
 };
+use crate::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use serde::{Deserialize, Serialize};
 
 /// Name reported as `app_name` by `GET /`.
@@ -78,6 +79,10 @@ pub enum VmmAction {
     UpdateBalloonStats(BalloonStatsUpdate),
     /// `PUT /serial`.
     SetSerial(Serial),
+    /// `PUT /snapshot/create` (a paused VM).
+    CreateSnapshot(SnapshotCreateParams),
+    /// `PUT /snapshot/load` (a VMM with nothing configured, or a prepared shell).
+    LoadSnapshot(SnapshotLoadParams),
 }
 
 impl VmmAction {
@@ -186,6 +191,12 @@ pub enum VmmActionError {
     /// The logger could not be (re)configured.
     #[error("cannot configure the logger: {0}")]
     Logger(String),
+    /// A snapshot could not be written.
+    #[error("cannot create the snapshot: {0}")]
+    CreateSnapshot(String),
+    /// A snapshot could not be loaded; nothing was changed.
+    #[error("cannot load the snapshot: {0}")]
+    LoadSnapshot(String),
     /// The VMM thread is gone (the VM ended and the process is exiting).
     #[error("the VMM thread is not running")]
     VmmGone,
@@ -219,7 +230,9 @@ impl VmmActionError {
             | E::StartMicroVm(_)
             | E::SendCtrlAltDel(_)
             | E::UpdateDrive { .. }
-            | E::Logger(_) => ErrorKind::BadRequest,
+            | E::Logger(_)
+            | E::CreateSnapshot(_)
+            | E::LoadSnapshot(_) => ErrorKind::BadRequest,
             E::NotAllowed(_) => ErrorKind::NotAllowedInState,
             E::PauseResume { .. } | E::Metrics(_) | E::VmmGone | E::Internal(_) => {
                 ErrorKind::Internal

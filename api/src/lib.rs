@@ -9,6 +9,7 @@ pub mod control_page;
 pub mod metrics;
 pub mod resources;
 pub mod seqpacket;
+pub mod snapshot;
 pub mod validate;
 pub mod vmm_channel;
 pub mod wispd_protocol;

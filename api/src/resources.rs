@@ -216,6 +216,8 @@ impl VmResources {
                 self.config.machine_config.clone(),
             ))),
             A::UpdateBlockDevice(update) => self.update_drive(update, state),
+            // The controller checks and carries out snapshots itself.
+            A::CreateSnapshot(_) | A::LoadSnapshot(_) => None,
             A::StartMicroVm => match state {
                 VmState::NotStarted if self.config.boot_source.is_none() => {
                     Some(Err(VmmActionError::bad_request(

@@ -63,6 +63,20 @@ pub enum CtlRequest {
     },
     /// Pool state: prepared shells waiting.
     Status {},
+    /// Restore the snapshot in directory `snapshot` (`vm.state`, `vm.mem`) into `count`
+    /// prepared shells and resume each: one VM (`wisp ctl restore`) or `count` clones sharing
+    /// the memory file's page cache (`wisp ctl clone`), each with its own VM generation.
+    Restore {
+        snapshot: String,
+        #[serde(default = "one")]
+        count: u32,
+        #[serde(default)]
+        sent_ns: u64,
+    },
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -107,6 +121,12 @@ pub enum CtlResponse {
     Status {
         prepared: usize,
         running: usize,
+    },
+    /// The restored VMs, and how long wispd took: all of them, and each one's load.
+    Restored {
+        vms: Vec<VmSummary>,
+        total_us: f64,
+        each_us: Vec<f64>,
     },
     Error {
         message: String,

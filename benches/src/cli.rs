@@ -60,6 +60,10 @@ pub enum Suite {
     Linux,
     /// virtio-blk, vsock and net throughput from the unikernel against the host.
     Virtio,
+    /// Snapshot create and load side by side with Firecracker.
+    Snapshot,
+    /// Restore into prepared shells and clones through `wispd`.
+    SnapshotWispd,
     /// Every suite above.
     All,
 }
@@ -74,6 +78,8 @@ impl Suite {
                 Suite::Density,
                 Suite::Linux,
                 Suite::Virtio,
+                Suite::Snapshot,
+                Suite::SnapshotWispd,
             ],
             one => vec![one],
         }
@@ -87,6 +93,8 @@ impl Suite {
             Suite::Density => "density",
             Suite::Linux => "linux",
             Suite::Virtio => "virtio",
+            Suite::Snapshot => "snapshot",
+            Suite::SnapshotWispd => "snapshot-wispd",
             Suite::All => "all",
         }
     }

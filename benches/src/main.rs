@@ -55,6 +55,8 @@ fn run(cli: &Cli) -> Result<(), String> {
             Suite::Density => suites::density::run(&setup),
             Suite::Linux => suites::linux::run(&setup),
             Suite::Virtio => suites::virtio::run(&setup),
+            Suite::Snapshot => suites::snapshot::run(&setup),
+            Suite::SnapshotWispd => suites::snapshot_wispd::run(&setup),
             Suite::All => continue,
         };
         if let SuiteOutcome::Skipped { reason } = &outcome {

@@ -43,6 +43,19 @@ impl AcpiPm {
         }
     }
 
+    /// The register file, for a snapshot.
+    pub fn save_state(&self) -> Vec<u8> {
+        self.regs.to_vec()
+    }
+
+    /// Puts the registers back; a file of another size is refused.
+    pub fn restore_state(&mut self, regs: &[u8]) -> Result<(), String> {
+        self.regs = regs
+            .try_into()
+            .map_err(|_| format!("{} ACPI PM register bytes", regs.len()))?;
+        Ok(())
+    }
+
     fn ring(trigger: &EventFdTrigger, what: &str) {
         if let Err(e) = trigger.write(1) {
             log::error!("cannot signal the guest's {what}: {e}");

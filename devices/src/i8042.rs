@@ -110,6 +110,20 @@ enum Pending {
     KbdParam(u8),
 }
 
+/// The controller's registers and output buffer, for a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042Snapshot {
+    pub ctr: u8,
+    pub output_port: u8,
+    pub last_was_command: bool,
+    /// The pending command (0 none, 1 write CTR, 2 write output port, 3 keyboard loop, 4 AUX
+    /// loop, 5 AUX send, 0x100 + n: keyboard command n awaiting its parameter).
+    pub pending: u16,
+    pub scanning: bool,
+    pub buffer: Vec<u8>,
+    pub last_read: u8,
+}
+
 /// The controller and its keyboard as a port-I/O device.
 pub struct I8042 {
     reset: EventFdTrigger,
@@ -145,6 +159,54 @@ impl I8042 {
             buffer: VecDeque::with_capacity(BUFFER_CAPACITY),
             last_read: 0,
         }
+    }
+
+    /// The controller's state.
+    pub fn save_state(&self) -> I8042Snapshot {
+        let pending = match self.pending {
+            Pending::None => 0,
+            Pending::WriteCtr => 1,
+            Pending::WriteOutputPort => 2,
+            Pending::KbdLoop => 3,
+            Pending::AuxLoop => 4,
+            Pending::AuxSend => 5,
+            Pending::KbdParam(cmd) => 0x100 | u16::from(cmd),
+        };
+        I8042Snapshot {
+            ctr: self.ctr,
+            output_port: self.output_port,
+            last_was_command: self.last_was_command,
+            pending,
+            scanning: self.scanning,
+            buffer: self.buffer.iter().copied().collect(),
+            last_read: self.last_read,
+        }
+    }
+
+    /// Puts the controller into `state` (an unknown pending command or an overlong buffer is
+    /// refused and changes nothing).
+    pub fn restore_state(&mut self, state: &I8042Snapshot) -> Result<(), String> {
+        let pending = match state.pending {
+            0 => Pending::None,
+            1 => Pending::WriteCtr,
+            2 => Pending::WriteOutputPort,
+            3 => Pending::KbdLoop,
+            4 => Pending::AuxLoop,
+            5 => Pending::AuxSend,
+            p if p & 0xff00 == 0x100 => Pending::KbdParam((p & 0xff) as u8),
+            p => return Err(format!("unknown pending i8042 command {p:#x}")),
+        };
+        if state.buffer.len() > BUFFER_CAPACITY {
+            return Err(format!("{} bytes in the i8042 buffer", state.buffer.len()));
+        }
+        self.ctr = state.ctr;
+        self.output_port = state.output_port;
+        self.last_was_command = state.last_was_command;
+        self.pending = pending;
+        self.scanning = state.scanning;
+        self.buffer = state.buffer.iter().copied().collect();
+        self.last_read = state.last_read;
+        Ok(())
     }
 
     /// Queues Ctrl-Alt-Del (press and release) on the keyboard and interrupts the guest.

@@ -6,17 +6,19 @@
 //! there too). Guest writes are ignored except a write of 0 to the sysctl word, which
 //! acknowledges it.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use vm_device::bus::{MmioAddress, MmioAddressOffset};
 use vm_device::MutDeviceMmio;
 use wisp_abi::noxs::{
     ENTRY_OFF_BASE, ENTRY_OFF_IRQ, ENTRY_OFF_TYPE, ENTRY_SIZE, HEADER_SIZE, MAX_ENTRIES, OFF_COUNT,
-    OFF_MAGIC, OFF_SYSCTL, OFF_VERSION, SYSCTL_NONE, SYSCTL_POWER_OFF, SYSCTL_SUSPEND,
+    OFF_GENERATION, OFF_MAGIC, OFF_SYSCTL, OFF_VERSION, SYSCTL_NONE, SYSCTL_POWER_OFF,
+    SYSCTL_SUSPEND,
 };
 pub use wisp_abi::noxs::{NOXS_MAGIC, NOXS_PAGE_SIZE, NOXS_VERSION};
 
 const SYSCTL_OFFSET: u64 = OFF_SYSCTL as u64;
+const GENERATION_OFFSET: u64 = OFF_GENERATION as u64;
 /// Entries that fit in the page.
 pub const NOXS_MAX_DEVICES: usize = MAX_ENTRIES;
 
@@ -51,9 +53,24 @@ impl SysctlWord {
     }
 }
 
+/// The VM generation the page shows (0 after a boot, new after each restore or clone).
+#[derive(Clone, Debug, Default)]
+pub struct VmGeneration(Arc<AtomicU64>);
+
+impl VmGeneration {
+    pub fn set(&self, generation: u64) {
+        self.0.store(generation, Ordering::Release);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 pub struct NoxsPage {
     bytes: Vec<u8>,
     sysctl: SysctlWord,
+    generation: VmGeneration,
 }
 
 impl NoxsPage {
@@ -72,17 +89,30 @@ impl NoxsPage {
             put(at + ENTRY_OFF_IRQ, &d.irq.to_le_bytes());
             put(at + ENTRY_OFF_BASE, &d.base.to_le_bytes());
         }
-        NoxsPage { bytes, sysctl }
+        NoxsPage {
+            bytes,
+            sysctl,
+            generation: VmGeneration::default(),
+        }
+    }
+
+    /// Serves `generation` as the page's VM generation word.
+    pub fn with_generation(mut self, generation: VmGeneration) -> Self {
+        self.generation = generation;
+        self
     }
 }
 
 impl MutDeviceMmio for NoxsPage {
     fn mmio_read(&mut self, _base: MmioAddress, offset: MmioAddressOffset, data: &mut [u8]) {
         let sysctl = self.sysctl.get().to_le_bytes();
+        let generation = self.generation.get().to_le_bytes();
         for (i, b) in data.iter_mut().enumerate() {
             let at = offset.saturating_add(i as u64);
             *b = if (SYSCTL_OFFSET..SYSCTL_OFFSET + 4).contains(&at) {
                 sysctl[(at - SYSCTL_OFFSET) as usize]
+            } else if (GENERATION_OFFSET..GENERATION_OFFSET + 8).contains(&at) {
+                generation[(at - GENERATION_OFFSET) as usize]
             } else {
                 usize::try_from(at)
                     .ok()
@@ -140,7 +170,15 @@ mod tests {
         page.mmio_write(MmioAddress(0), 12, &[0; 4]);
         assert_eq!(sysctl.get(), 0);
         // Reads past the listed entries are zero, never out of bounds.
+        assert_eq!(read_u32(&mut page, 4084), 0);
         assert_eq!(read_u32(&mut page, 4092), 0);
+        // The generation word at the end: 0 after boot, what the host sets after a restore.
+        let generation = VmGeneration::default();
+        let mut page = page.with_generation(generation.clone());
+        generation.set(0x1234_5678_9abc_def0);
+        let mut word = [0u8; 8];
+        page.mmio_read(MmioAddress(0), 4088, &mut word);
+        assert_eq!(u64::from_le_bytes(word), 0x1234_5678_9abc_def0);
         assert_eq!(read_u32(&mut page, u64::MAX - 1), 0);
     }
 }

@@ -176,6 +176,60 @@ impl SerialConsole {
     }
 }
 
+/// COM1's registers and pending input, for a snapshot (vm-superio's `SerialState`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialSnapshot {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
+impl SerialConsole {
+    /// The UART's state (registers, receive FIFO).
+    pub fn save_state(&self) -> SerialSnapshot {
+        let s = self.uart.state();
+        SerialSnapshot {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Puts the UART into `state`, keeping its interrupt line and output.
+    pub fn restore_state(&mut self, state: &SerialSnapshot) -> io::Result<()> {
+        let [baud_divisor_low, baud_divisor_high, interrupt_enable, interrupt_identification, line_control, line_status, modem_control, modem_status, scratch] =
+            state.registers;
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low,
+            baud_divisor_high,
+            interrupt_enable,
+            interrupt_identification,
+            line_control,
+            line_status,
+            modem_control,
+            modem_status,
+            scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let irq = self.uart.interrupt_evt().try_clone()?;
+        let out = std::mem::replace(
+            self.uart.writer_mut(),
+            ConsoleOutput::new(Box::new(io::sink()), None),
+        );
+        self.uart = Serial::from_state(&s, irq, NoEvents, out)
+            .map_err(|e| io::Error::other(format!("serial state: {e:?}")))?;
+        Ok(())
+    }
+}
+
 impl MutDevicePio for SerialConsole {
     fn pio_read(&mut self, _base: PioAddress, offset: PioAddressOffset, data: &mut [u8]) {
         if data.len() == 1 {

@@ -23,6 +23,12 @@ pub enum Command {
     /// the count every 2^12 steps: a guest that keeps running and exiting to the VMM, for
     /// pause/resume and teardown tests.
     Count,
+    /// `await-restore`: wait until the VM is restored from a snapshot (the noxs page's VM
+    /// generation turns non-zero), then print the generation: each clone its own.
+    AwaitRestore,
+    /// `blk-restored`: `blk`, waiting for a restore (as `await-restore`) just before its
+    /// write, so the write goes through a device that was live in the snapshot.
+    BlkRestored,
     /// `noxs`: print the devices listed on the noxs device page.
     Noxs,
     /// `virtio`: print the virtio-mmio slots found and what each holds.
@@ -80,6 +86,8 @@ impl Command {
             b"balloon" => Some(Self::Balloon),
             b"idle" => Some(Self::Idle),
             b"count" => Some(Self::Count),
+            b"await-restore" => Some(Self::AwaitRestore),
+            b"blk-restored" => Some(Self::BlkRestored),
             _ => None,
         }
     }

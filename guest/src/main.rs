@@ -92,7 +92,9 @@ fn run(command: Command, boot: &BootInfo, slots: &Slots) {
         },
         Command::Noxs => print_device_page(),
         Command::Virtio => slots.print(),
-        Command::Blk => report("blk", virtio::blk::run(slots)),
+        Command::Blk => report("blk", virtio::blk::run(slots, false)),
+        Command::AwaitRestore => noxs::await_restore(),
+        Command::BlkRestored => report("blk", virtio::blk::run(slots, true)),
         Command::BlkBench => report(
             "blk-bench",
             virtio::blk_bench::run(slots, boot.cmdline(), boot.ram_bytes()),

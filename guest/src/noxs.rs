@@ -8,10 +8,11 @@
 //! under Wisp and as zeros under QEMU; either fails the magic check.
 
 use core::fmt;
+use crate::println;
 use core::ptr;
 use wisp_abi::noxs::{
     ENTRY_OFF_BASE, ENTRY_OFF_IRQ, ENTRY_OFF_TYPE, ENTRY_SIZE, HEADER_SIZE, NOXS_PAGE_SIZE,
-    OFF_COUNT, OFF_MAGIC, OFF_SYSCTL, OFF_VERSION,
+    OFF_COUNT, OFF_GENERATION, OFF_MAGIC, OFF_SYSCTL, OFF_VERSION,
 };
 pub use wisp_abi::noxs::{MAX_ENTRIES, NOXS_MAGIC, NOXS_VERSION};
 
@@ -99,5 +100,26 @@ impl DevicePage {
                     | (u64::from(read_u32(at + ENTRY_OFF_BASE + 4)) << 32),
             }
         })
+    }
+}
+
+/// The VM generation the host shows on the page: 0 after a boot, a new value after each
+/// snapshot restore (each clone of one snapshot has its own).
+pub fn generation() -> u64 {
+    u64::from(read_u32(OFF_GENERATION)) | (u64::from(read_u32(OFF_GENERATION + 4)) << 32)
+}
+
+/// The `await-restore` command: waits (polling every millisecond, no exits in between) until
+/// the VM is restored from a snapshot, then prints its new generation, its identity.
+pub fn await_restore() {
+    println!("await-restore: waiting");
+    let interval = crate::deadline::tsc_hz() / 1000;
+    loop {
+        match generation() {
+            // No page (or all ones from unbacked MMIO): no restore will ever be seen.
+            0 => crate::cpu::spin_cycles(interval),
+            u64::MAX => return println!("await-restore: no device page"),
+            g => return println!("restored: generation={g:#x}"),
+        }
     }
 }

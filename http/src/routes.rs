@@ -60,6 +60,8 @@ pub enum Resource {
     Balloon,
     BalloonStatistics,
     Serial,
+    SnapshotCreate,
+    SnapshotLoad,
     /// A Firecracker resource Wisp refuses on purpose: every request gets a 400 saying so.
     Refused(RefusedResource),
 }
@@ -198,6 +200,19 @@ pub static ROUTES: &[Route] = &[
         "/hotplug/memory",
         "hotplug_memory",
         &[Get, Put, Patch],
+    ),
+    // Snapshots (Firecracker's paths and bodies).
+    route(
+        Resource::SnapshotCreate,
+        "/snapshot/create",
+        "snapshot_create",
+        &[Put],
+    ),
+    route(
+        Resource::SnapshotLoad,
+        "/snapshot/load",
+        "snapshot_load",
+        &[Put],
     ),
 ];
 
@@ -407,6 +422,8 @@ pub fn parse_action(
             let (what, reason) = refusal.describe();
             return Err(RouteError::NotSupported { what, reason });
         }
+        (R::SnapshotCreate, _) => VmmAction::CreateSnapshot(body_as(endpoint, body)?),
+        (R::SnapshotLoad, _) => VmmAction::LoadSnapshot(body_as(endpoint, body)?),
         // `resolve` only yields methods listed in ROUTES: these resources are GET-only.
         (R::Root | R::Version | R::VmConfig, _) => {
             return Err(RouteError::MethodNotAllowed {

@@ -20,6 +20,7 @@
 mod ioctls;
 mod policy;
 mod rules;
+mod snapshot_ioctls;
 mod threads;
 
 pub use ioctls::Ioctl;

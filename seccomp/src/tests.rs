@@ -70,7 +70,7 @@ fn wispd_never_executes_traces_mounts_or_ioctls() {
     let n = names(ThreadKind::Wispd);
     for forbidden in [
         "execve", "execveat", "fork", "vfork", "clone", "clone3", "ptrace", "mount", "setns",
-        "unshare", "ioctl", "socket", "connect", "bind", "setuid", "chmod", "chown",
+        "unshare", "ioctl", "bind", "listen", "setuid", "chmod", "chown",
     ] {
         assert!(!n.contains(&forbidden), "wispd allows {forbidden}");
     }

@@ -9,6 +9,7 @@
 
 use crate::ioctls::{self, Ioctl};
 use crate::rules::{sys, Allowed, SyscallList};
+use crate::snapshot_ioctls::{VCPU_SAVE_IOCTLS, VMM_SAVE_IOCTLS};
 use crate::ThreadKind;
 use seccompiler::BackendError;
 
@@ -127,6 +128,8 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
         // the socket's directory, after checking it is still the inode it bound).
         sys!(SYS_unlink),
         sys!(SYS_unlinkat),
+        // A snapshot's memory file holds only the pages the guest touched (mincore).
+        sys!(SYS_mincore),
     ]);
     list.allow_arg(sys!(SYS_socket), 0, &[libc::AF_UNIX as u64])?;
     list.allow_arg(
@@ -137,7 +140,8 @@ fn vmm(list: &mut SyscallList, params: &FilterParams) -> Result<(), BackendError
     // Kicking vCPUs out of KVM_RUN (pause, resume, stop).
     let kick = u64::try_from(params.kick_signal).unwrap_or(u64::MAX);
     list.allow_arg(sys!(SYS_tgkill), 2, &[kick])?;
-    list.allow_ioctls(VMM_IOCTLS)
+    let ioctls: Vec<Ioctl> = VMM_IOCTLS.iter().chain(VMM_SAVE_IOCTLS).copied().collect();
+    list.allow_ioctls(&ioctls)
 }
 
 /// The API thread: hyper on a current-thread tokio runtime, accepting on a socket that was
@@ -164,7 +168,12 @@ pub const VCPU_IOCTLS: &[Ioctl] = &[ioctls::KVM_RUN, ioctls::KVM_GET_REGS];
 /// A vCPU thread: KVM_RUN and the device handlers of the MMIO and port-I/O exits, which
 /// write the console and ring eventfds (all `write`, in `runtime`).
 fn vcpu(list: &mut SyscallList) -> Result<(), BackendError> {
-    list.allow_ioctls(VCPU_IOCTLS)
+    let ioctls: Vec<Ioctl> = VCPU_IOCTLS
+        .iter()
+        .chain(VCPU_SAVE_IOCTLS)
+        .copied()
+        .collect();
+    list.allow_ioctls(&ioctls)
 }
 
 /// `wispd`'s thread once it serves: its event loop (clients, shells' doorbells and pidfds, the
@@ -220,6 +229,15 @@ fn wispd(list: &mut SyscallList) -> Result<(), BackendError> {
         sys!(SYS_rmdir),
         sys!(SYS_getdents64),
     ]);
+    // `wisp ctl restore|clone`: wispd sends `PUT /snapshot/load` to each chosen shell's own
+    // REST socket, with send and receive timeouts. Unix sockets only; no bind or listen.
+    list.allow(&[sys!(SYS_connect)]);
+    list.allow_arg(sys!(SYS_socket), 0, &[libc::AF_UNIX as u64])?;
+    list.allow_arg(
+        sys!(SYS_setsockopt),
+        2,
+        &[libc::SO_RCVTIMEO as u64, libc::SO_SNDTIMEO as u64],
+    )?;
     // Sealing the control page (F_ADD_SEALS), non-blocking descriptors, and the directory
     // stream of a jail directory removed by wispd itself (glibc's fdopendir sets FD_CLOEXEC).
     list.allow_arg(

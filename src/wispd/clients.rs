@@ -238,6 +238,9 @@ impl Daemon {
                 let resp = self.status();
                 self.reply(from, resp);
             }
+            CtlRequest::Restore {
+                snapshot, count, ..
+            } => self.restore(from, std::path::Path::new(&snapshot), count),
         }
     }
 
@@ -368,6 +371,9 @@ fn describe(req: &CtlRequest) -> String {
         CtlRequest::Pause { id } => format!("pause {id}"),
         CtlRequest::Resume { id } => format!("resume {id}"),
         CtlRequest::Console { id } => format!("console {id}"),
+        CtlRequest::Restore {
+            snapshot, count, ..
+        } => format!("restore {snapshot} x{count}"),
     }
 }
 

@@ -18,6 +18,7 @@ mod jail;
 #[path = "../logger.rs"]
 mod logger;
 mod pool;
+mod restore;
 mod shell_process;
 mod socket_path;
 mod spawner;

@@ -108,6 +108,28 @@ impl Daemon {
         id
     }
 
+    /// A snapshot was restored into shell `shell` (`proc`): the VM gets its id and record.
+    pub(crate) fn restored(&mut self, shell: u64, proc: &ShellProcess, mem: u32, vcpus: u8) -> u64 {
+        let record = VmRecord {
+            shell: Some(shell),
+            pid: proc.pid(),
+            mem_size_mib: mem,
+            vcpu_count: vcpus,
+            api_socket: Some(proc.files.api_socket.display().to_string()),
+            ended: None,
+            console: String::new(),
+        };
+        let id = self.next_vm;
+        self.next_vm += 1;
+        self.vms.insert(id, record);
+        id
+    }
+
+    /// The summary of VM `vm`, as `list` shows it.
+    pub(crate) fn vm_summary(&self, vm: u64, proc: &ShellProcess) -> Option<VmSummary> {
+        self.vms.get(&vm).map(|r| summary(vm, r, Some(proc)))
+    }
+
     /// VM `vm` ended by itself (its shell `proc` is reaped): keep only how, and its console.
     pub(crate) fn vm_ended(&mut self, vm: u64, proc: &ShellProcess, how: &str) {
         let state = if proc.page.state() == Some(ShellState::Halted) {

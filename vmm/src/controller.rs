@@ -17,6 +17,7 @@ use crate::prepared::PreparedVm;
 use crate::virtio_devices::VirtioHandle;
 use std::sync::{Arc, Mutex};
 use wisp_api::metrics::append_json_line;
+use wisp_api::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 use wisp_api::{
     DriveUpdate, Logger, VmResources, VmState, VmmAction, VmmActionError, VmmData, VmmResult,
 };
@@ -50,20 +51,20 @@ pub enum Outcome {
 
 /// The controller of one microVM.
 pub struct Controller {
-    resources: VmResources,
+    pub(crate) resources: VmResources,
     state: VmState,
     /// A prepared shell to configure the guest into; cold starts build their own.
-    shell: Option<PreparedVm>,
+    pub(crate) shell: Option<PreparedVm>,
     /// Console and boot hooks, consumed by the start.
-    options: Option<MicroVmOptions>,
-    vm: Option<MicroVm>,
+    pub(crate) options: Option<MicroVmOptions>,
+    pub(crate) vm: Option<MicroVm>,
     hooks: ControllerHooks,
     listeners: Vec<StateListener>,
-    new_subscribers: Vec<Subscriber>,
+    pub(crate) new_subscribers: Vec<Subscriber>,
     outcome: Option<Outcome>,
     /// The request that started the VM; metrics lines written on no request carry it.
-    start_request: Option<String>,
-    metrics_timer_wanted: bool,
+    pub(crate) start_request: Option<String>,
+    pub(crate) metrics_timer_wanted: bool,
     /// Console bytes dropped by `PUT /serial`'s rate limiter.
     serial_dropped: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -139,9 +140,13 @@ impl Controller {
     /// Carries out one action. `request_id` names it in every log and metrics line.
     pub fn handle(&mut self, request_id: &str, action: VmmAction) -> VmmResult {
         log::debug!("[{request_id}] {action:?}");
-        let result = match self.resources.apply(&action, self.state) {
-            Some(answered) => answered,
-            None => self.execute(request_id, &action),
+        let result = match &action {
+            VmmAction::CreateSnapshot(params) => self.create_snapshot(request_id, params),
+            VmmAction::LoadSnapshot(params) => self.load_snapshot(request_id, params),
+            _ => match self.resources.apply(&action, self.state) {
+                Some(answered) => answered,
+                None => self.execute(request_id, &action),
+            },
         };
         if let (VmmAction::ConfigureLogger(logger), Ok(_)) = (&action, &result) {
             if let Some(configure) = &mut self.hooks.configure_logger {
@@ -154,7 +159,7 @@ impl Controller {
         result
     }
 
-    fn set_state(&mut self, state: VmState) {
+    pub(crate) fn set_state(&mut self, state: VmState) {
         if self.state == state {
             return;
         }
@@ -278,8 +283,16 @@ impl Controller {
         Ok(VmmData::Empty)
     }
 
+    fn create_snapshot(&mut self, request_id: &str, params: &SnapshotCreateParams) -> VmmResult {
+        crate::snapshot_actions::create(self, request_id, params)
+    }
+
+    fn load_snapshot(&mut self, request_id: &str, params: &SnapshotLoadParams) -> VmmResult {
+        crate::snapshot_actions::load(self, request_id, params)
+    }
+
     /// A failed start that spent the prepared shell or the console hooks is final.
-    fn start_failed(&mut self, e: MicroVmError) -> VmmActionError {
+    pub(crate) fn start_failed(&mut self, e: MicroVmError) -> VmmActionError {
         let message = e.to_string();
         self.set_state(VmState::Failed);
         self.finish(Outcome::StartFailed(message.clone()));

@@ -74,6 +74,8 @@ pub struct LegacyDevices {
     /// The i8042, for injecting keys (`SendCtrlAltDel`).
     pub i8042: Arc<Mutex<I8042>>,
     pub boot_timer: Arc<Mutex<BootTimer>>,
+    /// The ACPI power-management registers (their state goes into a snapshot).
+    pub acpi_pm: Arc<Mutex<AcpiPm>>,
     /// What the console watches for (panic, halt) when asked to (legacy guests); its
     /// `panicked` flag is also set by pvpanic.
     pub watch: ConsoleWatch,
@@ -111,12 +113,15 @@ impl LegacyDevices {
         let (power_off, power_off_trigger) =
             doorbell("the ACPI power-off doorbell", VmExit::PowerOff)?;
         let (acpi_reset, acpi_reset_trigger) = doorbell("the ACPI reset doorbell", VmExit::Reset)?;
-        let pm = AcpiPm::new(power_off_trigger, acpi_reset_trigger);
+        let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
+            power_off_trigger,
+            acpi_reset_trigger,
+        )));
         devices.add_pio(
             "ACPI power management",
             PM1_EVT_PORT,
             PM_PORT_COUNT,
-            Arc::new(Mutex::new(pm)),
+            acpi_pm.clone(),
         )?;
         let (panic, panic_trigger) = doorbell("the pvpanic doorbell", VmExit::GuestPanic)?;
         let pvpanic = PvPanic::new(watch.panicked.clone(), panic_trigger);
@@ -148,6 +153,7 @@ impl LegacyDevices {
             serial,
             i8042,
             boot_timer,
+            acpi_pm,
             watch,
             exit,
             doorbells,

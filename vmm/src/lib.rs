@@ -17,6 +17,8 @@ pub mod memory_backing;
 pub mod memory_shared;
 pub mod microvm;
 pub mod prepared;
+pub mod snapshot;
+mod snapshot_actions;
 pub mod vcpu;
 pub mod vcpu_control;
 pub mod vcpu_thread;

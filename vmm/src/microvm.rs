@@ -31,9 +31,10 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 use vm_memory::GuestMemoryMmap;
 use wisp_api::VmConfig;
+use wisp_devices::acpi_pm::AcpiPm;
 use wisp_devices::boot_timer::BootTimer;
 use wisp_devices::i8042::{I8042Error, I8042};
-use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, NOXS_PAGE_SIZE};
+use wisp_devices::noxs_page::{NoxsEntry, NoxsPage, SysctlWord, VmGeneration, NOXS_PAGE_SIZE};
 use wisp_devices::serial::{ConsoleOutput, ConsoleWatch, SerialConsole};
 
 pub use crate::legacy_devices::Subscriber;
@@ -102,24 +103,29 @@ pub const VCPU_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// VM and guest memory.
 pub struct MicroVm {
     // Drop runs `shutdown` first; the fields then go in this order.
-    vcpus: Vcpus,
-    unstarted: Vec<(Vcpu, VcpuThread)>,
-    first_entry: Option<FirstEntryHook>,
-    serial: Arc<Mutex<SerialConsole>>,
-    boot_timer: Arc<Mutex<BootTimer>>,
-    watch: ConsoleWatch,
-    io: Arc<IoManager>,
+    pub(crate) vcpus: Vcpus,
+    pub(crate) unstarted: Vec<(Vcpu, VcpuThread)>,
+    pub(crate) first_entry: Option<FirstEntryHook>,
+    pub(crate) serial: Arc<Mutex<SerialConsole>>,
+    pub(crate) boot_timer: Arc<Mutex<BootTimer>>,
+    pub(crate) watch: ConsoleWatch,
+    pub(crate) io: Arc<IoManager>,
     /// Event-loop subscribers (exit doorbells, console input, virtio queues) not yet handed to
     /// the VMM loop.
-    subscribers: Vec<Subscriber>,
-    exit: VmExitSignal,
-    sysctl: SysctlWord,
-    i8042: Arc<Mutex<I8042>>,
-    panicked: Arc<AtomicBool>,
-    virtio: Vec<VirtioHandle>,
-    memory_registered: bool,
-    vm: Vm,
-    mem: GuestMemoryMmap,
+    pub(crate) subscribers: Vec<Subscriber>,
+    pub(crate) exit: VmExitSignal,
+    pub(crate) sysctl: SysctlWord,
+    /// The noxs page's VM generation word (new after a snapshot restore).
+    pub(crate) generation: VmGeneration,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) acpi_pm: Arc<Mutex<AcpiPm>>,
+    pub(crate) panicked: Arc<AtomicBool>,
+    pub(crate) virtio: Vec<VirtioHandle>,
+    pub(crate) memory_registered: bool,
+    /// Guest RAM is a snapshot's memory file mapped `MAP_PRIVATE` (a restored VM).
+    pub(crate) memory_from_file: bool,
+    pub(crate) vm: Vm,
+    pub(crate) mem: GuestMemoryMmap,
 }
 
 impl MicroVm {
@@ -177,6 +183,7 @@ impl MicroVm {
             serial,
             i8042,
             boot_timer,
+            acpi_pm,
             watch,
             exit,
             doorbells,
@@ -195,23 +202,7 @@ impl MicroVm {
 
         let virtio = attach_virtio_devices(&mut devices, vm.fd(), &mem, &mut cmdline, config)?;
 
-        // The noxs page lists every virtio device, so it is built after they are attached.
-        let sysctl = SysctlWord::default();
-        let listed: Vec<NoxsEntry> = devices
-            .attached()
-            .iter()
-            .map(|d| NoxsEntry {
-                device_type: d.device_type,
-                irq: d.slot.irq,
-                base: d.slot.base,
-            })
-            .collect();
-        devices.add_mmio(
-            "noxs page",
-            NOXS_PAGE_START,
-            NOXS_PAGE_SIZE,
-            Arc::new(Mutex::new(NoxsPage::new(&listed, sysctl.clone()))),
-        )?;
+        let (sysctl, generation) = add_noxs_page(&mut devices)?;
 
         let cmdline_size = loader::write_cmdline(&mem, &cmdline)?;
         // Both: Linux prefers the ACPI tables (MADT, FADT power-off), the unikernel and
@@ -261,10 +252,13 @@ impl MicroVm {
             subscribers: subs,
             exit,
             sysctl,
+            generation,
             i8042,
+            acpi_pm,
             panicked: watch.panicked,
             virtio,
             memory_registered: true,
+            memory_from_file: false,
             vm,
             mem,
         })
@@ -301,12 +295,23 @@ impl MicroVm {
 
     /// Starts the vCPU threads (once); the guest begins to run.
     pub fn start(&mut self) -> Result<(), MicroVmError> {
+        self.launch_vcpus(false)
+    }
+
+    /// Starts the vCPU threads paused (a restored snapshot not yet resumed): no guest
+    /// instruction runs before `resume`.
+    pub fn start_paused(&mut self) -> Result<(), MicroVmError> {
+        self.launch_vcpus(true)
+    }
+
+    fn launch_vcpus(&mut self, paused: bool) -> Result<(), MicroVmError> {
         let mut first_entry = self.first_entry.take();
         let mut handles = Vec::with_capacity(self.unstarted.len());
         for (vcpu, thread) in self.unstarted.drain(..) {
             // The boot vCPU (the first) stamps the first entry; APs wait for INIT/SIPI.
             let hook = first_entry.take();
-            handles.push(thread.launch(vcpu, self.io.clone(), self.exit.clone(), hook)?);
+            let (io, exit) = (self.io.clone(), self.exit.clone());
+            handles.push(thread.launch(vcpu, io, exit, hook, paused)?);
         }
         if !handles.is_empty() {
             self.vcpus = Vcpus::new(handles);
@@ -382,6 +387,32 @@ impl MicroVm {
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.mem
     }
+}
+
+/// Adds the noxs page, listing every virtio device attached so far (so it comes after them);
+/// returns its sysctl and generation words.
+pub(crate) fn add_noxs_page(
+    devices: &mut crate::device_manager::DeviceManager,
+) -> Result<(SysctlWord, VmGeneration), MicroVmError> {
+    let sysctl = SysctlWord::default();
+    let generation = VmGeneration::default();
+    let listed: Vec<NoxsEntry> = devices
+        .attached()
+        .iter()
+        .map(|d| NoxsEntry {
+            device_type: d.device_type,
+            irq: d.slot.irq,
+            base: d.slot.base,
+        })
+        .collect();
+    let page = NoxsPage::new(&listed, sysctl.clone()).with_generation(generation.clone());
+    devices.add_mmio(
+        "noxs page",
+        NOXS_PAGE_START,
+        NOXS_PAGE_SIZE,
+        Arc::new(Mutex::new(page)),
+    )?;
+    Ok((sysctl, generation))
 }
 
 impl Drop for MicroVm {

@@ -130,6 +130,11 @@ impl Vcpu {
         Ok(())
     }
 
+    /// The KVM vCPU, for restoring a snapshot's state before the thread is launched.
+    pub(crate) fn fd(&self) -> &VcpuFd {
+        &self.fd
+    }
+
     fn rip(&self) -> String {
         self.fd
             .get_regs()
@@ -152,7 +157,7 @@ impl Vcpu {
             hook(std::time::Instant::now());
         }
         loop {
-            if !handle_events(events, responses) {
+            if !handle_events(&self.fd, events, responses) {
                 return None;
             }
             match self.fd.run() {
@@ -232,7 +237,11 @@ impl Vcpu {
 
 /// Takes every pending event; while paused, waits for the next one. Returns false when the
 /// vCPU must finish (told so, or its owner is gone).
-fn handle_events(events: &Receiver<VcpuEvent>, responses: &Sender<VcpuResponse>) -> bool {
+fn handle_events(
+    fd: &VcpuFd,
+    events: &Receiver<VcpuEvent>,
+    responses: &Sender<VcpuResponse>,
+) -> bool {
     let mut paused = false;
     loop {
         let event = if paused {
@@ -258,6 +267,15 @@ fn handle_events(events: &Receiver<VcpuEvent>, responses: &Sender<VcpuResponse>)
                 let _ = responses.send(VcpuResponse::Resumed);
             }
             VcpuEvent::Finish => return false,
+            VcpuEvent::SaveState(msrs) => {
+                // Only a paused vCPU has a state that stays put while it is read.
+                let saved = if paused {
+                    crate::snapshot::kvm_state::save_vcpu(fd, &msrs).map_err(|e| e.to_string())
+                } else {
+                    Err("the vCPU is not paused".to_string())
+                };
+                let _ = responses.send(VcpuResponse::Saved(Box::new(saved)));
+            }
         }
     }
 }

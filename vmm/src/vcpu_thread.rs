@@ -9,6 +9,7 @@
 //! drop order and finishes them before it removes the memory slots and unmaps guest memory.
 
 use crate::exit::{VmExit, VmExitSignal};
+use crate::snapshot::kvm_state::VcpuState;
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::vcpu_control::{kick_signal, FirstEntryHook};
 use std::os::unix::thread::JoinHandleExt;
@@ -19,7 +20,7 @@ use std::time::{Duration, Instant};
 use vm_device::device_manager::IoManager;
 
 /// What the owner asks of a running vCPU thread.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuEvent {
     /// Leave KVM_RUN and wait for `Resume` or `Finish`; answered with `Paused`.
     Pause,
@@ -27,13 +28,32 @@ pub enum VcpuEvent {
     Resume,
     /// Return from the thread; it is then joined.
     Finish,
+    /// Save the (paused) vCPU's state, these MSRs included; answered with `Saved`.
+    SaveState(Arc<Vec<u32>>),
 }
 
 /// A vCPU thread's acknowledgement of an event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
+    /// The vCPU's state, or why it could not be read.
+    Saved(Box<Result<VcpuState, String>>),
+}
+
+impl VcpuResponse {
+    fn same_kind(&self, other: &VcpuResponse) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+
+    /// A response of the same kind, for waiting on (`Paused` and `Resumed` carry nothing).
+    fn same(want: &VcpuResponse) -> VcpuResponse {
+        match want {
+            VcpuResponse::Paused => VcpuResponse::Paused,
+            VcpuResponse::Resumed => VcpuResponse::Resumed,
+            VcpuResponse::Saved(_) => VcpuResponse::Saved(Box::new(Err(String::new()))),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +64,8 @@ pub enum VcpuThreadError {
         event: VcpuEvent,
         timeout: Duration,
     },
+    #[error("cannot save the state of vCPU {id}: {reason}")]
+    SaveState { id: u8, reason: String },
 }
 
 /// What a parked thread is given to run.
@@ -102,13 +124,15 @@ impl VcpuThread {
     }
 
     /// Hands `vcpu` to this thread, which runs it until the guest ends the VM or the returned
-    /// handle finishes it. `first_entry` runs on the thread just before its first KVM_RUN.
+    /// handle finishes it. `first_entry` runs on the thread just before its first KVM_RUN;
+    /// `paused`: the thread waits for a `Resume` before it enters the guest.
     pub fn launch(
         mut self,
         vcpu: Vcpu,
         io: Arc<IoManager>,
         exit: VmExitSignal,
         first_entry: Option<FirstEntryHook>,
+        paused: bool,
     ) -> Result<VcpuHandle, VcpuError> {
         let id = self.id;
         let gone = || VcpuError::Spawn {
@@ -117,6 +141,11 @@ impl VcpuThread {
         };
         let (event_tx, events) = mpsc::channel();
         let (responses, response_rx) = mpsc::channel();
+        if paused {
+            // Queued before the launch: the thread reads it before its first KVM_RUN, so a
+            // restored guest does not run a single instruction until it is resumed.
+            event_tx.send(VcpuEvent::Pause).map_err(|_| gone())?;
+        }
         let launch = self.launch.take().ok_or_else(gone)?;
         launch
             .send(Launch {
@@ -164,8 +193,8 @@ impl VcpuHandle {
     }
 
     /// Sends `event` and kicks the thread out of KVM_RUN. False if the thread has returned.
-    fn send(&self, event: VcpuEvent) -> bool {
-        if self.events.send(event).is_err() {
+    fn send(&self, event: &VcpuEvent) -> bool {
+        if self.events.send(event.clone()).is_err() {
             return false;
         }
         if let Some(thread) = &self.thread {
@@ -183,17 +212,27 @@ impl VcpuHandle {
 
     /// Waits for the acknowledgement of `event`. A thread that returned meanwhile needs none;
     /// a late answer to an earlier event (one that timed out) is skipped.
-    fn await_ack(&self, event: VcpuEvent, want: VcpuResponse, deadline: Instant) -> AckResult {
+    fn await_ack(&self, event: &VcpuEvent, want: VcpuResponse, deadline: Instant) -> AckResult {
+        self.await_response(event, &want, deadline).map(|_| ())
+    }
+
+    /// The thread's answer of the kind of `want`; `None` if the thread returned meanwhile.
+    fn await_response(
+        &self,
+        event: &VcpuEvent,
+        want: &VcpuResponse,
+        deadline: Instant,
+    ) -> Result<Option<VcpuResponse>, VcpuThreadError> {
         loop {
             let timeout = deadline.saturating_duration_since(Instant::now());
             match self.responses.recv_timeout(timeout) {
-                Ok(got) if got == want => return Ok(()),
+                Ok(got) if got.same_kind(want) => return Ok(Some(got)),
                 Ok(_) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(VcpuThreadError::NoAck {
                         id: self.id,
-                        event,
+                        event: event.clone(),
                         timeout,
                     })
                 }
@@ -203,7 +242,7 @@ impl VcpuHandle {
 
     /// Tells the thread to finish, kicks it and joins it.
     fn finish(&mut self) {
-        self.send(VcpuEvent::Finish);
+        self.send(&VcpuEvent::Finish);
         if let Some(thread) = self.thread.take() {
             if thread.join().is_err() {
                 log::error!("vCPU thread {} panicked", self.id);
@@ -237,17 +276,52 @@ impl Vcpus {
 
     fn broadcast(&self, event: VcpuEvent, want: VcpuResponse, timeout: Duration) -> AckResult {
         let deadline = Instant::now() + timeout;
-        let sent: Vec<&VcpuHandle> = self.handles.iter().filter(|h| h.send(event)).collect();
+        let sent: Vec<&VcpuHandle> = self.handles.iter().filter(|h| h.send(&event)).collect();
         for handle in sent {
-            handle.await_ack(event, want, deadline)?;
+            handle.await_ack(&event, VcpuResponse::same(&want), deadline)?;
         }
         Ok(())
+    }
+
+    /// Every vCPU's state, in id order; the vCPUs must be paused. `msrs`: the MSR indices to
+    /// save (KVM's list).
+    pub fn save_states(
+        &self,
+        msrs: Arc<Vec<u32>>,
+        timeout: Duration,
+    ) -> Result<Vec<VcpuState>, VcpuThreadError> {
+        let deadline = Instant::now() + timeout;
+        let event = VcpuEvent::SaveState(msrs);
+        let want = VcpuResponse::Saved(Box::new(Err(String::new())));
+        let mut states = Vec::with_capacity(self.handles.len());
+        for handle in &self.handles {
+            let gone = || VcpuThreadError::SaveState {
+                id: handle.id,
+                reason: "the vCPU thread has ended".into(),
+            };
+            if !handle.send(&event) {
+                return Err(gone());
+            }
+            match handle.await_response(&event, &want, deadline)? {
+                Some(VcpuResponse::Saved(result)) => match *result {
+                    Ok(state) => states.push(state),
+                    Err(reason) => {
+                        return Err(VcpuThreadError::SaveState {
+                            id: handle.id,
+                            reason,
+                        })
+                    }
+                },
+                _ => return Err(gone()),
+            }
+        }
+        Ok(states)
     }
 
     /// Finishes and joins every vCPU thread. Afterwards no vCPU of this VM can enter the guest.
     pub fn finish(&mut self) {
         for handle in self.handles.iter() {
-            handle.send(VcpuEvent::Finish);
+            handle.send(&VcpuEvent::Finish);
         }
         for handle in self.handles.iter_mut() {
             handle.finish();

@@ -7,6 +7,8 @@ pub mod cold_jail;
 pub mod density;
 pub mod host_tsc;
 pub mod linux;
+pub mod snapshot;
+pub mod snapshot_wispd;
 pub mod virtio;
 pub mod virtio_net;
 pub mod virtio_vsock;

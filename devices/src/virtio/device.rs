@@ -80,6 +80,17 @@ impl Interrupt {
     pub(crate) fn reset(&self) {
         self.status.store(0, Ordering::SeqCst);
     }
+
+    /// A restored transport's InterruptStatus and configuration generation. A pending bit is
+    /// raised again, so the restored guest hears about it (KVM's irqfd is edge-triggered).
+    pub(crate) fn restore(&self, status: u32, config_generation: u32) {
+        self.config_generation
+            .store(config_generation, Ordering::SeqCst);
+        self.status.store(0, Ordering::SeqCst);
+        if status != 0 {
+            self.raise(status);
+        }
+    }
 }
 
 /// What a device sees while it processes an event: guest memory, its queues (only those the

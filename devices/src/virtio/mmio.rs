@@ -27,6 +27,10 @@ use super::device::{Interrupt, QueueContext, VirtioDevice};
 use super::metrics::DeviceMetrics;
 use super::VIRTIO_F_VERSION_1;
 
+#[path = "mmio_state.rs"]
+mod state;
+pub use state::{QueueSnapshot, RestoreError, TransportState};
+
 /// "virt" in little-endian (§4.2.2 MagicValue).
 const MAGIC_VALUE: u32 = 0x7472_6976;
 /// The modern (non-legacy) register layout.

@@ -61,7 +61,7 @@ pub use balloon::Balloon;
 pub use block::Block;
 pub use device::{Interrupt, QueueContext, VirtioDevice};
 pub use metrics::{DeviceMetrics, MetricsSnapshot};
-pub use mmio::{MmioTransport, MMIO_SLOT_SIZE, REG_QUEUE_NOTIFY};
+pub use mmio::{MmioTransport, TransportState, MMIO_SLOT_SIZE, REG_QUEUE_NOTIFY};
 pub use net::Net;
 pub use rng::Rng;
 pub use vhost_user_fs::VhostUserFs;

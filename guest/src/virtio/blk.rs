@@ -140,8 +140,10 @@ impl BlockDevice {
 }
 
 /// The `blk` command: capacity, serial, sector 0, then a write-flush-read check on sector 1
-/// (or, on a read-only device, a check that writes are refused).
-pub fn run(slots: &Slots) -> Result<(), BlkError> {
+/// (or, on a read-only device, a check that writes are refused). `blk-restored`
+/// (`after_restore`) waits for a snapshot restore before the write, so the write goes through
+/// a device that was live when the snapshot was taken.
+pub fn run(slots: &Slots, after_restore: bool) -> Result<(), BlkError> {
     let (mut device, features, capacity) = BlockDevice::open(slots, "blk")?;
     println!("blk: capacity={capacity} sectors");
 
@@ -186,6 +188,9 @@ pub fn run(slots: &Slots) -> Result<(), BlkError> {
             }
         }
         return Ok(());
+    }
+    if after_restore {
+        crate::noxs::await_restore();
     }
     // Keep the rest of sector 1 as it is: read, put the marker in front, write back.
     device.expect_ok("read", T_IN, 1, Some(Buffer::writable(sector)))?;

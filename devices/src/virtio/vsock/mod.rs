@@ -1,8 +1,9 @@
 //! virtio-vsock (virtio 1.2 §5.10): stream sockets between the guest (one CID) and host Unix
 //! sockets (module `unix` describes the hybrid convention).
 //!
-//! Queues: 0 rx (device → driver), 1 tx (driver → device), 2 event (kept, never used: the
-//! only event, TRANSPORT_RESET, follows migration, which Wisp does not do).
+//! Queues: 0 rx (device → driver), 1 tx (driver → device), 2 event: its only event,
+//! TRANSPORT_RESET, is sent once after a snapshot restore (host connections do not survive
+//! one; the guest drops its connections and reconnects, as under Firecracker).
 
 mod connection;
 pub mod packet;
@@ -33,6 +34,9 @@ use unix::UnixBackend;
 
 const RX_QUEUE: usize = 0;
 const TX_QUEUE: usize = 1;
+const EVENT_QUEUE: usize = 2;
+/// `virtio_vsock_event.id` for a transport reset (virtio 1.2 §5.10.6.7).
+const EVENT_TRANSPORT_RESET: u32 = 0;
 const QUEUE_SIZE: u16 = 256;
 /// Largest payload we accept or send in one packet (Linux: VIRTIO_VSOCK_MAX_PKT_BUF_SIZE).
 const MAX_PAYLOAD: usize = 64 * 1024;
@@ -69,6 +73,8 @@ pub struct Vsock {
     fds: HashMap<RawFd, Key>,
     /// Control packets waiting for an rx buffer.
     control: VecDeque<Header>,
+    /// Send TRANSPORT_RESET on the next activation (a restored device).
+    transport_reset_pending: bool,
     metrics: Arc<DeviceMetrics>,
 }
 
@@ -84,8 +90,39 @@ impl Vsock {
             conns: HashMap::new(),
             fds: HashMap::new(),
             control: VecDeque::new(),
+            transport_reset_pending: false,
             metrics: Arc::new(DeviceMetrics::default()),
         })
+    }
+
+    /// A restored device: its host connections are gone, so on activation the guest is told
+    /// with a TRANSPORT_RESET event (virtio 1.2 §5.10.6.7) to drop its own and reconnect.
+    pub fn reset_transport_on_activation(&mut self) {
+        self.transport_reset_pending = true;
+    }
+
+    /// Writes TRANSPORT_RESET into the driver's next event buffer. Without one the event is
+    /// lost (the driver always keeps event buffers posted; a warning says so otherwise).
+    fn send_transport_reset(&mut self, ctx: &mut QueueContext) {
+        let Some(queue) = ctx.queues.get_mut(EVENT_QUEUE) else {
+            return;
+        };
+        let Some((head, chain)) = chain::pop_chain(queue, ctx.mem) else {
+            warn!("vsock: no event buffer for TRANSPORT_RESET after restore");
+            return;
+        };
+        let len = match chain {
+            Ok(c) => chain::fill_writable(
+                ctx.mem,
+                &c,
+                &EVENT_TRANSPORT_RESET.to_le_bytes(),
+                &self.metrics,
+                "vsock event",
+            ),
+            Err(e) => chain::refuse(&self.metrics, "vsock event", e),
+        };
+        chain::add_used(queue, ctx.mem, head, len);
+        chain::notify_used(queue, ctx.mem, ctx.interrupt);
     }
 
     /// A reply to a guest packet `h` that has no connection state (RST).
@@ -506,8 +543,11 @@ impl VirtioDevice for Vsock {
         self.guest_cid.to_le_bytes().to_vec()
     }
 
-    fn activate(&mut self, _ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
+    fn activate(&mut self, ctx: &mut QueueContext, ops: &mut EventOps) -> Result<(), String> {
         self.backend.register(ops);
+        if std::mem::take(&mut self.transport_reset_pending) {
+            self.send_transport_reset(ctx);
+        }
         Ok(())
     }
 

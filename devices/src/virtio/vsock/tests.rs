@@ -263,3 +263,63 @@ fn rx_buffer_too_small_for_a_header_is_returned_empty() {
     assert_eq!(rst.dst_port, 5003);
     assert_eq!(v.g.errors(), 1);
 }
+
+/// A snapshot of a live device restored into a new one (a new process would reopen its
+/// socket): the transport's registers and queues come back, the device is activated on the
+/// event loop, and the guest hears TRANSPORT_RESET on its event queue (its host connections
+/// are gone), while rx and tx go on from where they were.
+#[test]
+fn a_restored_device_tells_the_guest_its_transport_was_reset() {
+    use crate::virtio::MmioTransport;
+    use event_manager::{EventManager, SubscriberOps};
+    use std::sync::{Arc, Mutex};
+
+    let mut v = VsockGuest::new();
+    let event_buf = v.g.alloc(8);
+    v.g.write(event_buf, &[0xff; 8]);
+    let head = v.g.add_chain(2, &[(event_buf, 8, true)]);
+    let saved = v.g.transport.lock().unwrap().save_state();
+    assert!(v.g.take_used(2).is_empty(), "no event before the restore");
+
+    let dir = TempFile::new("vsock-restored", b"");
+    let mut dev = Vsock::new(CID, dir.0.with_extension("sock")).unwrap();
+    dev.reset_transport_on_activation();
+    let mut restored = MmioTransport::new(v.g.mem.clone(), Box::new(dev)).unwrap();
+    restored.restore_state(&saved).unwrap();
+    assert_eq!(
+        restored.save_state(),
+        saved,
+        "registers and queues as saved"
+    );
+    let restored = Arc::new(Mutex::new(restored));
+    let mut em: EventManager<Arc<Mutex<MmioTransport>>> = EventManager::new().unwrap();
+    em.add_subscriber(restored);
+    for _ in 0..100 {
+        if em.run_with_timeout(0).unwrap() == 0 {
+            break;
+        }
+    }
+    assert_eq!(v.g.take_used(2), vec![(u32::from(head), 4)]);
+    // virtio_vsock_event.id = VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (0).
+    assert_eq!(v.g.read(event_buf, 4), 0u32.to_le_bytes());
+}
+
+#[test]
+fn a_saved_state_of_another_device_type_is_refused() {
+    use crate::virtio::{MmioTransport, Rng};
+    let v = VsockGuest::new();
+    let mut saved = v.g.transport.lock().unwrap().save_state();
+    let mut rng = MmioTransport::new(v.g.mem.clone(), Box::new(Rng::new())).unwrap();
+    assert!(rng.restore_state(&saved).is_err());
+    saved.queues.pop();
+    let dir = TempFile::new("vsock-short", b"");
+    let dev = Vsock::new(CID, dir.0.with_extension("sock")).unwrap();
+    let mut vsock = MmioTransport::new(v.g.mem.clone(), Box::new(dev)).unwrap();
+    let before = vsock.save_state();
+    assert!(vsock.restore_state(&saved).is_err());
+    assert_eq!(
+        vsock.save_state(),
+        before,
+        "a refused state changes nothing"
+    );
+}

@@ -1,0 +1,197 @@
+//! Snapshots (docs/design.md §10, docs/snapshot-format.md): a paused microVM is written as a
+//! VM state file (versioned, checksummed: `format`) and a memory file (`memory_file`); a
+//! restore builds a VM shell of the same size, maps the memory file `MAP_PRIVATE` over its
+//! RAM, reattaches the devices from the saved configuration (same order, so same slots and
+//! IRQs) and puts every device, vCPU and the VM's irqchip/PIT/clock back into its saved state.
+//!
+//! A restore can go into any prepared shell at least as large as the snapshot's guest, which
+//! is how wispd restores and clones in well under a millisecond of VMM work: the shell already
+//! has its KVM VM, memory slots, vCPUs and threads.
+//!
+//! Every check that needs no KVM (state file, memory file size, configuration, devices that
+//! cannot be snapshotted) runs before anything changes.
+
+pub mod format;
+pub mod kvm_state;
+pub mod memory_file;
+mod restore;
+pub mod state;
+
+use crate::microvm::{MicroVm, VCPU_ACK_TIMEOUT};
+use kvm_state::KvmStateError;
+use memory_file::MemoryFileError;
+pub use restore::{restore, RestoreOptions};
+use state::{DevicesState, MicroVmState, VirtioState};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wisp_api::VmConfig;
+use wisp_devices::virtio::device_id;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error(transparent)]
+    Format(#[from] format::FormatError),
+    #[error(transparent)]
+    MemoryFile(#[from] MemoryFileError),
+    #[error("KVM state: {0}")]
+    Kvm(#[from] KvmStateError),
+    #[error(transparent)]
+    Vcpus(#[from] crate::vcpu_thread::VcpuThreadError),
+    #[error("the {0} lock is poisoned")]
+    Poisoned(&'static str),
+    #[error("a {kind} device ({id}) cannot be snapshotted; only block, net, vsock and rng can")]
+    Unsupported { kind: String, id: String },
+    #[error("the snapshot's configuration: {0}")]
+    Config(String),
+    #[error("{what}: {reason}")]
+    Device { what: String, reason: String },
+    #[error(transparent)]
+    Build(#[from] crate::microvm::MicroVmError),
+    #[error("the snapshot's guest ({want}) does not fit this VM shell ({have})")]
+    DoesNotFitShell { want: String, have: String },
+}
+
+/// A snapshot kept as a directory (`wisp run --restore DIR`, `wisp ctl`): the VM state file
+/// `vm.state` and the memory file `vm.mem`.
+#[derive(Clone, Debug)]
+pub struct SnapshotDir(std::path::PathBuf);
+
+impl SnapshotDir {
+    pub fn new(dir: impl Into<std::path::PathBuf>) -> Self {
+        SnapshotDir(dir.into())
+    }
+
+    pub fn state(&self) -> std::path::PathBuf {
+        self.0.join("vm.state")
+    }
+
+    pub fn memory(&self) -> std::path::PathBuf {
+        self.0.join("vm.mem")
+    }
+}
+
+/// What `create` wrote and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotInfo {
+    /// Bytes of the VM state file.
+    pub state_bytes: u64,
+    /// Bytes of guest memory actually written (zero pages are holes in the file).
+    pub memory_bytes_written: u64,
+    pub elapsed: Duration,
+}
+
+/// Device types whose state a snapshot captures completely.
+fn snapshot_supported(device_type: u32) -> bool {
+    matches!(
+        device_type,
+        device_id::BLOCK | device_id::NET | device_id::VSOCK | device_id::RNG
+    )
+}
+
+/// Writes a paused `vm` described by `config` to `state_path` and `mem_path`.
+pub fn create(
+    vm: &MicroVm,
+    config: &VmConfig,
+    state_path: &Path,
+    mem_path: &Path,
+) -> Result<SnapshotInfo, SnapshotError> {
+    let start = Instant::now();
+    let state = save(vm, config)?;
+    let anonymous = !vm.memory_from_file;
+    let memory_bytes_written = memory_file::write_memory(&vm.mem, mem_path, anonymous)?;
+    let state_bytes = format::write_file(state_path, &state)?;
+    Ok(SnapshotInfo {
+        state_bytes,
+        memory_bytes_written,
+        elapsed: start.elapsed(),
+    })
+}
+
+/// The whole state of a paused `vm` (memory aside).
+pub fn save(vm: &MicroVm, config: &VmConfig) -> Result<MicroVmState, SnapshotError> {
+    let mut virtio = Vec::with_capacity(vm.virtio.len());
+    for handle in &vm.virtio {
+        let t = handle
+            .transport
+            .lock()
+            .map_err(|_| SnapshotError::Poisoned("virtio transport"))?;
+        if !snapshot_supported(t.device_type()) {
+            return Err(SnapshotError::Unsupported {
+                kind: handle.kind.to_string(),
+                id: handle.id.clone(),
+            });
+        }
+        virtio.push(VirtioState {
+            kind: handle.kind.to_string(),
+            id: handle.id.clone(),
+            transport: t.save_state(),
+        });
+    }
+    let config_json =
+        serde_json::to_string(config).map_err(|e| SnapshotError::Config(e.to_string()))?;
+    let msrs = Arc::new(kvm_state::msr_index_list(vm.vm.kvm())?);
+    let vcpus = vm.vcpus.save_states(msrs, VCPU_ACK_TIMEOUT)?;
+    let kvm_vm = kvm_state::save_vm(vm.vm.fd())?;
+    let poisoned = SnapshotError::Poisoned;
+    let devices = DevicesState {
+        serial: vm
+            .serial
+            .lock()
+            .map_err(|_| poisoned("serial"))?
+            .save_state(),
+        i8042: vm.i8042.lock().map_err(|_| poisoned("i8042"))?.save_state(),
+        acpi_pm: vm
+            .acpi_pm
+            .lock()
+            .map_err(|_| poisoned("ACPI PM"))?
+            .save_state(),
+        panicked: vm.panicked.load(std::sync::atomic::Ordering::Acquire),
+        sysctl: vm.sysctl.get(),
+        generation: vm.generation.get(),
+        virtio,
+    };
+    Ok(MicroVmState {
+        config_json,
+        mem_mib: config.machine_config.mem_size_mib,
+        vcpus,
+        vm: kvm_vm,
+        devices,
+    })
+}
+
+/// Reads a state file and parses its configuration; nothing else is touched.
+pub fn load_state(path: &Path) -> Result<(MicroVmState, VmConfig), SnapshotError> {
+    let state: MicroVmState = format::read_file(path)?;
+    let config: VmConfig = serde_json::from_str(&state.config_json)
+        .map_err(|e| SnapshotError::Config(e.to_string()))?;
+    if config.machine_config.mem_size_mib != state.mem_mib
+        || usize::from(config.machine_config.vcpu_count) != state.vcpus.len()
+    {
+        return Err(SnapshotError::Config(format!(
+            "{} MiB and {} vCPUs configured, {} MiB and {} vCPU states saved",
+            config.machine_config.mem_size_mib,
+            config.machine_config.vcpu_count,
+            state.mem_mib,
+            state.vcpus.len()
+        )));
+    }
+    Ok((state, config))
+}
+
+/// A fresh VM generation for a restored VM (never 0, which means "booted").
+pub fn new_generation() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let random = if got == 8 {
+        u64::from_le_bytes(bytes)
+    } else {
+        // No entropy source: the time still differs between restores.
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+    };
+    random.max(1)
+}
