@@ -4,11 +4,14 @@
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVMIO, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
+use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
 use std::thread::JoinHandle;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
 use vmm_sys_util::ioctl_iow_nr;
+
+pub mod teardown;
 
 ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
 
@@ -40,7 +43,8 @@ pub enum VmError {
 /// A KVM VM with its interrupt controllers and memory.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Closed on drop, unless a teardown helper takes it over (`teardown`).
+    fd: ManuallyDrop<VmFd>,
     /// KVM_CREATE_PIT2, running on its own thread (`with_memory`) until `finish_setup` or
     /// `Drop` joins it.
     pit: Option<JoinHandle<Result<(), kvm_ioctls::Error>>>,
@@ -89,7 +93,11 @@ impl Vm {
             .map_err(setup("KVM_SET_TSS_ADDR"))?;
         fd.set_identity_map_address(KVM_IDENTITY_MAP_ADDRESS)
             .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
-        Ok(Vm { kvm, fd, pit: None })
+        Ok(Vm {
+            kvm,
+            fd: ManuallyDrop::new(fd),
+            pit: None,
+        })
     }
 
     fn create_irqchip(&self) -> Result<(), VmError> {
@@ -179,6 +187,12 @@ impl Drop for Vm {
         if let Err(e) = self.finish_setup() {
             log::debug!("{e}");
         }
+        if teardown::handed_off() {
+            // The helper's death closes it, and runs the kernel's VM teardown (teardown.rs).
+            return;
+        }
+        // SAFETY: dropped exactly once, here; `self.fd` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
     }
 }
 
