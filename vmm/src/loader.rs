@@ -186,7 +186,7 @@ pub fn load_kernel(
     let mut file = FileSource::new(file, file_map::mappable(mem)).map_err(file_err)?;
     let start = Some(GuestAddress(HIGH_MEMORY_START));
     let loaded = load_image(mem, &mut file, is_elf, need, start).map_err(load_err);
-    log::debug!(
+    log::info!(
         "kernel {}: {} of {} bytes mapped from the file",
         path.display(),
         file.mapped_bytes(),
@@ -263,7 +263,7 @@ pub fn load_initrd(
     let mut file = FileSource::new(file, file_map::mappable(mem)).map_err(file_err)?;
     mem.read_exact_volatile_from(GuestAddress(address), &mut file, len)
         .map_err(|e| file_err(std::io::Error::other(e)))?;
-    log::debug!(
+    log::info!(
         "initrd {}: {} of {len} bytes mapped from the file",
         path.display(),
         file.mapped_bytes()
