@@ -52,6 +52,9 @@ pub fn create_guest_memory(mem_mib: u32) -> Result<GuestMemoryMmap, MemoryError>
                 source,
             }
         })?;
+        if start == GuestAddress(0) {
+            align::keep_base_pages(&mapping, align::PAGE_2M);
+        }
         // `ram_ranges` never overflows the guest address space, so `new` always succeeds.
         regions.extend(GuestRegionMmap::new(mapping, start));
     }
@@ -98,6 +101,37 @@ mod tests {
                 assert!(reg.start_addr().0.is_multiple_of(align::PAGE_2M as u64));
             }
         }
+    }
+
+    /// The `VmFlags` of the mapping that starts at `addr` (/proc/self/smaps).
+    fn vm_flags_at(addr: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut lines = smaps.lines();
+        while let Some(line) = lines.next() {
+            let start = line.split('-').next().unwrap_or("");
+            if usize::from_str_radix(start, 16) == Ok(addr) {
+                return lines
+                    .find_map(|l| l.strip_prefix("VmFlags:"))
+                    .unwrap_or("")
+                    .to_string();
+            }
+        }
+        panic!("no mapping starts at {addr:#x}");
+    }
+
+    #[test]
+    fn low_2mib_keeps_base_pages_and_large_guests_ask_for_huge_pages() {
+        let mem = create_guest_memory(128).unwrap();
+        let base = mem.iter().next().unwrap().as_ptr() as usize;
+        let low = vm_flags_at(base);
+        assert!(low.split_whitespace().any(|f| f == "nh"), "{low}");
+        let rest = vm_flags_at(base + align::PAGE_2M);
+        assert!(rest.split_whitespace().any(|f| f == "hg"), "{rest}");
+        // A small guest refuses huge pages throughout: one mapping.
+        let small = create_guest_memory(16).unwrap();
+        let base = small.iter().next().unwrap().as_ptr() as usize;
+        let all = vm_flags_at(base);
+        assert!(all.split_whitespace().any(|f| f == "nh"), "{all}");
     }
 
     #[test]

@@ -70,6 +70,23 @@ fn is_aligned(addr: *mut u8) -> bool {
     (addr as usize).is_multiple_of(PAGE_2M)
 }
 
+/// Base pages only for the first `len` bytes of `region` (`MADV_NOHUGEPAGE`): guest RAM below
+/// 2 MiB holds the boot structures the VMM writes while preparing a shell and, for the
+/// unikernel, the whole guest (loaded at 1 MiB); a huge page there would cost 2 MiB per shell
+/// and be split again by a kernel mapped from its file.
+pub fn keep_base_pages(region: &MmapRegion, len: usize) {
+    let len = len.min(region.size());
+    // SAFETY: the range is inside the live mapping `region` owns; THP advice changes how the
+    // kernel backs it, never its contents or validity.
+    let rc = unsafe { libc::madvise(region.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) };
+    if rc != 0 {
+        log::debug!(
+            "madvise(MADV_NOHUGEPAGE) on low guest memory: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// `MADV_HUGEPAGE` or `MADV_NOHUGEPAGE` on the whole region. Advice only: a kernel without
 /// THP refuses it and the guest runs on base pages.
 fn advise_huge_pages(region: &MmapRegion) {
