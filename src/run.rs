@@ -179,6 +179,11 @@ fn run_actions(
             }
         }
     }
+    // Our exit then waits for no kernel VM teardown: a helper does it after our parent has the
+    // outcome (wisp_vmm::vm::teardown). Created after the start, off the path to the guest.
+    if let Err(e) = wisp_vmm::vm::teardown::hand_off() {
+        log::debug!("{e}");
+    }
     let terminal = terminal.and_then(TerminalClaim::enable);
     let outcome = vmm.run();
     drop(terminal);

@@ -60,9 +60,16 @@ fn scenarios() -> Vec<Scenario> {
             ..boot("tinyx-default", "/guest/vmlinux", 1)
         },
         boot("pvh-1cpu", "/guest/vmlinux", 1),
-        boot("pvh-2cpu", "/guest/vmlinux", 2),
+        // At info level wisp says how much of the kernel and initrd it mapped from the file.
+        Scenario {
+            wisp_args: SAY_EXIT,
+            ..boot("pvh-2cpu", "/guest/vmlinux", 2)
+        },
         boot("bzimage-1cpu", "/guest/bzImage", 1),
-        boot("bzimage-2cpu", "/guest/bzImage", 2),
+        Scenario {
+            wisp_args: SAY_EXIT,
+            ..boot("bzimage-2cpu", "/guest/bzImage", 2)
+        },
         Scenario {
             extra_cmdline: "wisp_l2=poweroff",
             wisp_args: SAY_EXIT,
@@ -93,9 +100,17 @@ fn scenarios() -> Vec<Scenario> {
     all
 }
 
+/// Samples wisp's `AnonHugePages` (smaps_rollup) and where it mapped the vmlinux (its maps)
+/// every 0.2 s while it boots Tinyx, after printing L1's THP mode.
+const THP_PROBE: &str = "run thp 180 sh -c 'cat /sys/kernel/mm/transparent_hugepage/enabled; \
+    wisp run --kernel /guest/vmlinux --initrd /guest/tinyx.cpio.gz --mem 256 \
+    --cmdline \"console=ttyS0 quiet panic=-1 reboot=k pci=off\" > /dev/null & p=$!; \
+    while kill -0 $p 2>/dev/null; do grep AnonHugePages /proc/$p/smaps_rollup; \
+    grep /guest/vmlinux /proc/$p/maps; sleep 0.2; done; wait $p'\n";
+
 /// The L1 script: one `run` per scenario.
 fn script() -> String {
-    let mut script = String::new();
+    let mut script = String::from(THP_PROBE);
     for s in scenarios() {
         script.push_str(&format!(
             "run {name} {L2_TIMEOUT_S} wisp run {args} --kernel {kernel} --initrd {initrd} \
@@ -196,7 +211,31 @@ fn boots_vmlinux_pvh_with_one_vcpu() -> Result<(), TestHostError> {
 
 #[test]
 fn boots_vmlinux_pvh_with_two_vcpus() -> Result<(), TestHostError> {
-    check_clean_boot("pvh-2cpu", 2).map(drop)
+    let run = check_clean_boot("pvh-2cpu", 2)?;
+    // The vmlinux's segments are page-aligned in its file: mapped, not copied (loader/file_map.rs).
+    check_mapped(run, "kernel /guest/vmlinux")?;
+    check_mapped(run, "initrd /guest/probe.cpio")
+}
+
+/// wisp's info line `WHAT: N of M bytes mapped from the file` says N > 0.
+fn check_mapped(run: &CommandRun, what: &str) -> Result<(), TestHostError> {
+    let mapped = run
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once(&format!("{what}: "))?
+                .1
+                .split_whitespace()
+                .next()
+        })
+        .and_then(|n| n.parse::<u64>().ok());
+    match mapped {
+        Some(n) if n > 0 => Ok(()),
+        _ => Err(check_failed(
+            run,
+            format!("no page of {what} was mapped from its file"),
+        )),
+    }
 }
 
 #[test]
@@ -206,7 +245,82 @@ fn boots_bzimage_with_one_vcpu() -> Result<(), TestHostError> {
 
 #[test]
 fn boots_bzimage_with_two_vcpus() -> Result<(), TestHostError> {
-    check_clean_boot("bzimage-2cpu", 2).map(drop)
+    // A bzImage's payload is not page-aligned in its file (copied); the initrd is mapped.
+    let run = check_clean_boot("bzimage-2cpu", 2)?;
+    check_mapped(run, "initrd /guest/probe.cpio")
+}
+
+/// KVM maps guest memory with 2 MiB pages only where the host-virtual and guest-physical
+/// addresses agree modulo 2 MiB and the host has a huge page there: on L1's 6.1 kernel, which
+/// does not align anonymous mappings itself, the vmlinux pages wisp mapped from the file sit at
+/// host addresses congruent to their guest-physical ones (so guest RAM starts 2 MiB-aligned,
+/// vmm/src/memory/align.rs), and the anonymous guest RAM holds transparent huge pages.
+#[test]
+fn guest_memory_is_2mib_aligned_and_backed_by_huge_pages() -> Result<(), TestHostError> {
+    let run = host().run("thp")?;
+    if run.exit_code != Some(0) {
+        return Err(check_failed(run, "wisp did not boot Tinyx"));
+    }
+    let most_kib = run
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("AnonHugePages:"))
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .max();
+    if most_kib.is_none_or(|kib| kib < 2048) {
+        return Err(check_failed(
+            run,
+            "wisp's guest memory never held a transparent huge page",
+        ));
+    }
+    let vmlinux = std::fs::read(&L2Guest::tinyx()?.vmlinux).unwrap();
+    let mappings: Vec<(u64, u64)> = run
+        .stdout
+        .lines()
+        .filter(|l| l.ends_with("/guest/vmlinux"))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let start = u64::from_str_radix(f.next()?.split_once('-')?.0, 16).ok()?;
+            let offset = u64::from_str_radix(f.nth(1)?, 16).ok()?;
+            Some((start, offset))
+        })
+        .collect();
+    if mappings.is_empty() {
+        return Err(check_failed(
+            run,
+            "no vmlinux page was mapped from its file",
+        ));
+    }
+    for (host, offset) in mappings {
+        let Some(gpa) = guest_physical(&vmlinux, offset) else {
+            return Err(check_failed(
+                run,
+                format!("file offset {offset:#x} is in no PT_LOAD segment"),
+            ));
+        };
+        if (host - gpa) % (2 << 20) != 0 {
+            return Err(check_failed(
+                run,
+                format!("vmlinux offset {offset:#x} (guest {gpa:#x}) is at host {host:#x}: guest RAM is not 2 MiB-aligned"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The guest-physical address an ELF-64 file offset loads at (its PT_LOAD segment's p_paddr).
+fn guest_physical(elf: &[u8], offset: u64) -> Option<u64> {
+    let u = |at: usize, len: usize| -> Option<u64> {
+        let b = elf.get(at..at + len)?;
+        Some(b.iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x)))
+    };
+    let (phoff, phentsize, phnum) = (u(0x20, 8)?, u(0x36, 2)?, u(0x38, 2)?);
+    (0..phnum).find_map(|i| {
+        let ph = usize::try_from(phoff + i * phentsize).ok()?;
+        let (kind, off, paddr, filesz) =
+            (u(ph, 4)?, u(ph + 8, 8)?, u(ph + 0x18, 8)?, u(ph + 0x20, 8)?);
+        (kind == 1 && off <= offset && offset < off + filesz).then(|| paddr + (offset - off))
+    })
 }
 
 /// A kernel panic (init exits) reaches wisp through pvpanic: wisp exits 3 and says the guest

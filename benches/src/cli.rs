@@ -25,6 +25,10 @@ pub struct Cli {
     /// The `wisp` binary [default: beside wisp-bench, else target/release/wisp].
     #[arg(long)]
     pub wisp: Option<PathBuf>,
+    /// Another `wisp` binary (a build before a change) run as a peer named `wisp-baseline`
+    /// where the suite runs Wisp's own command (cold), for before/after in the same run.
+    #[arg(long)]
+    pub baseline_wisp: Option<PathBuf>,
     /// A Firecracker binary (or any taking its `--no-api --config-file` flags) to compare with.
     #[arg(long, env = "FIRECRACKER")]
     pub firecracker: Option<PathBuf>,

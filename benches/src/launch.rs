@@ -59,7 +59,7 @@ pub struct Launched {
     stdin: Option<ChildStdin>,
     first_line: Receiver<Instant>,
     first_line_at: Option<Instant>,
-    stdout: Option<JoinHandle<Vec<u8>>>,
+    stdout: Option<JoinHandle<(Vec<u8>, Instant)>>,
     stderr: Option<JoinHandle<StderrSeen>>,
 }
 
@@ -76,8 +76,11 @@ pub struct Finished {
     pub first_line: Option<Duration>,
     /// The boot time Wisp reported (µs since its own process start), if it printed one.
     pub boot_timer_us: Option<u64>,
-    /// Process start → reaped.
+    /// Process start → reaped: when the parent has the exit status (the outcome).
     pub exit: Duration,
+    /// Process start → the child's stdout closed: every process holding it (the VMM and
+    /// anything it left to finish its teardown) is gone.
+    pub gone: Duration,
     /// `Some(code)` for a normal exit, `None` when killed by a signal.
     pub exit_code: Option<i32>,
     pub signal: Option<i32>,
@@ -213,11 +216,11 @@ impl Launched {
             source,
         })?;
         // The streams end when the child (and anything it left holding them) is gone.
-        let stdout = self
+        let (stdout, closed_at) = self
             .stdout
             .take()
             .and_then(|h| h.join().ok())
-            .unwrap_or_default();
+            .unwrap_or_else(|| (Vec::new(), Instant::now()));
         let seen = self
             .stderr
             .take()
@@ -231,6 +234,7 @@ impl Launched {
             first_line,
             boot_timer_us: seen.boot_time_us,
             exit: exit_at - self.started,
+            gone: closed_at.max(exit_at) - self.started,
             exit_code: libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status)),
             signal: libc::WIFSIGNALED(status).then(|| libc::WTERMSIG(status)),
             timed_out,
@@ -248,8 +252,13 @@ impl Launched {
     }
 }
 
-/// Reads stdout, reports the instant `marker` has fully arrived, keeps the first bytes.
-fn watch_stdout(out: &mut impl Read, marker: &[u8], tx: &mpsc::Sender<Instant>) -> Vec<u8> {
+/// Reads stdout, reports the instant `marker` has fully arrived, keeps the first bytes; returns
+/// them with the instant the stream ended.
+fn watch_stdout(
+    out: &mut impl Read,
+    marker: &[u8],
+    tx: &mpsc::Sender<Instant>,
+) -> (Vec<u8>, Instant) {
     let mut kept = Vec::new();
     let mut seen = false;
     let mut buf = [0u8; 4096];
@@ -279,7 +288,7 @@ fn watch_stdout(out: &mut impl Read, marker: &[u8], tx: &mpsc::Sender<Instant>) 
             Err(_) => break,
         }
     }
-    kept
+    (kept, Instant::now())
 }
 
 fn watch_stderr(err: &mut impl Read) -> StderrSeen {

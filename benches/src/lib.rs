@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod http_unix;
+pub mod l1_timer;
 pub mod launch;
 pub mod machine;
 pub mod peers;

@@ -60,6 +60,8 @@ pub const GUEST_MEM_MIB: u32 = 128;
 #[derive(Clone, Debug)]
 pub enum Peer {
     Wisp,
+    /// Another wisp binary (`--baseline-wisp`), run exactly as Wisp is.
+    WispBaseline(PathBuf),
     Qemu(PathBuf),
     /// The binary and its config file.
     Firecracker(PathBuf, PathBuf),
@@ -69,6 +71,7 @@ impl Peer {
     pub fn name(&self) -> &'static str {
         match self {
             Peer::Wisp => "wisp",
+            Peer::WispBaseline(_) => "wisp-baseline",
             Peer::Qemu(_) => "qemu-microvm",
             Peer::Firecracker(..) => "firecracker",
         }
@@ -77,8 +80,12 @@ impl Peer {
     /// The command that boots the unikernel (its command line: `cmdline`) and exits.
     pub fn command(&self, setup: &Setup, cmdline: &str) -> Command {
         match self {
-            Peer::Wisp => {
-                let mut cmd = Command::new(&setup.wisp);
+            Peer::Wisp | Peer::WispBaseline(_) => {
+                let bin = match self {
+                    Peer::WispBaseline(bin) => bin,
+                    _ => &setup.wisp,
+                };
+                let mut cmd = Command::new(bin);
                 cmd.arg("run")
                     .arg("--kernel")
                     .arg(&setup.unikernel)
@@ -114,6 +121,9 @@ impl Peer {
 pub fn peers(setup: &Setup, cmdline: &str) -> std::io::Result<(Vec<Peer>, Vec<String>)> {
     let mut peers = vec![Peer::Wisp];
     let mut notes = Vec::new();
+    if let Some(baseline) = &setup.baseline_wisp {
+        peers.push(Peer::WispBaseline(baseline.clone()));
+    }
     match (&setup.qemu, &setup.qemu_missing) {
         (Some(qemu), _) => peers.push(Peer::Qemu(qemu.clone())),
         (None, why) => notes.push(format!(
@@ -270,6 +280,7 @@ mod tests {
             qemu: None,
             qemu_missing: None,
             firecracker: Some("/fc/firecracker".into()),
+            baseline_wisp: None,
             out: "/out".into(),
             runs: 1,
             max_vms: 1,

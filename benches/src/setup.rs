@@ -40,6 +40,8 @@ pub struct Setup {
     /// Why QEMU is not compared, when it is not.
     pub qemu_missing: Option<String>,
     pub firecracker: Option<PathBuf>,
+    /// `--baseline-wisp`: a second wisp, measured as the peer `wisp-baseline`.
+    pub baseline_wisp: Option<PathBuf>,
     pub out: PathBuf,
     pub runs: usize,
     pub max_vms: usize,
@@ -88,6 +90,7 @@ impl Setup {
             qemu,
             qemu_missing,
             firecracker: cli.firecracker.clone(),
+            baseline_wisp: cli.baseline_wisp.clone(),
             out,
             runs: cli.runs.max(1),
             max_vms: cli.max_vms.max(1),

@@ -103,6 +103,8 @@ fn cold_with_two_runs_measures_wisp_and_qemu_and_writes_every_output() {
     for run in &wisp.runs {
         let (line, timer, exit) = (run["first_line_us"], run["boot_timer_us"], run["exit_us"]);
         assert!(line > 0.0 && line <= exit, "{run:?}");
+        // The outcome never comes after the console closes (the teardown helper holds it).
+        assert!(exit <= run["gone_us"], "{run:?}");
         // The boot timer is written after the line is sent, and measured from the same start.
         assert!(timer > 0.0 && timer <= exit, "{run:?}");
         assert!(run["max_rss_kib"] > 0.0);
@@ -135,6 +137,7 @@ fn cold_with_two_runs_measures_wisp_and_qemu_and_writes_every_output() {
     for plot in [
         "cold-first_line_us.svg",
         "cold-exit_us.svg",
+        "cold-gone_us.svg",
         "cold-max_rss_kib.svg",
     ] {
         let svg = std::fs::read_to_string(out.join(plot)).unwrap();
@@ -166,8 +169,19 @@ fn linux_suite_times_tinyx_in_the_test_host_or_says_why_not() {
     if wisp_vmm::host_kvm::HostKvm::detect().boots_linux() {
         assert!(md.contains("## linux\n\nskipped: "), "{md}");
     } else {
-        assert!(md.contains("| wisp (vmlinux-pvh) | 1 |"), "{md}");
-        assert!(md.contains("| wisp (bzimage) | 1 |"), "{md}");
+        // One row per VMM, one table per kernel and measure; Firecracker only when given.
+        assert!(
+            md.contains("### vmlinux: VMM spawn → Tinyx /init line"),
+            "{md}"
+        );
+        assert!(
+            md.contains("### bzimage: VMM spawn → Tinyx /init line"),
+            "{md}"
+        );
+        assert!(md.contains("| wisp | 1 |"), "{md}");
+        if std::env::var_os("FIRECRACKER").is_none() {
+            assert!(md.contains("Firecracker not compared"), "{md}");
+        }
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -288,4 +302,27 @@ fn warm_creates_from_wispd_shells() {
             "{run:?}"
         );
     }
+}
+
+/// `density --max-vms 50`: 50 unikernels from wispd shells kept running together, every create
+/// counted and memory sampled up to 50 (no thresholds: the figures are reported).
+#[test]
+fn density_smoke_runs_fifty_vms() {
+    let out = out_dir("density");
+    let run = bench(&["density", "--max-vms", "50"], &out);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let results = Results::read_json(&out.join("results.json")).unwrap();
+    std::fs::remove_dir_all(&out).unwrap();
+    let SuiteOutcome::Density(d) = &results.suites[0].outcome else {
+        panic!("density did not run: {:?}", results.suites[0].outcome)
+    };
+    assert_eq!(d.stopped_early, None, "{d:?}");
+    assert_eq!(d.creates.len(), 50);
+    let last = d.memory.last().expect("memory samples");
+    assert_eq!(last.running, 50);
+    assert!(last.total_pss_kib > 0);
 }

@@ -1,10 +1,14 @@
 //! Loading what boots: the kernel (ELF `vmlinux`, PVH or 64-bit entry, or `bzImage`), the
 //! initrd (at the top of low RAM) and the command line, with linux-loader. Both files are
-//! opened by wisp-hostfs: regular files only, reached without symbolic links.
+//! opened by wisp-hostfs: regular files only, reached without symbolic links. Whole pages are
+//! mapped from the file rather than copied where the layout allows (`file_map`).
+
+mod file_map;
 
 use crate::layout::{CMDLINE_MAX_SIZE, CMDLINE_START, HIGH_MEMORY_START, MMIO_GAP_START};
 use crate::x86_64::boot_params::InitrdRegion;
 use crate::x86_64::regs::EntryMode;
+use file_map::FileSource;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::bootparam::setup_header;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -179,9 +183,28 @@ pub fn load_kernel(
         path: path.to_path_buf(),
         source,
     };
+    let mut file = FileSource::new(file, file_map::mappable(mem)).map_err(file_err)?;
     let start = Some(GuestAddress(HIGH_MEMORY_START));
+    let loaded = load_image(mem, &mut file, is_elf, need, start).map_err(load_err);
+    log::info!(
+        "kernel {}: {} of {} bytes mapped from the file",
+        path.display(),
+        file.mapped_bytes(),
+        file.file_len()
+    );
+    loaded
+}
+
+/// linux-loader's ELF or bzImage loader over `file`.
+fn load_image(
+    mem: &GuestMemoryMmap,
+    file: &mut FileSource,
+    is_elf: bool,
+    need: u64,
+    start: Option<GuestAddress>,
+) -> Result<LoadedKernel, linux_loader::loader::Error> {
     if is_elf {
-        let res = Elf::load(mem, None, &mut file, start).map_err(load_err)?;
+        let res = Elf::load(mem, None, file, start)?;
         let (entry, mode) = match res.pvh_boot_cap {
             PvhBootCapability::PvhEntryPresent(addr) => (addr, EntryMode::Pvh),
             _ => (res.kernel_load, EntryMode::LongMode),
@@ -193,7 +216,7 @@ pub fn load_kernel(
             end: res.kernel_end,
         })
     } else {
-        let res = BzImage::load(mem, None, &mut file, start).map_err(load_err)?;
+        let res = BzImage::load(mem, None, file, start)?;
         Ok(LoadedKernel {
             entry: res.kernel_load.unchecked_add(BZIMAGE_64BIT_ENTRY_OFFSET),
             mode: EntryMode::LongMode,
@@ -214,13 +237,12 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         source,
     };
-    let mut file =
-        wisp_hostfs::open_read(path, wisp_hostfs::FileKind::Regular).map_err(|source| {
-            LoaderError::OpenInitrd {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
+    let file = wisp_hostfs::open_read(path, wisp_hostfs::FileKind::Regular).map_err(|source| {
+        LoaderError::OpenInitrd {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
     let size = file.metadata().map_err(file_err)?.len();
     let mut top = low_ram_end(ram_size);
     if let Some(hdr) = kernel.setup_header {
@@ -238,8 +260,14 @@ pub fn load_initrd(
         return Err(too_big());
     }
     let len = usize::try_from(size).map_err(|_| too_big())?;
+    let mut file = FileSource::new(file, file_map::mappable(mem)).map_err(file_err)?;
     mem.read_exact_volatile_from(GuestAddress(address), &mut file, len)
         .map_err(|e| file_err(std::io::Error::other(e)))?;
+    log::info!(
+        "initrd {}: {} of {len} bytes mapped from the file",
+        path.display(),
+        file.mapped_bytes()
+    );
     Ok(InitrdRegion {
         address: GuestAddress(address),
         size: len,

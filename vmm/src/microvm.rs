@@ -18,7 +18,7 @@ use crate::vcpu::{BootEntry, Vcpu, VcpuError};
 use crate::vcpu_control::{ControlError, FirstEntryHook};
 use crate::vcpu_thread::{VcpuThread, VcpuThreadError, Vcpus};
 use crate::virtio_devices::{attach_virtio_devices, subscribers, VirtioHandle, VirtioSetupError};
-use crate::vm::Vm;
+use crate::vm::{Vm, VmError};
 use crate::x86_64::acpi::{guest_reads_dsdt, setup_acpi, AcpiError};
 use crate::x86_64::boot_params::{write_pvh_start_info, write_zero_page, BootParamsError};
 use crate::x86_64::mptable::{setup_mptable, MptableError};
@@ -70,6 +70,8 @@ pub enum MicroVmError {
     Virtio(#[from] VirtioSetupError),
     #[error(transparent)]
     VcpuThread(#[from] VcpuThreadError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
     #[error("the {0} lock is poisoned")]
     Poisoned(&'static str),
     #[error("Ctrl-Alt-Del not delivered: {0}")]
@@ -305,6 +307,8 @@ impl MicroVm {
     }
 
     fn launch_vcpus(&mut self, paused: bool) -> Result<(), MicroVmError> {
+        // The PIT, created beside the rest of the setup, exists before the guest runs.
+        self.vm.finish_setup()?;
         let mut first_entry = self.first_entry.take();
         let mut handles = Vec::with_capacity(self.unstarted.len());
         for (vcpu, thread) in self.unstarted.drain(..) {

@@ -2,9 +2,21 @@
 //! registered as KVM memory slots (KVM maps it with EPT/NPT).
 
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVMIO, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsRawFd, RawFd};
+use std::thread::JoinHandle;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+pub mod teardown;
+
+ioctl_iow_nr!(KVM_CREATE_PIT2, KVMIO, 0x77, kvm_pit_config);
+
+/// Stack of the thread that creates the PIT: it makes one ioctl.
+const PIT_THREAD_STACK: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -22,20 +34,32 @@ pub enum VmError {
     },
     #[error("cannot register guest memory with KVM: {0}")]
     SetMemory(#[source] kvm_ioctls::Error),
+    #[error("cannot start the thread that creates the PIT: {0}")]
+    PitThread(#[source] std::io::Error),
+    #[error("the thread that creates the PIT panicked")]
+    PitThreadPanicked,
 }
 
 /// A KVM VM with its interrupt controllers and memory.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    /// Closed on drop, unless a teardown helper takes it over (`teardown`).
+    fd: ManuallyDrop<VmFd>,
     /// KVM_MEM_LOG_DIRTY_PAGES on every slot (`machine-config.track_dirty_pages`).
     dirty_log: bool,
+    /// KVM_CREATE_PIT2, running on its own thread (`with_memory`) until `finish_setup` or
+    /// `Drop` joins it.
+    pit: Option<JoinHandle<Result<(), kvm_ioctls::Error>>>,
 }
 
 impl Vm {
     /// Opens /dev/kvm and creates the VM, registers `mem` as its memory slots, then creates
-    /// the in-kernel irqchip and PIT — in that order: on this host's KVM a slot registered
-    /// after KVM_CREATE_IRQCHIP costs 4.5–8 ms, before it ~0.1 ms (docs/design.md §3).
+    /// the in-kernel irqchip and starts creating the PIT — in that order: on this host's KVM a
+    /// slot registered after KVM_CREATE_IRQCHIP costs 4.5–8 ms, before it ~0.1 ms
+    /// (docs/design.md §3). KVM_CREATE_PIT2 starts a kernel thread, which takes milliseconds
+    /// on a busy host; nothing before the first guest entry needs the PIT (vCPUs need only the
+    /// irqchip), so it runs on a thread of its own beside the rest of the setup, and
+    /// `finish_setup` waits for it before any vCPU enters the guest.
     pub fn with_memory(mem: &GuestMemoryMmap) -> Result<Self, VmError> {
         Vm::with_memory_logged(mem, false)
     }
@@ -46,8 +70,23 @@ impl Vm {
         let mut vm = Vm::create()?;
         vm.dirty_log = dirty_log;
         vm.register_memory(mem)?;
-        vm.create_irqchip_and_pit()?;
+        vm.create_irqchip()?;
+        vm.pit = Some(vm.spawn_pit()?);
         Ok(vm)
+    }
+
+    /// Waits for the setup still running beside the caller (the PIT); idempotent. Call it
+    /// before any vCPU first enters the guest.
+    pub fn finish_setup(&mut self) -> Result<(), VmError> {
+        let Some(pit) = self.pit.take() else {
+            return Ok(());
+        };
+        pit.join()
+            .map_err(|_| VmError::PitThreadPanicked)?
+            .map_err(|source| VmError::Setup {
+                what: "KVM_CREATE_PIT2",
+                source,
+            })
     }
 
     /// Opens /dev/kvm and creates the VM (no memory, no irqchip yet).
@@ -65,22 +104,44 @@ impl Vm {
             .map_err(setup("KVM_SET_IDENTITY_MAP_ADDR"))?;
         Ok(Vm {
             kvm,
-            fd,
+            fd: ManuallyDrop::new(fd),
             dirty_log: false,
+            pit: None,
         })
     }
 
-    fn create_irqchip_and_pit(&self) -> Result<(), VmError> {
-        let setup = |what| move |source| VmError::Setup { what, source };
-        self.fd
-            .create_irq_chip()
-            .map_err(setup("KVM_CREATE_IRQCHIP"))?;
-        let pit = kvm_pit_config {
-            // The speaker port (0x61) is emulated as a dummy by KVM.
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        self.fd.create_pit2(pit).map_err(setup("KVM_CREATE_PIT2"))
+    fn create_irqchip(&self) -> Result<(), VmError> {
+        self.fd.create_irq_chip().map_err(|source| VmError::Setup {
+            what: "KVM_CREATE_IRQCHIP",
+            source,
+        })
+    }
+
+    /// Starts KVM_CREATE_PIT2 on its own thread, on this VM's fd (joined before the fd can
+    /// close: `finish_setup` or `Drop`).
+    fn spawn_pit(&self) -> Result<JoinHandle<Result<(), kvm_ioctls::Error>>, VmError> {
+        let fd: RawFd = self.fd.as_raw_fd();
+        std::thread::Builder::new()
+            .name("kvm-pit".into())
+            .stack_size(PIT_THREAD_STACK)
+            .spawn(move || {
+                let pit = kvm_pit_config {
+                    // The speaker port (0x61) is emulated as a dummy by KVM.
+                    flags: KVM_PIT_SPEAKER_DUMMY,
+                    ..Default::default()
+                };
+                let vm = VmIoctlFd(fd);
+                // SAFETY: `fd` is the VM fd, open until this thread is joined (`Vm` joins it in
+                // `finish_setup` or `Drop` before its `VmFd` closes); KVM_CREATE_PIT2 reads one
+                // `kvm_pit_config`, which lives across the call.
+                let rc = unsafe { ioctl_with_ref(&vm, KVM_CREATE_PIT2(), &pit) };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(kvm_ioctls::Error::last())
+                }
+            })
+            .map_err(VmError::PitThread)
     }
 
     /// Registers every region of `mem` as a KVM memory slot.
@@ -154,6 +215,30 @@ impl Vm {
 
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // The PIT thread uses our fd by number: it must be done before the fd closes.
+        if let Err(e) = self.finish_setup() {
+            log::debug!("{e}");
+        }
+        if teardown::handed_off() {
+            // The helper's death closes it, and runs the kernel's VM teardown (teardown.rs).
+            return;
+        }
+        // SAFETY: dropped exactly once, here; `self.fd` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.fd) };
+    }
+}
+
+/// The VM fd by number, for the PIT thread's one ioctl (it must not own, hence close, it).
+struct VmIoctlFd(RawFd);
+
+impl AsRawFd for VmIoctlFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
     }
 }
 

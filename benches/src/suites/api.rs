@@ -132,6 +132,7 @@ fn api_boot(setup: &Setup, vmm: &ApiVmm, socket: &Path) -> Result<BTreeMap<Strin
     if finished.timed_out || finished.exit_code != Some(0) {
         // The guest got going; only the exit did not happen as it should. Keep the rest.
         record.remove("exit_us");
+        record.remove("gone_us");
         log::warn!("{}: {}", vmm.name, finished.failure());
     }
     record.insert("socket_ready_us".into(), micros(socket_ready));

@@ -67,7 +67,9 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
         1,
         "first line: process start → `hello from wisp unikernel` read from the VMM's stdout \
          pipe; boot timer: Wisp's own report (guest write to the boot timer, µs since the wisp \
-         process started); exit: process start → reaped"
+         process started); exit: process start → reaped (the parent has the outcome); gone: \
+         process start → the VMM's stdout closed (Wisp leaves the kernel's VM teardown to a \
+         helper process that ends after its exit)"
             .to_string(),
     );
     let mut peers: Vec<Entrant> = peers.into_iter().map(Entrant::Peer).collect();
@@ -131,7 +133,16 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
                 "process start → boot-timer write (Wisp's report)",
                 Unit::Microseconds,
             ),
-            metric("exit_us", "process start → exit", Unit::Microseconds),
+            metric(
+                "exit_us",
+                "process start → exit status (the outcome, reaped)",
+                Unit::Microseconds,
+            ),
+            metric(
+                "gone_us",
+                "process start → console closed (every VMM process gone)",
+                Unit::Microseconds,
+            ),
             metric(
                 "max_rss_kib",
                 "peak RSS of the VMM process",

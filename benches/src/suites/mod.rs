@@ -43,7 +43,8 @@ pub fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-/// The metrics every launch yields: first line, Wisp's boot timer, exit, peak RSS.
+/// The metrics every launch yields: first line, Wisp's boot timer, exit (the outcome), gone
+/// (every VMM process ended), peak RSS.
 pub fn launch_record(f: &Finished) -> BTreeMap<String, f64> {
     let mut record = BTreeMap::new();
     if let Some(line) = f.first_line {
@@ -53,6 +54,7 @@ pub fn launch_record(f: &Finished) -> BTreeMap<String, f64> {
         record.insert("boot_timer_us".to_string(), us as f64);
     }
     record.insert("exit_us".to_string(), micros(f.exit));
+    record.insert("gone_us".to_string(), micros(f.gone));
     record.insert("max_rss_kib".to_string(), f.max_rss_kib as f64);
     record
 }

@@ -70,7 +70,7 @@ pub fn restore(
         mut devices,
         legacy,
         supported_cpuid,
-        vm,
+        mut vm,
         mem,
         ..
     } = shell;
@@ -145,6 +145,12 @@ pub fn restore(
         }
     }
 
+    // The shell's PIT may still be being created beside the rest of its setup (vm.rs): it
+    // must exist before its state is put back.
+    vm.finish_setup().map_err(|e| SnapshotError::Device {
+        what: "PIT".into(),
+        reason: e.to_string(),
+    })?;
     kvm_state::restore_vm(vm.fd(), &state.vm)?;
     let mut vcpus: Vec<Vcpu> = vcpus.into_iter().take(count).collect();
     for (vcpu, saved) in vcpus.iter_mut().zip(&state.vcpus) {
