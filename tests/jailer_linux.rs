@@ -49,6 +49,14 @@ i=0
 while [ ! -s $jail/wisp.pid ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
 pid=$(cat $jail/wisp.pid)
 echo "WISP-JAIL pid=$pid"
+# Each thread installs its filter before it handles guest or client input, i.e. a moment after
+# the process appears: wait (bounded) until the VMM and vCPU threads are there and filtered.
+i=0
+while [ $i -lt 300 ]; do
+    modes=$(cat /proc/$pid/task/*/status 2>/dev/null | grep '^Seccomp:' | cut -f2 | sort -u | tr '\n' ',')
+    [ "$modes" = "2," ] && [ $(ls /proc/$pid/task | wc -l) -ge 2 ] && break
+    sleep 0.1; i=$((i + 1))
+done
 for f in Uid Gid CapPrm CapEff CapBnd NoNewPrivs; do
     echo "WISP-JAIL $f=$(grep "^$f:" /proc/$pid/status | cut -f2- | tr '\t' ',')"
 done
