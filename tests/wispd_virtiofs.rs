@@ -260,3 +260,33 @@ fn a_jailed_shell_reaches_virtiofsd_through_a_link_in_its_root() {
     assert!(eventually(GUARD, || vfs.exited()), "{}", vfs.log_text());
     assert!(eventually(GUARD, || !jail.exists()), "{jail:?} left behind");
 }
+
+/// Not wispd: `wisp-jailer` with `wisp run --fs`, the socket given with `--bind`, as
+/// docs/jailer.md ("virtio-fs shares") shows.
+#[test]
+fn wisp_jailer_gives_a_jailed_wisp_run_its_share_through_a_bind() {
+    let dir = scratch_dir("vfs-jailer");
+    let mut vfs = Virtiofsd::start(&dir);
+    std::os::unix::fs::chown(&vfs.socket, None, Some(GID)).unwrap();
+    std::fs::set_permissions(&vfs.socket, std::fs::Permissions::from_mode(0o770)).unwrap();
+    let base = dir.join("jails");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wisp-jailer"));
+    cmd.args(["--id", "vfs1", "--exec-file", env!("CARGO_BIN_EXE_wisp")])
+        .args(["--uid", &UID.to_string(), "--gid", &GID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(&base)
+        .args(["--bind", "/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro"])
+        .args(["--bind", "/lib64:/lib64:ro"])
+        .args(["--bind", &format!("{}:/kernel:ro", unikernel().display())])
+        .args(["--bind", &format!("{}:/fs.sock", vfs.socket.display())])
+        .args(["--", "run", "--kernel", "/kernel", "--cmdline", ""])
+        .args(["--fs", "tag=share0,socket=/fs.sock"]);
+    let out = wisp_test_support::run_with_deadline(cmd, b"", GUARD);
+    out.assert_success();
+    assert!(out.stdout.contains("hello from wisp unikernel"), "{out:#?}");
+    assert!(vfs.log_text().contains(CONNECTED), "{}", vfs.log_text());
+    assert!(eventually(GUARD, || vfs.exited()), "{}", vfs.log_text());
+    assert!(vfs.log_text().contains(DISCONNECTED), "{}", vfs.log_text());
+    assert!(!base.join("wisp/vfs1").exists(), "the jail is left");
+    let _ = std::fs::remove_dir_all(&dir);
+}
