@@ -519,3 +519,43 @@ fn console_tail(file: &File, max: u64) -> std::io::Result<String> {
     buf.truncate(got);
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_fit_only_shared_shells_and_shared_shells_fit_anything() {
+        let shape = |mem_shared| ShellShape {
+            mem_mib: 128,
+            vcpus: 2,
+            mem_shared,
+        };
+        assert!(shape(false).fits(128, 2, false));
+        assert!(!shape(false).fits(64, 1, true));
+        assert!(shape(true).fits(64, 1, true));
+        assert!(shape(true).fits(64, 1, false));
+        assert!(!shape(true).fits(256, 1, true));
+        assert!(!shape(true).fits(64, 3, false));
+    }
+
+    #[test]
+    fn a_shared_shell_is_started_with_mem_shared() {
+        let plan = ShellPlan {
+            wisp: "/bin/wisp".into(),
+            run_dir: "/run/w".into(),
+            jail: None,
+            wispd_pid: 7,
+            no_seccomp: false,
+        };
+        for mem_shared in [false, true] {
+            let shape = ShellShape {
+                mem_mib: 64,
+                vcpus: 1,
+                mem_shared,
+            };
+            let (_, args) = plan.command(1, shape);
+            assert_eq!(args.iter().any(|a| a == "--mem-shared"), mem_shared);
+        }
+    }
+}
