@@ -7,6 +7,9 @@
 //! share. L2 mounts the share, reads the file L1 wrote, writes one L1 then reads, and reboots;
 //! the VM ends, the vhost-user session with it, and virtiofsd exits.
 
+// The shared wispd helpers unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod testhost;
 mod wispd_common;
 
@@ -150,6 +153,7 @@ fn a_prepared_shared_shell_runs_linux_on_a_virtiofs_share() -> Result<(), TestHo
     if create.exit_code != Some(0) || create.stdout.contains("cold start") {
         return Err(check_failed(create, "the create failed or was not warm"));
     }
+    eprintln!("wisp ctl create in L1: {}", create.stdout.trim());
     let session = host().run("wispd-session")?;
     if session.timed_out() {
         return Err(check_failed(session, "virtiofsd did not end with the VM"));
