@@ -210,11 +210,23 @@ fn a_share_whose_backend_is_gone_fails_the_create_clearly_and_wispd_goes_on() {
 
 #[test]
 fn a_jailed_shell_reaches_virtiofsd_through_a_link_in_its_root() {
-    let dir = scratch_dir("vfs-jail");
+    jailed_share("vfs-jail", true);
+}
+
+#[test]
+fn a_jailed_cold_shell_prepared_for_a_share_reaches_virtiofsd_too() {
+    jailed_share("vfs-jail-cold", false);
+}
+
+/// A share created on a jailed wispd, its pool shared (`pooled`) or anonymous (a cold start).
+fn jailed_share(name: &str, pooled: bool) {
+    let dir = scratch_dir(name);
     let socket = dir.join("wispd.sock");
     let base = dir.join("jails");
     let mut cmd = jailed_wispd_command(&socket, 1, 64, (UID, GID), &base);
-    cmd.arg("--shell-mem-shared");
+    if pooled {
+        cmd.arg("--shell-mem-shared");
+    }
     let w = Wispd {
         child: cmd.spawn().unwrap(),
         socket,
@@ -236,7 +248,7 @@ fn a_jailed_shell_reaches_virtiofsd_through_a_link_in_its_root() {
         "create failed: {out} {err}\nvirtiofsd: {}",
         vfs.log_text()
     );
-    assert!(!out.contains("cold start"), "{out}");
+    assert_eq!(out.contains("cold start"), !pooled, "{out}");
     let api = api_socket_of(&out);
     let root = api.parent().unwrap().to_path_buf();
     assert!(root.starts_with(&base), "{api:?}");
