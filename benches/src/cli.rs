@@ -45,6 +45,10 @@ pub struct Cli {
     /// filters, and Wisp with neither (`--no-seccomp`), interleaved with the rest.
     #[arg(long)]
     pub jail: bool,
+    /// Warm: also run `wispd --shell-mem-shared` (memfd-backed shells, as virtio-fs needs),
+    /// interleaved with the default pool.
+    #[arg(long)]
+    pub mem_shared: bool,
     /// Seconds a single VMM run may take before it is killed and counted as failed.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,

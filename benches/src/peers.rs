@@ -288,6 +288,7 @@ mod tests {
             timeout: std::time::Duration::from_secs(1),
             started_utc: String::new(),
             jail: false,
+            mem_shared: false,
         };
         let fc = Peer::Firecracker("/fc/firecracker".into(), "/out/fc.json".into());
         assert_eq!(

@@ -50,6 +50,8 @@ pub struct Setup {
     pub started_utc: String,
     /// `--jail`: cold and warm add Wisp jailed + filtered and Wisp with neither.
     pub jail: bool,
+    /// `--mem-shared`: warm adds `wispd --shell-mem-shared`.
+    pub mem_shared: bool,
 }
 
 impl Setup {
@@ -98,6 +100,7 @@ impl Setup {
             timeout: Duration::from_secs(cli.timeout.max(1)),
             started_utc: iso_utc(now),
             jail: cli.jail,
+            mem_shared: cli.mem_shared,
         })
     }
 

@@ -9,6 +9,7 @@
 use crate::clients::Client;
 use crate::helper::Helper;
 use crate::pool::{Shell, Spawning};
+use crate::shell_process::ShellShape;
 use crate::vms::VmRecord;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -34,6 +35,19 @@ pub struct Settings {
     pub pool: usize,
     pub shell_mem: u32,
     pub shell_vcpus: u8,
+    /// Every pooled shell's guest RAM is a memfd (`--shell-mem-shared`).
+    pub shell_mem_shared: bool,
+}
+
+impl Settings {
+    /// What the pool's shells are prepared as.
+    pub fn pool_shape(&self) -> ShellShape {
+        ShellShape {
+            mem_mib: self.shell_mem,
+            vcpus: self.shell_vcpus,
+            mem_shared: self.shell_mem_shared,
+        }
+    }
 }
 
 /// What an epoll event is about. Ids are never reused, so an event for a connection or a shell

@@ -5,7 +5,9 @@
 //! SOCK_SEQPACKET socket pair (a spawn carries the shell's page and doorbells as descriptors);
 //! the loop watches the socket for the spawner's replies.
 
-use crate::shell_process::{ShellError, ShellFiles, ShellParts, ShellPlan, ShellProcess};
+use crate::shell_process::{
+    ShellError, ShellFiles, ShellParts, ShellPlan, ShellProcess, ShellShape,
+};
 use crate::spawner::{self, JOB_REMOVE, JOB_SPAWN, REPLY_HEAD, REPLY_MAX};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -21,8 +23,7 @@ pub struct Spawned {
 /// A shell asked of the spawner, not started yet.
 struct Pending {
     parts: ShellParts,
-    mem_mib: u32,
-    vcpus: u8,
+    shape: ShellShape,
 }
 
 pub struct Helper {
@@ -86,27 +87,27 @@ impl Helper {
     }
 
     /// Asks for a shell for the loop's shell `id`.
-    pub fn spawn(&mut self, id: u64, mem_mib: u32, vcpus: u8) -> Result<(), ShellError> {
+    pub fn spawn(&mut self, id: u64, shape: ShellShape) -> Result<(), ShellError> {
         if self.gone {
             return Err(ShellError::SpawnerGone);
         }
         let parts = ShellParts::new()?;
-        let job = spawner::encode_job(JOB_SPAWN, id, mem_mib, vcpus);
+        let job = spawner::encode_job(JOB_SPAWN, id, shape);
         self.sock
             .send_with_fds(&[&job[..]], &parts.fds())
             .map_err(|e| ShellError::Spawn(format!("cannot reach wispd's spawner: {e}")))?;
-        let pending = Pending {
-            parts,
-            mem_mib,
-            vcpus,
-        };
-        self.pending.insert(id, pending);
+        self.pending.insert(id, Pending { parts, shape });
         Ok(())
     }
 
     /// Removes shell `id`'s files (`files`), soon, on the spawner; here if it is gone.
     pub fn remove(&self, id: u64, files: ShellFiles) {
-        let job = spawner::encode_job(JOB_REMOVE, id, 0, 0);
+        let none = ShellShape {
+            mem_mib: 0,
+            vcpus: 0,
+            mem_shared: false,
+        };
+        let job = spawner::encode_job(JOB_REMOVE, id, none);
         if self.gone || self.sock.send(&job).is_err() {
             files.remove();
         }
@@ -154,7 +155,7 @@ impl Helper {
             };
             let files = self.plan.files(id);
             let adopted = (pid != 0)
-                .then(|| ShellProcess::adopt(p.parts, pid, files, p.mem_mib, p.vcpus))
+                .then(|| ShellProcess::adopt(p.parts, pid, files, p.shape))
                 .transpose();
             let result = match (adopted, error.is_empty()) {
                 (Ok(Some(proc)), true) => Ok(proc),

@@ -2,7 +2,10 @@
 //! shell is started through `wisp-jailer` in a jail of its own, prepared with the shell, and the
 //! files a create request names are placed in that jail before the doorbell rings. Paths under
 //! a `--jail-bind` directory are rewritten to where the bind shows them; any other file is
-//! hard-linked into the shell's root, and the page gets the jail path. Paths the VMM would
+//! hard-linked into the shell's root, and the page gets the jail path. A virtio-fs share's
+//! vhost-user socket is placed the same way: a link to a bound Unix socket's inode reaches the
+//! same listener (virtiofsd), so the jailed shell connects to it as `/fs-<id>.sock`; the socket
+//! must be writable by the jail's uid or gid (`virtiofsd --socket-group`). Paths the VMM would
 //! create on the host (vsock socket, logger, metrics) are refused: inside a jail they would not
 //! be where the client asked.
 
@@ -156,6 +159,10 @@ impl JailSettings {
             let name = format!("drive-{}", sanitize(&drive.drive_id));
             drive.path_on_host = self.place(&drive.path_on_host, root, &name)?;
         }
+        for fs in &mut config.fs {
+            let name = format!("fs-{}.sock", sanitize(&fs.fs_id));
+            fs.socket = self.place(&fs.socket, root, &name)?;
+        }
         Ok(config)
     }
 
@@ -248,6 +255,33 @@ mod tests {
         assert_eq!(leftover_pid("shell-4242"), None);
         assert_eq!(leftover_pid("vm1"), None);
         assert_eq!(leftover_pid("shell-x-1"), None);
+    }
+
+    #[test]
+    fn fs_sockets_are_linked_into_the_root_and_renamed() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = std::env::temp_dir().join(format!("wispd-jail-fs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let root = dir.join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let socket = dir.join("vfs.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let mut config = VmConfig::default();
+        config.fs.push(wisp_api::Fs {
+            fs_id: "root/fs".into(),
+            tag: "t".into(),
+            socket: socket.clone(),
+            num_queues: 1,
+            queue_size: 1024,
+        });
+        let placed = settings(&[]).place_files(&config, &root).unwrap();
+        assert_eq!(placed.fs[0].socket, PathBuf::from("/fs-root_fs.sock"));
+        let link = root.join("fs-root_fs.sock");
+        assert!(std::fs::metadata(&link).unwrap().file_type().is_socket());
+        // A connection through the link reaches the listener bound at the original path.
+        let _client = std::os::unix::net::UnixStream::connect(&link).unwrap();
+        listener.accept().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

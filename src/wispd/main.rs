@@ -52,6 +52,11 @@ struct Args {
     /// vCPUs each prepared shell creates.
     #[arg(long, default_value_t = 1)]
     shell_vcpus: u8,
+    /// Back every prepared shell's guest RAM with a sealed memfd (`wisp shell --mem-shared`),
+    /// so that creates with virtio-fs shares take a prepared shell. Without it such a create
+    /// gets a shell prepared for it (a cold start); other creates are served either way.
+    #[arg(long)]
+    shell_mem_shared: bool,
     /// Where consoles and VM API sockets go (default: a directory beside the socket, 0700).
     #[arg(long)]
     run_dir: Option<PathBuf>,
@@ -249,6 +254,7 @@ fn main() {
         pool: args.pool,
         shell_mem: args.shell_mem,
         shell_vcpus: args.shell_vcpus,
+        shell_mem_shared: args.shell_mem_shared,
     };
     let outcome = Daemon::new(settings, listener, &signals, helper)
         .and_then(|d| match enter_seccomp(args.no_seccomp) {

@@ -7,7 +7,7 @@
 
 use crate::clients::Requester;
 use crate::daemon::{Daemon, Timer, Token};
-use crate::shell_process::ShellProcess;
+use crate::shell_process::{ShellProcess, ShellShape};
 use crate::vms::VmOp;
 use std::time::{Duration, Instant};
 use vmm_sys_util::epoll::EventSet;
@@ -58,8 +58,7 @@ pub(crate) enum Stage {
 
 /// A shell the spawner is starting.
 pub(crate) struct Spawning {
-    mem_mib: u32,
-    vcpus: u8,
+    shape: ShellShape,
     /// The create waiting for it (a cold start), or none (for the pool).
     create: Option<Box<CreateRequest>>,
 }
@@ -155,14 +154,14 @@ impl Daemon {
                 return;
             }
         }
-        let (mem, vcpus) = (self.settings.shell_mem, self.settings.shell_vcpus);
+        let shape = self.settings.pool_shape();
         let starting = self
             .spawning
             .values()
             .filter(|s| s.create.is_none())
             .count();
         for _ in self.ready.len() + self.preparing.len() + starting..self.settings.pool {
-            if !self.spawn_shell(mem, vcpus, None) {
+            if !self.spawn_shell(shape, None) {
                 return;
             }
         }
@@ -187,9 +186,9 @@ impl Daemon {
     }
 
     /// Has the spawner start a shell, for the pool or for `create`; false if it cannot.
-    fn spawn_shell(&mut self, mem_mib: u32, vcpus: u8, create: Option<Box<CreateRequest>>) -> bool {
+    fn spawn_shell(&mut self, shape: ShellShape, create: Option<Box<CreateRequest>>) -> bool {
         let id = self.new_id();
-        if let Err(e) = self.helper.spawn(id, mem_mib, vcpus) {
+        if let Err(e) = self.helper.spawn(id, shape) {
             log::error!("wispd: cannot start a shell: {e}");
             self.back_off();
             if let Some(req) = create {
@@ -197,12 +196,7 @@ impl Daemon {
             }
             return false;
         }
-        let spawning = Spawning {
-            mem_mib,
-            vcpus,
-            create,
-        };
-        self.spawning.insert(id, spawning);
+        self.spawning.insert(id, Spawning { shape, create });
         true
     }
 
@@ -232,7 +226,12 @@ impl Daemon {
             let why = format!("cannot be watched: {e}");
             return self.prepare_failed(Some(proc.pid()), create, &why);
         }
-        log::debug!("wispd: started shell {} ({} MiB)", proc.pid(), proc.mem_mib);
+        let kind = if proc.mem_shared { ", shared" } else { "" };
+        log::debug!(
+            "wispd: started shell {} ({} MiB{kind})",
+            proc.pid(),
+            proc.mem_mib
+        );
         self.shells.insert(
             id,
             Shell {
@@ -383,7 +382,9 @@ impl Daemon {
 
     /// A create request: a prepared shell that fits, else one being prepared or started that
     /// fits, else a new one of the requested size (all but the first are cold starts, and say
-    /// so).
+    /// so). A VM with a virtio-fs share (or `mem_shared`) fits only a shell whose guest RAM is
+    /// a memfd: the pool's shells are when wispd runs with `--shell-mem-shared`; otherwise such
+    /// a create is served by a shell prepared for it, with shared memory (a cold start).
     pub(crate) fn create(
         &mut self,
         from: Requester,
@@ -398,9 +399,8 @@ impl Daemon {
             return self.reply(from, error(e));
         }
         let mc = &config.machine_config;
-        let (mem, vcpus) = (mc.mem_size_mib, mc.vcpu_count);
-        let fits =
-            |s: Option<&Shell>| s.is_some_and(|s| mem <= s.proc.mem_mib && vcpus <= s.proc.vcpus);
+        let (mem, vcpus, shared) = (mc.mem_size_mib, mc.vcpu_count, config.needs_shared_memory());
+        let fits = |s: Option<&Shell>| s.is_some_and(|s| s.proc.shape().fits(mem, vcpus, shared));
         let mut req = CreateRequest {
             from,
             config,
@@ -419,7 +419,7 @@ impl Daemon {
         let starting = self
             .spawning
             .values_mut()
-            .find(|s| s.create.is_none() && mem <= s.mem_mib && vcpus <= s.vcpus);
+            .find(|s| s.create.is_none() && s.shape.fits(mem, vcpus, shared));
         if let Some(spawning) = starting {
             spawning.create = Some(Box::new(req));
             return;
@@ -430,7 +430,12 @@ impl Daemon {
         if let Err(e) = checked {
             return self.reply(req.from, error(e));
         }
-        self.spawn_shell(mem, vcpus.max(1), Some(Box::new(req)));
+        let shape = ShellShape {
+            mem_mib: mem,
+            vcpus: vcpus.max(1),
+            mem_shared: shared,
+        };
+        self.spawn_shell(shape, Some(Box::new(req)));
     }
 
     /// Hands `req` to shell `id`, still preparing: the create starts once it is prepared.

@@ -54,6 +54,24 @@ pub struct ShellPlan {
     pub no_seccomp: bool,
 }
 
+/// What a shell is prepared as: its size, and whether guest RAM is a sealed memfd that a
+/// vhost-user backend (virtiofsd) can map (`wisp shell --mem-shared`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShellShape {
+    pub mem_mib: u32,
+    pub vcpus: u8,
+    pub mem_shared: bool,
+}
+
+impl ShellShape {
+    /// Whether a VM of `mem_mib` and `vcpus`, needing shared memory or not, fits this shell. A
+    /// shared-memory shell serves any VM (memfd memory is ordinary RAM to a guest); an
+    /// anonymous one only VMs without vhost-user devices or `mem_shared`.
+    pub fn fits(&self, mem_mib: u32, vcpus: u8, needs_shared: bool) -> bool {
+        mem_mib <= self.mem_mib && vcpus <= self.vcpus && (self.mem_shared || !needs_shared)
+    }
+}
+
 /// Where one shell's files are, on the host.
 #[derive(Clone, Debug)]
 pub struct ShellFiles {
@@ -145,7 +163,7 @@ impl ShellPlan {
     }
 
     /// The arguments of shell `id`'s program (`program()` is argv[0]).
-    pub fn command(&self, id: u64, mem_mib: u32, vcpus: u8) -> (PathBuf, Vec<OsString>) {
+    pub fn command(&self, id: u64, shape: ShellShape) -> (PathBuf, Vec<OsString>) {
         let files = self.files(id);
         let (console, api): (OsString, OsString) = match &self.jail {
             Some(_) => ("/console".into(), "/api.sock".into()),
@@ -161,11 +179,14 @@ impl ShellPlan {
         }
         for a in [
             "--mem".to_string(),
-            mem_mib.to_string(),
+            shape.mem_mib.to_string(),
             "--vcpus".to_string(),
-            vcpus.to_string(),
+            shape.vcpus.to_string(),
         ] {
             shell.push(a.into());
+        }
+        if shape.mem_shared {
+            shell.push("--mem-shared".into());
         }
         shell.extend(["--console".into(), console, "--api-sock".into(), api]);
         let args = match &self.jail {
@@ -243,6 +264,8 @@ pub struct ShellProcess {
     ack: EventFd,
     pub mem_mib: u32,
     pub vcpus: u8,
+    /// Guest RAM is a memfd: VMs with virtio-fs shares fit (see `ShellShape::fits`).
+    pub mem_shared: bool,
     pub files: ShellFiles,
     /// The console, opened read-only once it exists: read through this descriptor, the text
     /// outlives the file (a jailer removes its jail, console included, as the shell ends).
@@ -261,8 +284,7 @@ impl ShellProcess {
         parts: ShellParts,
         pid: u32,
         files: ShellFiles,
-        mem_mib: u32,
-        vcpus: u8,
+        shape: ShellShape,
     ) -> Result<ShellProcess, ShellError> {
         let pidfd = match pidfd_open(pid) {
             Ok(fd) => fd,
@@ -287,8 +309,9 @@ impl ShellProcess {
             page: parts.page,
             doorbell: parts.doorbell,
             ack: parts.ack,
-            mem_mib,
-            vcpus,
+            mem_mib: shape.mem_mib,
+            vcpus: shape.vcpus,
+            mem_shared: shape.mem_shared,
             files,
             console: None,
             jailed,
@@ -338,6 +361,14 @@ impl ShellProcess {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    pub fn shape(&self) -> ShellShape {
+        ShellShape {
+            mem_mib: self.mem_mib,
+            vcpus: self.vcpus,
+            mem_shared: self.mem_shared,
+        }
     }
 
     /// Readable when the shell rang: state changed, a command was acknowledged, or a
@@ -487,4 +518,44 @@ fn console_tail(file: &File, max: u64) -> std::io::Result<String> {
     }
     buf.truncate(got);
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_fit_only_shared_shells_and_shared_shells_fit_anything() {
+        let shape = |mem_shared| ShellShape {
+            mem_mib: 128,
+            vcpus: 2,
+            mem_shared,
+        };
+        assert!(shape(false).fits(128, 2, false));
+        assert!(!shape(false).fits(64, 1, true));
+        assert!(shape(true).fits(64, 1, true));
+        assert!(shape(true).fits(64, 1, false));
+        assert!(!shape(true).fits(256, 1, true));
+        assert!(!shape(true).fits(64, 3, false));
+    }
+
+    #[test]
+    fn a_shared_shell_is_started_with_mem_shared() {
+        let plan = ShellPlan {
+            wisp: "/bin/wisp".into(),
+            run_dir: "/run/w".into(),
+            jail: None,
+            wispd_pid: 7,
+            no_seccomp: false,
+        };
+        for mem_shared in [false, true] {
+            let shape = ShellShape {
+                mem_mib: 64,
+                vcpus: 1,
+                mem_shared,
+            };
+            let (_, args) = plan.command(1, shape);
+            assert_eq!(args.iter().any(|a| a == "--mem-shared"), mem_shared);
+        }
+    }
 }

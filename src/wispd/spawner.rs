@@ -4,14 +4,14 @@
 //! spawner stays unfiltered and wispd, which reads client input, is filtered.
 //!
 //! It is also the only part of wispd that can execute anything, and it takes typed jobs only
-//! (a shell's id, memory and vCPUs, with its control page and doorbells as descriptors): it
+//! (a shell's id, memory, vCPUs and memory kind, with its control page and doorbells as descriptors): it
 //! builds every argument itself from the settings it was forked with, so a wispd driven off the
 //! rails by a client could only start more shells, never run another program.
 //!
 //! Shells are cloned with `CLONE_PARENT`: they are wispd's children, not the spawner's, so wispd
 //! holds their pidfds, reaps them, and is the parent their `PR_SET_PDEATHSIG` watches.
 
-use crate::shell_process::{ShellPlan, SHELL_FDS};
+use crate::shell_process::{ShellPlan, ShellShape, SHELL_FDS};
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
@@ -19,34 +19,39 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixDatagram;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-/// One job: kind, vCPUs, padding, MiB, shell id (little-endian).
+/// One job: kind, vCPUs, flags, padding, MiB, shell id (little-endian).
 pub const JOB_LEN: usize = 16;
 pub const JOB_SPAWN: u8 = 1;
 pub const JOB_REMOVE: u8 = 2;
+/// Flag: the shell's guest RAM is a memfd (`wisp shell --mem-shared`).
+const FLAG_MEM_SHARED: u8 = 1;
 /// A reply: shell id, pid (0: none), then the error text (empty: started).
 pub const REPLY_HEAD: usize = 12;
 pub const REPLY_MAX: usize = 1024;
 
-pub fn encode_job(kind: u8, id: u64, mem_mib: u32, vcpus: u8) -> [u8; JOB_LEN] {
+pub fn encode_job(kind: u8, id: u64, shape: ShellShape) -> [u8; JOB_LEN] {
     let mut job = [0u8; JOB_LEN];
     job[0] = kind;
-    job[1] = vcpus;
-    job[4..8].copy_from_slice(&mem_mib.to_le_bytes());
+    job[1] = shape.vcpus;
+    if shape.mem_shared {
+        job[2] |= FLAG_MEM_SHARED;
+    }
+    job[4..8].copy_from_slice(&shape.mem_mib.to_le_bytes());
     job[8..16].copy_from_slice(&id.to_le_bytes());
     job
 }
 
-fn decode_job(job: &[u8; JOB_LEN]) -> (u8, u64, u32, u8) {
+fn decode_job(job: &[u8; JOB_LEN]) -> (u8, u64, ShellShape) {
     let mut mem = [0u8; 4];
     mem.copy_from_slice(&job[4..8]);
     let mut id = [0u8; 8];
     id.copy_from_slice(&job[8..16]);
-    (
-        job[0],
-        u64::from_le_bytes(id),
-        u32::from_le_bytes(mem),
-        job[1],
-    )
+    let shape = ShellShape {
+        mem_mib: u32::from_le_bytes(mem),
+        vcpus: job[1],
+        mem_shared: job[2] & FLAG_MEM_SHARED != 0,
+    };
+    (job[0], u64::from_le_bytes(id), shape)
 }
 
 /// The spawner's half, in wispd's child: serves jobs until wispd closes its end, then exits.
@@ -107,10 +112,10 @@ pub fn serve(sock: UnixDatagram, plan: ShellPlan, wispd: libc::pid_t) -> ! {
         if n != JOB_LEN {
             continue;
         }
-        let (kind, id, mem_mib, vcpus) = decode_job(&job);
+        let (kind, id, shape) = decode_job(&job);
         match kind {
             JOB_SPAWN => {
-                let (pid, err) = match spawn(&plan, id, mem_mib, vcpus, &owned, &devnull, wispd) {
+                let (pid, err) = match spawn(&plan, id, shape, &owned, &devnull, wispd) {
                     Ok(pid) => (pid, String::new()),
                     Err((pid, e)) => (pid, e),
                 };
@@ -139,8 +144,7 @@ fn cstring(s: impl AsRef<std::ffi::OsStr>) -> Result<CString, String> {
 fn spawn(
     plan: &ShellPlan,
     id: u64,
-    mem_mib: u32,
-    vcpus: u8,
+    shape: ShellShape,
     fds: &[OwnedFd],
     devnull: &OwnedFd,
     wispd: libc::pid_t,
@@ -150,7 +154,7 @@ fn spawn(
     }
     let files = plan.files(id);
     files.create_console().map_err(|e| (0, e))?;
-    let (program, args) = plan.command(id, mem_mib, vcpus);
+    let (program, args) = plan.command(id, shape);
     let program = cstring(&program).map_err(|e| (0, e))?;
     let mut argv = vec![program.clone()];
     for a in &args {
@@ -309,7 +313,14 @@ mod tests {
 
     #[test]
     fn jobs_round_trip() {
-        let job = encode_job(JOB_SPAWN, 1 << 40 | 7, 512, 3);
-        assert_eq!(decode_job(&job), (JOB_SPAWN, 1 << 40 | 7, 512, 3));
+        for mem_shared in [false, true] {
+            let shape = ShellShape {
+                mem_mib: 512,
+                vcpus: 3,
+                mem_shared,
+            };
+            let job = encode_job(JOB_SPAWN, 1 << 40 | 7, shape);
+            assert_eq!(decode_job(&job), (JOB_SPAWN, 1 << 40 | 7, shape));
+        }
     }
 }

@@ -218,3 +218,96 @@ pub fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// `wispd --jail` on `socket`, the shells running as `uid`:`gid` in jails under `base`, with
+/// the host's libc directories bound read-only (the `wisp` under test is dynamically linked).
+pub fn jailed_wispd_command(
+    socket: &Path,
+    pool: usize,
+    shell_mem: u32,
+    (uid, gid): (u32, u32),
+    base: &Path,
+) -> Command {
+    let mut cmd = wispd_command(socket, pool, shell_mem);
+    cmd.arg("--jail")
+        .arg("--jailer")
+        .arg(env!("CARGO_BIN_EXE_wisp-jailer"))
+        .args(["--jail-uid", &uid.to_string()])
+        .args(["--jail-gid", &gid.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(base)
+        .args([
+            "--jail-bind",
+            "/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro",
+        ])
+        .args(["--jail-bind", "/lib64:/lib64:ro"]);
+    cmd
+}
+
+/// The virtiofsd scripts/install-deps.sh installs (or one on PATH).
+pub fn virtiofsd_binary() -> PathBuf {
+    let home = std::env::var_os("HOME").unwrap_or_default();
+    let cached = Path::new(&home).join(".cache/wisp/virtiofsd/bin/virtiofsd");
+    if cached.is_file() {
+        return cached;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("virtiofsd"))
+                .find(|p| p.is_file())
+        })
+        .expect("virtiofsd not found: run scripts/install-deps.sh")
+}
+
+/// A real virtiofsd serving `<dir>/share` on `<dir>/vfs.sock` in the test form (no sandbox),
+/// its log (debug level) in `<dir>/virtiofsd.log`; killed on drop.
+pub struct Virtiofsd {
+    pub child: Child,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Virtiofsd {
+    pub fn start(dir: &Path) -> Virtiofsd {
+        let share = dir.join("share");
+        std::fs::create_dir_all(&share).unwrap();
+        let socket = dir.join("vfs.sock");
+        let log = dir.join("virtiofsd.log");
+        let child = Command::new(virtiofsd_binary())
+            .arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&share)
+            .args(["--cache", "auto", "--sandbox", "none"])
+            .args(["--log-level", "debug"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let v = Virtiofsd { child, socket, log };
+        assert!(
+            eventually(Duration::from_secs(20), || v.socket.exists()),
+            "virtiofsd made no socket: {}",
+            v.log_text()
+        );
+        v
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Whether it has exited (it does when its one vhost-user session ends).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+}
+
+impl Drop for Virtiofsd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -3,7 +3,8 @@
 //! which prints the VM id and its times (request → first guest instruction, doorbell → first
 //! instruction, request → boot timer with `--wait-boot`). Records those and the client's whole
 //! round trip (process start → exit of `wisp ctl`). With `--jail`, two more daemons run beside it,
-//! `wispd --no-seccomp` and `wispd --jail` (cold_jail.rs), their creates interleaved.
+//! `wispd --no-seccomp` and `wispd --jail` (cold_jail.rs), their creates interleaved; with
+//! `--mem-shared`, `wispd --shell-mem-shared` (guest RAM in memfds, as virtio-fs shares need).
 
 use super::{cold_jail, metric, micros, run_failed};
 use crate::launch::{Input, Launched};
@@ -43,6 +44,15 @@ pub fn run(setup: &Setup) -> SuiteOutcome {
     // The daemons compared: wispd as it is, and with --jail its isolation on and off.
     let mut variants: Vec<(&str, Vec<String>)> = vec![("wisp", Vec::new())];
     let mut notes = Vec::new();
+    if setup.mem_shared {
+        variants.push(("wisp-mem-shared", vec!["--shell-mem-shared".to_string()]));
+        notes.push(
+            "--mem-shared: wisp-mem-shared is `wispd --shell-mem-shared` (every prepared shell's \
+             guest RAM a sealed memfd, as virtio-fs needs), the same VM config (no share); \
+             creates interleaved with wisp's"
+                .to_string(),
+        );
+    }
     if setup.jail {
         match cold_jail::jailer(setup) {
             Some(jailer) => {
