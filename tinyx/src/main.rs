@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec};
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
 use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments};
 use wisp_tinyx::minimize::{minimize, MinimizeRequest, Strategy};
@@ -24,6 +25,12 @@ const USAGE: &str = "usage:
                  [--initramfs FILE] [--only OPT,OPT...] [--one-by-one] [--out FILE]
       turn options of FILE off while CMD still succeeds; CMD gets TINYX_KERNEL,
       TINYX_BZIMAGE, TINYX_CONFIG and TINYX_INITRAMFS
+  tinyx image --deb PKG [--deb PKG]... [--run CMD] [--port N] [--rootfs] [--out DIR]
+      an application image from Debian packages: their dependency closure (apt), unpacked and
+      configured (maintainer scripts in a chroot: needs root), trimmed, with an /init that
+      configures the network from ip= and runs CMD (default: the first package's name) in the
+      foreground; the build runs CMD once in a private namespace and fails if it exits at once
+      (or never listens on N). Prints the packages and the sizes; --out copies the image there
 cache: $WISP_CACHE/tinyx (default ~/.cache/wisp/tinyx)";
 
 /// Errors of the command line itself.
@@ -41,6 +48,8 @@ enum CliError {
     Minimize(#[from] wisp_tinyx::minimize::MinimizeError),
     #[error(transparent)]
     Qemu(#[from] wisp_tinyx::qemu::QemuError),
+    #[error(transparent)]
+    Image(#[from] wisp_tinyx::app_image::ImageError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -258,6 +267,69 @@ fn cmd_minimize(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
+fn image_spec(args: &Args) -> Result<ImageSpec, CliError> {
+    let port = match args.one("--port") {
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| CliError::Usage(format!("--port wants a TCP port, got {p:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(ImageSpec {
+        packages: args.all("--deb"),
+        run: args.one("--run"),
+        port,
+        rootfs: args.flag("--rootfs"),
+    })
+}
+
+fn print_image(r: &ImageReport) {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    println!("packages ({}): {}", r.packages.len(), r.packages.join(" "));
+    println!("command {}", r.command);
+    println!(
+        "size: Debian installed {} ({} B), unpacked {} ({} B), trimmed {} ({} B), \
+         initramfs.cpio.gz {} ({} B)",
+        mib(r.installed_bytes),
+        r.installed_bytes,
+        mib(r.unpacked_bytes),
+        r.unpacked_bytes,
+        mib(r.trimmed_bytes),
+        r.trimmed_bytes,
+        mib(r.initramfs_bytes),
+        r.initramfs_bytes
+    );
+}
+
+/// Copies an image entry's artifacts into `out` (a directory).
+fn copy_out(r: &ImageReport, out: &std::path::Path) -> Result<(), CliError> {
+    let copy_err = |path: PathBuf| move |source| CliError::Copy { path, source };
+    std::fs::create_dir_all(out).map_err(copy_err(out.to_path_buf()))?;
+    for name in ["initramfs.cpio.gz", "rootfs.ext4", "report.txt"] {
+        let from = r.entry.join(name);
+        if from.is_file() {
+            let to = out.join(name);
+            std::fs::copy(&from, &to).map_err(copy_err(to.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+fn cmd_image(args: &Args) -> Result<(), CliError> {
+    let r = build_image(&image_spec(args)?)?;
+    print_image(&r);
+    println!("entry {}", r.entry.display());
+    println!("initramfs {}", r.initramfs().display());
+    if r.rootfs_image().is_file() {
+        println!("rootfs {}", r.rootfs_image().display());
+    }
+    if let Some(out) = args.one("--out") {
+        copy_out(&r, std::path::Path::new(&out))?;
+        println!("copied to {out}");
+    }
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<bool, CliError> {
     let (cmd, rest) = argv
         .split_first()
@@ -295,6 +367,12 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
                 "--only",
                 "--out",
             ],
+        )?)
+        .map(|_| true),
+        "image" => cmd_image(&Args::parse(
+            rest,
+            &["--rootfs"],
+            &["--deb", "--run", "--port", "--out"],
         )?)
         .map(|_| true),
         "-h" | "--help" | "help" => {
