@@ -3,7 +3,8 @@
 # QEMU (TCG boot oracle for Tinyx, the real-KVM test host, the peer VMM in benchmarks),
 # busybox-static and cpio (initramfs), the kernel source and its build tools (Tinyx),
 # curl (REST API tests), iproute2 (network namespaces and taps), kmod/xz/zstd (test host),
-# e2fsprogs (ext4 images for the Linux virtio-blk tests).
+# e2fsprogs (ext4 images for the Linux virtio-blk tests), redis-tools and strace (Tinyx
+# application images).
 #
 # QEMU comes from bookworm-backports (10.x): Debian 12's own QEMU 7.2 leaves an L1 CPU of the
 # nested-SVM test host stuck in L2 in about one boot of three; 10.x does not. The suite is
@@ -11,6 +12,9 @@
 set -euo pipefail
 packages=(busybox-static cpio linux-source-6.12 build-essential flex bison bc
           libelf-dev libssl-dev curl iproute2 kmod xz-utils zstd e2fsprogs)
+# Tinyx application images (tests/linux_tinyx_app.rs): redis-cli talks to the redis guest,
+# strace records the files a trial run opens (tinyx minimize-image).
+packages+=(redis-tools strace)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 apt_update() { [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }; }

@@ -35,7 +35,7 @@ const APPLETS: &[&str] = &[
 ];
 
 /// Bump when the build recipe changes in a way the hashed inputs do not show.
-const RECIPE: &str = "app-image-3";
+const RECIPE: &str = "app-image-4";
 
 /// How long the build's smoke run watches the application for an early exit.
 const SMOKE_SECONDS: u32 = 3;
@@ -114,7 +114,7 @@ pub struct ImageReport {
     pub installed_bytes: u64,
     /// Bytes of regular files after unpacking and configuring.
     pub unpacked_bytes: u64,
-    /// Bytes of regular files after trimming.
+    /// Bytes of regular files after trimming (before busybox and `/init` are added).
     pub trimmed_bytes: u64,
     /// The compressed initramfs, bytes.
     pub initramfs_bytes: u64,
@@ -353,8 +353,8 @@ fn assemble(
         path: root.clone(),
         source,
     })?;
-    install_init(&root, command, busybox)?;
     let trimmed_bytes = tree_bytes(&root);
+    install_init(&root, command, busybox)?;
 
     let program = program_of(command);
     if !find_program(&root, &program) {

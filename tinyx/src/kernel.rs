@@ -24,6 +24,9 @@ pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
+/// The server fragment (IPv6, found by trial runs of nginx and redis): for application images.
+pub const SERVER_FRAGMENT: &str = include_str!("../configs/server.config");
+
 /// Errors building a kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -123,6 +126,17 @@ pub fn keyboard_fragments() -> Vec<FragmentSource> {
     fragments.push(FragmentSource {
         name: "keyboard.config".into(),
         text: KEYBOARD_FRAGMENT.into(),
+    });
+    fragments
+}
+
+/// The default fragments plus server.config: the kernel for application images
+/// (`tinyx image`), e.g. nginx, whose Debian configuration listens on IPv6 too.
+pub fn server_fragments() -> Vec<FragmentSource> {
+    let mut fragments = default_fragments();
+    fragments.push(FragmentSource {
+        name: "server.config".into(),
+        text: SERVER_FRAGMENT.into(),
     });
     fragments
 }
