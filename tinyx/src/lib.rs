@@ -17,6 +17,7 @@ pub mod cpio;
 pub mod debian;
 pub mod elf;
 pub mod fragment;
+pub mod image_min;
 pub mod initramfs;
 pub mod kernel;
 pub mod minimize;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec};
+use wisp_tinyx::image_min::minimize_image;
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
 use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments};
 use wisp_tinyx::minimize::{minimize, MinimizeRequest, Strategy};
@@ -31,6 +32,11 @@ const USAGE: &str = "usage:
       configures the network from ip= and runs CMD (default: the first package's name) in the
       foreground; the build runs CMD once in a private namespace and fails if it exits at once
       (or never listens on N). Prints the packages and the sizes; --out copies the image there
+  tinyx minimize-image --deb PKG... [--run CMD] [--port N] --check CHECK [--out DIR]
+      the image above, trimmed by trial runs: CMD runs from the image tree (chroot, private
+      namespaces) under strace until CHECK (a host shell command; $TINYX_GUEST is the
+      application's address) passes; files it never touched are removed, and the result is
+      kept only if CHECK passes again on the trimmed tree
 cache: $WISP_CACHE/tinyx (default ~/.cache/wisp/tinyx)";
 
 /// Errors of the command line itself.
@@ -48,6 +54,8 @@ enum CliError {
     Minimize(#[from] wisp_tinyx::minimize::MinimizeError),
     #[error(transparent)]
     Qemu(#[from] wisp_tinyx::qemu::QemuError),
+    #[error(transparent)]
+    ImageMin(#[from] wisp_tinyx::image_min::ImageMinError),
     #[error(transparent)]
     Image(#[from] wisp_tinyx::app_image::ImageError),
     #[error("cannot read {path}: {source}")]
@@ -330,6 +338,25 @@ fn cmd_image(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
+fn cmd_minimize_image(args: &Args) -> Result<(), CliError> {
+    let check = args.required("--check")?;
+    let r = minimize_image(&image_spec(args)?, &check)?;
+    println!("untrimmed:");
+    print_image(&r.base);
+    println!(
+        "trimmed by trial runs: {} files removed, {} kept",
+        r.files_removed, r.files_kept
+    );
+    print_image(&r.trimmed);
+    println!("entry {}", r.trimmed.entry.display());
+    println!("initramfs {}", r.trimmed.initramfs().display());
+    if let Some(out) = args.one("--out") {
+        copy_out(&r.trimmed, std::path::Path::new(&out))?;
+        println!("copied to {out}");
+    }
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<bool, CliError> {
     let (cmd, rest) = argv
         .split_first()
@@ -373,6 +400,12 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
             rest,
             &["--rootfs"],
             &["--deb", "--run", "--port", "--out"],
+        )?)
+        .map(|_| true),
+        "minimize-image" => cmd_minimize_image(&Args::parse(
+            rest,
+            &[],
+            &["--deb", "--run", "--port", "--check", "--out"],
         )?)
         .map(|_| true),
         "-h" | "--help" | "help" => {
