@@ -7,16 +7,17 @@ use std::time::Duration;
 use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec};
 use wisp_tinyx::image_min::minimize_image;
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
-use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments};
+use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments, server_fragments};
 use wisp_tinyx::minimize::{minimize, MinimizeRequest, Strategy};
 use wisp_tinyx::qemu::{boot, QemuBoot};
 use wisp_tinyx::{default_guest, GuestError};
 
 const USAGE: &str = "usage:
-  tinyx kernel [--fragment FILE]... [--keyboard] [--out DIR]
+  tinyx kernel [--fragment FILE]... [--keyboard | --server] [--out DIR]
       build (or take from the cache) vmlinux + bzImage; default fragments:
       microvm.config + app.config + acpi.config; --keyboard adds keyboard.config (i8042 keyboard
-      and VT, so the guest acts on the API's SendCtrlAltDel)
+      and VT, so the guest acts on the API's SendCtrlAltDel); --server adds server.config (the
+      kernel for application images: IPv6)
   tinyx initramfs [--app BIN] [--init SCRIPT] [--add SRC:DST]... --out FILE
   tinyx guest
       build (or take from the cache) the default kernel + initramfs; print paths
@@ -124,7 +125,16 @@ fn cmd_kernel(args: &Args) -> Result<(), CliError> {
         .into_iter()
         .map(PathBuf::from)
         .collect();
-    let k = if args.flag("--keyboard") {
+    let k = if args.flag("--server") {
+        if !fragments.is_empty() || args.flag("--keyboard") {
+            return Err(CliError::Usage(
+                "--server extends the default fragments alone; give server.config as a \
+                 --fragment after your own instead"
+                    .into(),
+            ));
+        }
+        build_kernel_from(&server_fragments())?
+    } else if args.flag("--keyboard") {
         if !fragments.is_empty() {
             return Err(CliError::Usage(
                 "--keyboard extends the default fragments; give keyboard.config as a \
@@ -364,7 +374,7 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
     match cmd.as_str() {
         "kernel" => cmd_kernel(&Args::parse(
             rest,
-            &["--keyboard"],
+            &["--keyboard", "--server"],
             &["--fragment", "--out"],
         )?)
         .map(|_| true),
