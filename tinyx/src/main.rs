@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec};
+use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec, APP_START_MARKER};
 use wisp_tinyx::image_min::minimize_image;
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
 use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments, server_fragments};
@@ -22,11 +22,16 @@ const USAGE: &str = "usage:
   tinyx guest
       build (or take from the cache) the default kernel + initramfs; print paths
   tinyx boot --kernel FILE --initramfs FILE [--marker TEXT] [--timeout SECS]
-      boot under QEMU (-M microvm, TCG); exit 0 when the marker is printed
+             [--check CMD --port N]
+      boot under QEMU (-M microvm, TCG); exit 0 when the marker is printed; with --check (an
+      application image): guest 10.0.2.15 (ip=), port N forwarded, exit 0 once CMD passes
+      ($TINYX_GUEST is the forwarded host:port)
   tinyx minimize --fragment FILE [--base FILE]... --boot-check CMD
                  [--initramfs FILE] [--only OPT,OPT...] [--one-by-one] [--out FILE]
+  tinyx minimize --fragment FILE [--base FILE]... --app-check CMD --port N --initramfs IMAGE ...
       turn options of FILE off while CMD still succeeds; CMD gets TINYX_KERNEL,
-      TINYX_BZIMAGE, TINYX_CONFIG and TINYX_INITRAMFS
+      TINYX_BZIMAGE, TINYX_CONFIG and TINYX_INITRAMFS; --app-check makes the oracle a boot of
+      the application image IMAGE whose health check CMD must pass (tinyx boot --check)
   tinyx image --deb PKG [--deb PKG]... [--run CMD] [--port N] [--rootfs] [--out DIR]
       an application image from Debian packages: their dependency closure (apt), unpacked and
       configured (maintainer scripts in a chroot: needs root), trimmed, with an /init that
@@ -212,7 +217,21 @@ fn cmd_boot(args: &Args) -> Result<bool, CliError> {
     let marker = args
         .one("--marker")
         .unwrap_or_else(|| INIT_MARKER.to_string());
+    let check = args.one("--check");
+    let marker = if check.is_some() && args.one("--marker").is_none() {
+        APP_START_MARKER.to_string()
+    } else {
+        marker
+    };
     let mut spec = QemuBoot::new(&kernel, &initramfs, &marker);
+    if let Some(check) = check {
+        let port = args.required("--port")?;
+        spec.guest_port = port
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--port wants a TCP port, got {port:?}")))?;
+        spec.check = Some(check);
+        spec.memory_mib = 512;
+    }
     if let Some(t) = args.one("--timeout") {
         let secs = t
             .parse()
@@ -235,11 +254,27 @@ fn cmd_boot(args: &Args) -> Result<bool, CliError> {
             "did not reset before the deadline"
         }
     );
+    if spec.check.is_some() {
+        println!(
+            "health check {}",
+            ms(outcome.time_to_check).replace("never", "never passed")
+        );
+        if outcome.time_to_check.is_none() && !args.flag("--verbose") {
+            let lines: Vec<&str> = outcome.console.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(20)..].join("\n"));
+        }
+        return Ok(outcome.time_to_check.is_some());
+    }
     if !outcome.reached_marker() && !args.flag("--verbose") {
         let lines: Vec<&str> = outcome.console.lines().collect();
         eprintln!("{}", lines[lines.len().saturating_sub(20)..].join("\n"));
     }
     Ok(outcome.reached_marker())
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn cmd_minimize(args: &Args) -> Result<(), CliError> {
@@ -255,7 +290,28 @@ fn cmd_minimize(args: &Args) -> Result<(), CliError> {
     let req = MinimizeRequest {
         fragment,
         base: args.all("--base").into_iter().map(PathBuf::from).collect(),
-        boot_check: args.required("--boot-check")?,
+        boot_check: match args.one("--app-check") {
+            Some(check) => {
+                let port = args.required("--port")?;
+                if args.one("--initramfs").is_none() {
+                    return Err(CliError::Usage(
+                        "--app-check needs --initramfs (an application image)".into(),
+                    ));
+                }
+                let exe = std::env::current_exe().map_err(|source| CliError::Read {
+                    path: "/proc/self/exe".into(),
+                    source,
+                })?;
+                format!(
+                    "{} boot --kernel \"$TINYX_KERNEL\" --initramfs \"$TINYX_INITRAMFS\" \
+                     --port {} --check {}",
+                    shell_quote(&exe.to_string_lossy()),
+                    shell_quote(&port),
+                    shell_quote(&check)
+                )
+            }
+            None => args.required("--boot-check")?,
+        },
         initramfs,
         candidates: args.one("--only").map(|s| {
             s.split(',')
@@ -391,7 +447,14 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
         "boot" => cmd_boot(&Args::parse(
             rest,
             &["--verbose"],
-            &["--kernel", "--initramfs", "--marker", "--timeout"],
+            &[
+                "--kernel",
+                "--initramfs",
+                "--marker",
+                "--timeout",
+                "--check",
+                "--port",
+            ],
         )?),
         "minimize" => cmd_minimize(&Args::parse(
             rest,
@@ -400,6 +463,8 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
                 "--fragment",
                 "--base",
                 "--boot-check",
+                "--app-check",
+                "--port",
                 "--initramfs",
                 "--only",
                 "--out",
