@@ -22,12 +22,26 @@ use wisp_tinyx::app_image::{build_image, ImageError, ImageReport, ImageSpec};
 /// the application answers, then the checks; prints `key=value` facts and the guest console.
 const APP_SCRIPT: &str = r#"app=$1
 image=$2
+vmm=$3
 guest=10.0.2.15
+cmdline="console=ttyS0 quiet panic=-1 reboot=k pci=off ip=$guest::10.0.2.1:255.255.255.0::eth0:off"
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
+if [ "$vmm" = firecracker ]; then
+    cat > /tmp/fc.json <<FC_EOF
+{"boot-source": {"kernel_image_path": "/guest/vmlinux", "initrd_path": "$image",
+  "boot_args": "$cmdline"},
+ "drives": [],
+ "machine-config": {"vcpu_count": 1, "mem_size_mib": 512},
+ "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0",
+  "guest_mac": "02:00:00:00:00:02"}]}
+FC_EOF
+fi
 start=$(uptime_s)
-wisp run --kernel /guest/vmlinux --initrd "$image" --mem 512 \
-    --cmdline "console=ttyS0 quiet panic=-1 reboot=k pci=off ip=$guest::10.0.2.1:255.255.255.0::eth0:off" \
-    --net tap=tap0,mac=02:00:00:00:00:02 > "/tmp/$app-vm.log" 2>&1 &
+case "$vmm" in
+firecracker) "$FIRECRACKER" --level Error --no-api --config-file /tmp/fc.json ;;
+*) wisp run --kernel /guest/vmlinux --initrd "$image" --mem 512 --vcpus 1 --cmdline "$cmdline" \
+    --net tap=tap0,mac=02:00:00:00:00:02 ;;
+esac > "/tmp/$app-$vmm-vm.log" 2>&1 &
 vm=$!
 ready=
 i=0
@@ -46,28 +60,42 @@ echo "first-answer-s=$(awk "BEGIN { print $end - $start }")"
 case "$app" in
 nginx)
     echo "welcome=$(grep -c 'Welcome to nginx' /tmp/page.html 2>/dev/null)"
-    ok=0
-    n=0
-    while [ "$n" -lt 100 ]; do
-        code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://$guest/)
-        [ "$code" = 200 ] && ok=$((ok + 1))
-        n=$((n + 1))
-    done
-    echo "sequential-200=$ok"
-    echo "after-100=$(curl -s -m 5 http://$guest/ | grep -c 'Welcome to nginx')"
-    echo "missing-404=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://$guest/no-such-page)"
+    if [ "$vmm" = wisp ]; then
+        ok=0
+        n=0
+        while [ "$n" -lt 100 ]; do
+            code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://$guest/)
+            [ "$code" = 200 ] && ok=$((ok + 1))
+            n=$((n + 1))
+        done
+        echo "sequential-200=$ok"
+        echo "after-100=$(curl -s -m 5 http://$guest/ | grep -c 'Welcome to nginx')"
+        echo "missing-404=$(curl -s -m 5 -o /dev/null -w '%{http_code}' http://$guest/no-such-page)"
+    fi
     ;;
 redis)
     echo "ping=$(redis-cli -h $guest PING)"
-    echo "set=$(redis-cli -h $guest SET wisp-key "$3")"
+    echo "set=$(redis-cli -h $guest SET wisp-key "$4")"
     echo "get=$(redis-cli -h $guest GET wisp-key)"
     ;;
 esac
 kill "$vm" 2>/dev/null
 wait "$vm" 2>/dev/null
 echo "--- guest console (tail) ---"
-tail -n 25 "/tmp/$app-vm.log"
+tail -n 25 "/tmp/$app-$vmm-vm.log"
 "#;
+
+/// Firecracker for the comparison: `$FIRECRACKER` (as wisp-bench reads it), else
+/// `$WISP_CACHE/firecracker/bin/firecracker` (default cache ~/.cache/wisp), if it exists.
+fn firecracker() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("FIRECRACKER") {
+        return Some(PathBuf::from(p)).filter(|p| p.is_file());
+    }
+    let cache = std::env::var_os("WISP_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/wisp")))?;
+    Some(cache.join("firecracker/bin/firecracker")).filter(|p| p.is_file())
+}
 
 /// The guard for one application scenario inside L1 (boot, checks, 100 requests); TCG is slow.
 const APP_TIMEOUT_S: u32 = 400;
@@ -126,15 +154,26 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
             check: format!("cannot build the server kernel: {e}"),
             run: String::new(),
         })?;
-    let script = format!(
+    let mut script = format!(
         "cat > /tmp/app.sh <<'APP_EOF'\n{APP_SCRIPT}APP_EOF\n\
          run tap 30 sh -c 'tunctl -t tap0 && ip addr add 10.0.2.1/24 dev tap0 && \
          ip link set tap0 up'\n\
-         run nginx {APP_TIMEOUT_S} sh /tmp/app.sh nginx /guest/nginx.cpio.gz\n\
-         run redis {APP_TIMEOUT_S} sh /tmp/app.sh redis /guest/redis.cpio.gz {marker}\n",
+         run nginx {APP_TIMEOUT_S} sh /tmp/app.sh nginx /guest/nginx.cpio.gz wisp\n\
+         run redis {APP_TIMEOUT_S} sh /tmp/app.sh redis /guest/redis.cpio.gz wisp {marker}\n",
         marker = marker()
     );
-    TestHost::builder()
+    let mut builder = TestHost::builder();
+    if let Some(fc) = firecracker() {
+        script.push_str(&format!(
+            "export FIRECRACKER={fc}\nrun nginx-firecracker {APP_TIMEOUT_S} sh /tmp/app.sh nginx \
+             /guest/nginx.cpio.gz firecracker\n\
+             run nginx-wisp-again {APP_TIMEOUT_S} sh /tmp/app.sh nginx /guest/nginx.cpio.gz \
+             first-answer-only\n",
+            fc = fc.display()
+        ));
+        builder = builder.host_program(fc);
+    }
+    builder
         .kernel_module("tun")
         .file(&kernel.vmlinux, "/guest/vmlinux")
         .file(nginx.initramfs(), "/guest/nginx.cpio.gz")
