@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use testhost::{check_failed, shared_host, value, CommandRun, TestHost, TestHostError};
 use wisp_tinyx::app_image::{build_image, ImageError, ImageReport, ImageSpec};
+use wisp_tinyx::image_min::{minimize_image, ImageMinReport};
 
 /// What L1 runs per application (busybox sh): boot the image under wisp on tap0, wait until
 /// the application answers, then the checks; prints `key=value` facts and the guest console.
@@ -133,19 +134,41 @@ fn redis_spec() -> ImageSpec {
 /// its build sees only its own changes.
 static BUILDS: Mutex<()> = Mutex::new(());
 
-/// The two images, built once per process.
-fn images() -> &'static Result<(ImageReport, ImageReport), String> {
-    static IMAGES: OnceLock<Result<(ImageReport, ImageReport), String>> = OnceLock::new();
+/// The health checks `tinyx minimize-image` trims against (run on the build host).
+const NGINX_CHECK: &str = "curl -sf http://$TINYX_GUEST/ | grep -q 'Welcome to nginx'";
+const REDIS_CHECK: &str = "redis-cli -h $TINYX_GUEST PING | grep -q PONG && \
+     redis-cli -h $TINYX_GUEST SET k v | grep -q OK && redis-cli -h $TINYX_GUEST GET k | grep -qx v";
+
+/// The images: nginx and redis as `tinyx image` builds them, and each trimmed by trial runs.
+struct Images {
+    nginx: ImageReport,
+    redis: ImageReport,
+    nginx_min: ImageMinReport,
+    redis_min: ImageMinReport,
+}
+
+/// The images, built once per process.
+fn images() -> &'static Result<Images, String> {
+    static IMAGES: OnceLock<Result<Images, String>> = OnceLock::new();
     IMAGES.get_or_init(|| {
         let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
         let nginx = build_image(&nginx_spec()).map_err(|e| format!("nginx image: {e}"))?;
         let redis = build_image(&redis_spec()).map_err(|e| format!("redis image: {e}"))?;
-        Ok((nginx, redis))
+        let nginx_min = minimize_image(&nginx_spec(), NGINX_CHECK)
+            .map_err(|e| format!("nginx image trimmed by trial runs: {e}"))?;
+        let redis_min = minimize_image(&redis_spec(), REDIS_CHECK)
+            .map_err(|e| format!("redis image trimmed by trial runs: {e}"))?;
+        Ok(Images {
+            nginx,
+            redis,
+            nginx_min,
+            redis_min,
+        })
     })
 }
 
 fn boot_shared_host() -> Result<TestHost, TestHostError> {
-    let (nginx, redis) = images().as_ref().map_err(|e| TestHostError::Check {
+    let images = images().as_ref().map_err(|e| TestHostError::Check {
         check: e.clone(),
         run: String::new(),
     })?;
@@ -159,7 +182,11 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
          run tap 30 sh -c 'tunctl -t tap0 && ip addr add 10.0.2.1/24 dev tap0 && \
          ip link set tap0 up'\n\
          run nginx {APP_TIMEOUT_S} sh /tmp/app.sh nginx /guest/nginx.cpio.gz wisp\n\
-         run redis {APP_TIMEOUT_S} sh /tmp/app.sh redis /guest/redis.cpio.gz wisp {marker}\n",
+         run redis {APP_TIMEOUT_S} sh /tmp/app.sh redis /guest/redis.cpio.gz wisp {marker}\n\
+         run nginx-min {APP_TIMEOUT_S} sh /tmp/app.sh nginx /guest/nginx-min.cpio.gz \
+         first-answer-only\n\
+         run redis-min {APP_TIMEOUT_S} sh /tmp/app.sh redis /guest/redis-min.cpio.gz wisp \
+         {marker}-min\n",
         marker = marker()
     );
     let mut builder = TestHost::builder();
@@ -176,8 +203,16 @@ fn boot_shared_host() -> Result<TestHost, TestHostError> {
     builder
         .kernel_module("tun")
         .file(&kernel.vmlinux, "/guest/vmlinux")
-        .file(nginx.initramfs(), "/guest/nginx.cpio.gz")
-        .file(redis.initramfs(), "/guest/redis.cpio.gz")
+        .file(images.nginx.initramfs(), "/guest/nginx.cpio.gz")
+        .file(images.redis.initramfs(), "/guest/redis.cpio.gz")
+        .file(
+            images.nginx_min.trimmed.initramfs(),
+            "/guest/nginx-min.cpio.gz",
+        )
+        .file(
+            images.redis_min.trimmed.initramfs(),
+            "/guest/redis-min.cpio.gz",
+        )
         .host_program("/usr/bin/curl")
         .host_program("/usr/bin/redis-cli")
         .timeout(std::time::Duration::from_secs(1200))
@@ -245,12 +280,37 @@ fn redis_image_answers_ping_and_set_get() -> Result<(), TestHostError> {
     Ok(())
 }
 
-/// The figures of the two builds: Debian's closure as installed vs the trimmed tree vs the
-/// compressed image; the trimmed tree is smaller than the closure.
+/// The images trimmed by trial runs (only the files the application opened on the build
+/// host) still serve inside the guest.
+#[test]
+fn images_trimmed_by_trial_runs_still_serve() -> Result<(), TestHostError> {
+    let run = served("nginx-min")?;
+    expect_value(run, "welcome", "1")?;
+    let run = served("redis-min")?;
+    expect_value(run, "ping", "PONG")?;
+    expect_value(run, "get", &format!("{}-min", marker()))?;
+    Ok(())
+}
+
+/// The figures of the builds: Debian's closure as installed vs the trimmed tree vs the
+/// compressed image, then after trial trimming; each step is smaller.
 #[test]
 fn images_are_smaller_than_the_debian_closure() -> Result<(), String> {
-    let (nginx, redis) = images().as_ref().map_err(Clone::clone)?;
-    for r in [nginx, redis] {
+    let images = images().as_ref().map_err(Clone::clone)?;
+    for (r, min) in [
+        (&images.nginx, &images.nginx_min),
+        (&images.redis, &images.redis_min),
+    ] {
+        eprintln!(
+            "{}: trial trimming removed {} files, kept {}: tree {} B, initramfs {} B",
+            r.command,
+            min.files_removed,
+            min.files_kept,
+            min.trimmed.trimmed_bytes,
+            min.trimmed.initramfs_bytes
+        );
+        assert!(min.trimmed.initramfs_bytes < r.initramfs_bytes, "{min:?}");
+        assert!(min.files_removed > 0, "{min:?}");
         eprintln!(
             "{}: {} packages, installed {} B, unpacked {} B, trimmed {} B, initramfs {} B",
             r.command,
