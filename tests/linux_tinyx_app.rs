@@ -168,6 +168,8 @@ fn images() -> &'static Result<Images, String> {
 }
 
 fn boot_shared_host() -> Result<TestHost, TestHostError> {
+    // The static wisp first: it builds while another process may hold the kernel cache lock.
+    testhost::static_wisp()?;
     let images = images().as_ref().map_err(|e| TestHostError::Check {
         check: e.clone(),
         run: String::new(),

@@ -40,6 +40,9 @@ const RECIPE: &str = "app-image-4";
 /// How long the build's smoke run watches the application for an early exit.
 const SMOKE_SECONDS: u32 = 3;
 
+/// How long the smoke run waits for `--port` to accept a connection.
+const LISTEN_SECONDS: u32 = 20;
+
 /// Errors building an application image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -53,8 +56,6 @@ pub enum ImageError {
     Trial(#[from] TrialError),
     #[error("no packages given: name at least one with --deb")]
     NoPackages,
-    #[error("no --run command given, and none of the packages installs a program named after it; say what to run with --run")]
-    NoCommand,
     #[error("the command's program {program:?} is not in the image (packages: {packages})")]
     ProgramMissing { program: String, packages: String },
     #[error("the application exited at once (status {status}) instead of serving:\n{output}")]
@@ -133,7 +134,8 @@ impl ImageReport {
         self.entry.join("rootfs")
     }
 
-    fn to_text(&self) -> String {
+    /// The `report.txt` form, read back by [`ImageReport::load`].
+    pub fn to_text(&self) -> String {
         format!(
             "command {}\ninstalled_bytes {}\nunpacked_bytes {}\ntrimmed_bytes {}\n\
              initramfs_bytes {}\n{}",
@@ -396,13 +398,17 @@ fn smoke_run(root: &Path, command: &str, port: Option<u16>) -> Result<(), ImageE
         port,
         check: None,
         trace: None,
-        seconds: if port.is_some() { 20 } else { SMOKE_SECONDS },
+        seconds: if port.is_some() {
+            LISTEN_SECONDS
+        } else {
+            SMOKE_SECONDS
+        },
     })?;
     match outcome {
         TrialOutcome::Exited { status, output } => Err(ImageError::ExitedAtOnce { status, output }),
         TrialOutcome::NotReady { output } => Err(ImageError::NotListening {
             port: port.unwrap_or(0),
-            seconds: 20,
+            seconds: LISTEN_SECONDS,
             output,
         }),
         TrialOutcome::Ready { .. } => Ok(()),

@@ -101,8 +101,8 @@ pub fn configure(
     seed_users(root)?;
     let tools = root.join(TOOLS);
     let result = prepare_tools(root, &tools, busybox).and_then(|confmodule| {
-        let warnings = run_scripts(root, &tools, control, packages);
-        restore_confmodule(root, &tools, confmodule)?;
+        let warnings = run_scripts(root, control, packages);
+        restore_confmodule(root, confmodule)?;
         warnings
     });
     let _ = std::fs::remove_dir_all(&tools);
@@ -217,11 +217,7 @@ fn prepare_tools(
     Ok(saved)
 }
 
-fn restore_confmodule(
-    root: &Path,
-    _tools: &Path,
-    saved: Option<PathBuf>,
-) -> Result<(), ConfigureError> {
+fn restore_confmodule(root: &Path, saved: Option<PathBuf>) -> Result<(), ConfigureError> {
     let confmodule = root.join("usr/share/debconf/confmodule");
     match saved {
         Some(saved) => std::fs::rename(&saved, &confmodule).map_err(io_err(&confmodule)),
@@ -238,7 +234,6 @@ fn restore_confmodule(
 /// fresh install), in order.
 fn run_scripts(
     root: &Path,
-    tools: &Path,
     control: &Path,
     packages: &[String],
 ) -> Result<Vec<String>, ConfigureError> {
@@ -289,6 +284,5 @@ fn run_scripts(
             }
         }
     }
-    let _ = tools;
     Ok(warnings)
 }

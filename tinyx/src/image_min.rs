@@ -148,24 +148,9 @@ pub fn minimize_image(spec: &ImageSpec, check: &str) -> Result<ImageMinReport, I
     report.trimmed_bytes = tree_bytes(&root);
     report.initramfs_bytes = std::fs::metadata(&initramfs).map_or(0, |m| m.len());
     let report_path = staging.0.join("report.txt");
-    std::fs::write(&report_path, report_text(&report)).map_err(io(&report_path))?;
+    std::fs::write(&report_path, report.to_text()).map_err(io(&report_path))?;
     cache::publish(&staging.0, &entry).map_err(ImageError::from)?;
     finish(base, &entry)
-}
-
-fn report_text(r: &ImageReport) -> String {
-    format!(
-        "command {}\ninstalled_bytes {}\nunpacked_bytes {}\ntrimmed_bytes {}\ninitramfs_bytes {}\n{}",
-        r.command,
-        r.installed_bytes,
-        r.unpacked_bytes,
-        r.trimmed_bytes,
-        r.initramfs_bytes,
-        r.packages
-            .iter()
-            .map(|p| format!("package {p}\n"))
-            .collect::<String>()
-    )
 }
 
 fn finish(base: ImageReport, entry: &Path) -> Result<ImageMinReport, ImageMinError> {
