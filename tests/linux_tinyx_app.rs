@@ -256,7 +256,7 @@ fn served(name: &str) -> Result<&'static CommandRun, TestHostError> {
     // /init's line before it starts the application (wisp_tinyx::app_image::APP_START_MARKER).
     expect_value(run, "app-started", "1")?;
     eprintln!(
-        "{name}: wisp start -> first answer {} s (L1 uptime clock, nested TCG)",
+        "{name}: VMM start -> first answer {} s (L1 uptime clock, nested TCG)",
         value(run, "first-answer-s")?
     );
     Ok(run)
