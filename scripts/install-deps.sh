@@ -6,7 +6,7 @@
 # namespaces and taps), kmod/xz/zstd (test host), e2fsprogs (ext4 images for the Linux
 # virtio-blk tests), acpica-tools (`iasl -d` disassembles the DSDT in wisp-vmm's tests),
 # libseccomp-dev and libcap-ng-dev (to build virtiofsd, the vhost-user backend of the
-# virtio-fs tests).
+# virtio-fs tests), redis-tools and strace (Tinyx application images).
 #
 # virtiofsd (crates.io) is installed with `cargo install --locked` into
 # ~/.cache/wisp/virtiofsd/bin when neither that copy nor one on PATH exists; tests look there.
@@ -18,6 +18,9 @@ set -euo pipefail
 packages=(busybox-static cpio linux-source-6.12 build-essential flex bison bc
           libelf-dev libssl-dev curl netcat-openbsd iproute2 kmod xz-utils zstd e2fsprogs
           acpica-tools libseccomp-dev libcap-ng-dev)
+# Tinyx application images (tests/linux_tinyx_app.rs): redis-cli talks to the redis guest,
+# strace records the files a trial run opens (tinyx minimize-image).
+packages+=(redis-tools strace)
 export DEBIAN_FRONTEND=noninteractive
 updated=
 apt_update() { [ -n "$updated" ] || { apt-get update -q >/dev/null; updated=1; }; }

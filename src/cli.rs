@@ -150,7 +150,7 @@ pub enum Command {
     /// Boot a guest now, with its console on this terminal.
     Run(RunArgs),
     /// Boot the demo microVM (the Wisp unikernel) and show its console and boot time.
-    Demo,
+    Demo(crate::demo::DemoArgs),
     /// A prepared VM shell driven by wispd over a control page (internal).
     #[command(hide = true)]
     Shell(ShellArgs),

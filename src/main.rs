@@ -70,7 +70,7 @@ fn main() {
                 run::EXIT_VMM_ERROR
             }
         },
-        Some(Command::Demo) => demo::run_demo(start),
+        Some(Command::Demo(args)) => demo::run_demo(start, args),
         Some(Command::Shell(args)) => shell::run_shell(start, args),
         Some(Command::Ctl(args)) => ctl::run_ctl(args),
     };

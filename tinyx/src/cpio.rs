@@ -57,6 +57,7 @@ pub struct CpioWriter<W: Write> {
     written: u64,
     next_ino: u32,
     dirs: BTreeSet<String>,
+    owner: (u32, u32),
 }
 
 impl<W: Write> CpioWriter<W> {
@@ -67,7 +68,13 @@ impl<W: Write> CpioWriter<W> {
             written: 0,
             next_ino: 1,
             dirs: BTreeSet::new(),
+            owner: (0, 0),
         }
+    }
+
+    /// The (uid, gid) of the entries added from now on (root until set).
+    pub fn set_owner(&mut self, uid: u32, gid: u32) {
+        self.owner = (uid, gid);
     }
 
     /// Adds a directory (and any missing parents).
@@ -149,7 +156,19 @@ impl<W: Write> CpioWriter<W> {
         // ino, mode, uid, gid, nlink, mtime, filesize, devmajor, devminor,
         // rdevmajor, rdevminor, namesize, check. mtime 0 keeps images reproducible.
         let fields = [
-            ino, mode, 0, 0, nlink, 0, filesize, 0, 0, rdev.0, rdev.1, namesize, 0,
+            ino,
+            mode,
+            self.owner.0,
+            self.owner.1,
+            nlink,
+            0,
+            filesize,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            namesize,
+            0,
         ];
         let mut header = Vec::with_capacity(HEADER_LEN + name.len() + 4);
         header.extend_from_slice(NEWC_MAGIC);

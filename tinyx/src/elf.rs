@@ -81,6 +81,15 @@ fn read_info(path: &Path) -> Result<DynInfo, ElfError> {
     })
 }
 
+/// The program interpreter (`PT_INTERP`) of an ELF file, if it is one and has one.
+pub fn interpreter(path: &Path) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    if !bytes.starts_with(b"\x7fELF") {
+        return None;
+    }
+    Elf::parse(&bytes).ok()?.interpreter.map(str::to_string)
+}
+
 /// The libraries `path` needs, recursively, plus its dynamic loader; empty for a
 /// static program. Paths are as found (not canonicalised) so that the same path
 /// works inside a guest that mirrors the host layout.

@@ -27,6 +27,13 @@ pub const FS_FRAGMENT: &str = include_str!("../configs/fs.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
+/// The server fragment (IPv6, found by trial runs of nginx and redis): for application images.
+/// virtio-balloon with statistics and free page reporting (`PUT /balloon`).
+pub const BALLOON_FRAGMENT: &str = include_str!("../configs/balloon.config");
+/// What a container sandbox's guest needs: namespaces, cgroups v2 (wisp-agent as PID 1).
+pub const CONTAINER_FRAGMENT: &str = include_str!("../configs/container.config");
+pub const SERVER_FRAGMENT: &str = include_str!("../configs/server.config");
+
 /// Errors building a kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -101,7 +108,9 @@ impl FragmentSource {
     }
 }
 
-/// The default fragments: microvm.config, app.config, acpi.config, then fs.config.
+/// The default fragments: microvm.config, app.config, acpi.config, fs.config, balloon.config,
+/// server.config, then container.config (IPv6, which application images' servers need: one kernel serves plain guests,
+/// container guests and `tinyx image` applications, so a fresh machine builds it once).
 pub fn default_fragments() -> Vec<FragmentSource> {
     vec![
         FragmentSource {
@@ -119,6 +128,18 @@ pub fn default_fragments() -> Vec<FragmentSource> {
         FragmentSource {
             name: "fs.config".into(),
             text: FS_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "balloon.config".into(),
+            text: BALLOON_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "server.config".into(),
+            text: SERVER_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "container.config".into(),
+            text: CONTAINER_FRAGMENT.into(),
         },
     ]
 }

@@ -5,18 +5,27 @@
 //! - [`initramfs::build_initramfs`]: busybox-static + an application + its shared
 //!   libraries ([`elf::library_closure`]) + `/init`, as a gzip newc cpio ([`cpio`]).
 //! - [`minimize::minimize`]: trial-boot minimisation of a fragment.
+//! - [`app_image::build_image`]: an application image from Debian packages (closure,
+//!   maintainer scripts, trimming, `/init` with `ip=` networking); [`image_min`] trims it
+//!   further by trial runs.
 //! - [`default_guest`]: the default kernel + initramfs, built once per machine.
 
+pub mod app_image;
 pub mod cache;
+pub mod configure;
 pub mod cpio;
+pub mod debian;
 pub mod elf;
 pub mod fragment;
+pub mod image_min;
 pub mod initramfs;
 pub mod kernel;
 pub mod minimize;
 pub mod progress;
 pub mod qemu;
 pub mod source;
+pub mod trial;
+pub mod trim;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use wisp_tinyx::app_image::{build_image, ImageReport, ImageSpec, APP_START_MARKER};
+use wisp_tinyx::image_min::minimize_image;
 use wisp_tinyx::initramfs::{build_initramfs, InitramfsSpec, INIT_MARKER};
 use wisp_tinyx::kernel::{build_kernel, build_kernel_from, keyboard_fragments};
 use wisp_tinyx::minimize::{minimize, MinimizeRequest, Strategy};
@@ -13,17 +15,34 @@ use wisp_tinyx::{default_guest, GuestError};
 const USAGE: &str = "usage:
   tinyx kernel [--fragment FILE]... [--keyboard] [--out DIR]
       build (or take from the cache) vmlinux + bzImage; default fragments:
-      microvm.config + app.config + acpi.config + fs.config; --keyboard adds keyboard.config (i8042 keyboard
-      and VT, so the guest acts on the API's SendCtrlAltDel)
+      microvm.config + app.config + acpi.config + fs.config + server.config (IPv6, for application
+      images); --keyboard adds keyboard.config (i8042 keyboard and VT, so the guest acts on the
+      API's SendCtrlAltDel)
   tinyx initramfs [--app BIN] [--init SCRIPT] [--add SRC:DST]... --out FILE
   tinyx guest
       build (or take from the cache) the default kernel + initramfs; print paths
   tinyx boot --kernel FILE --initramfs FILE [--marker TEXT] [--timeout SECS]
-      boot under QEMU (-M microvm, TCG); exit 0 when the marker is printed
+             [--check CMD --port N]
+      boot under QEMU (-M microvm, TCG); exit 0 when the marker is printed; with --check (an
+      application image): guest 10.0.2.15 (ip=), port N forwarded, exit 0 once CMD passes
+      ($TINYX_GUEST is the forwarded host:port)
   tinyx minimize --fragment FILE [--base FILE]... --boot-check CMD
                  [--initramfs FILE] [--only OPT,OPT...] [--one-by-one] [--out FILE]
+  tinyx minimize --fragment FILE [--base FILE]... --app-check CMD --port N --initramfs IMAGE ...
       turn options of FILE off while CMD still succeeds; CMD gets TINYX_KERNEL,
-      TINYX_BZIMAGE, TINYX_CONFIG and TINYX_INITRAMFS
+      TINYX_BZIMAGE, TINYX_CONFIG and TINYX_INITRAMFS; --app-check makes the oracle a boot of
+      the application image IMAGE whose health check CMD must pass (tinyx boot --check)
+  tinyx image --deb PKG [--deb PKG]... [--run CMD] [--port N] [--rootfs] [--out DIR]
+      an application image from Debian packages: their dependency closure (apt), unpacked and
+      configured (maintainer scripts in a chroot: needs root), trimmed, with an /init that
+      configures the network from ip= and runs CMD (default: the first package's name) in the
+      foreground; the build runs CMD once in a private namespace and fails if it exits at once
+      (or never listens on N). Prints the packages and the sizes; --out copies the image there
+  tinyx minimize-image --deb PKG... [--run CMD] [--port N] --check CHECK [--out DIR]
+      the image above, trimmed by trial runs: CMD runs from the image tree (chroot, private
+      namespaces) under strace until CHECK (a host shell command; $TINYX_GUEST is the
+      application's address) passes; files it never touched are removed, and the result is
+      kept only if CHECK passes again on the trimmed tree
 cache: $WISP_CACHE/tinyx (default ~/.cache/wisp/tinyx)";
 
 /// Errors of the command line itself.
@@ -41,6 +60,10 @@ enum CliError {
     Minimize(#[from] wisp_tinyx::minimize::MinimizeError),
     #[error(transparent)]
     Qemu(#[from] wisp_tinyx::qemu::QemuError),
+    #[error(transparent)]
+    ImageMin(#[from] wisp_tinyx::image_min::ImageMinError),
+    #[error(transparent)]
+    Image(#[from] wisp_tinyx::app_image::ImageError),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -185,7 +208,21 @@ fn cmd_boot(args: &Args) -> Result<bool, CliError> {
     let marker = args
         .one("--marker")
         .unwrap_or_else(|| INIT_MARKER.to_string());
+    let check = args.one("--check");
+    let marker = if check.is_some() && args.one("--marker").is_none() {
+        APP_START_MARKER.to_string()
+    } else {
+        marker
+    };
     let mut spec = QemuBoot::new(&kernel, &initramfs, &marker);
+    if let Some(check) = check {
+        let port = args.required("--port")?;
+        spec.guest_port = port
+            .parse()
+            .map_err(|_| CliError::Usage(format!("--port wants a TCP port, got {port:?}")))?;
+        spec.check = Some(check);
+        spec.memory_mib = 512;
+    }
     if let Some(t) = args.one("--timeout") {
         let secs = t
             .parse()
@@ -208,11 +245,27 @@ fn cmd_boot(args: &Args) -> Result<bool, CliError> {
             "did not reset before the deadline"
         }
     );
+    if spec.check.is_some() {
+        println!(
+            "health check {}",
+            ms(outcome.time_to_check).replace("never", "never passed")
+        );
+        if outcome.time_to_check.is_none() && !args.flag("--verbose") {
+            let lines: Vec<&str> = outcome.console.lines().collect();
+            eprintln!("{}", lines[lines.len().saturating_sub(20)..].join("\n"));
+        }
+        return Ok(outcome.time_to_check.is_some());
+    }
     if !outcome.reached_marker() && !args.flag("--verbose") {
         let lines: Vec<&str> = outcome.console.lines().collect();
         eprintln!("{}", lines[lines.len().saturating_sub(20)..].join("\n"));
     }
     Ok(outcome.reached_marker())
+}
+
+/// `s` as one single-quoted shell word.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 fn cmd_minimize(args: &Args) -> Result<(), CliError> {
@@ -228,7 +281,28 @@ fn cmd_minimize(args: &Args) -> Result<(), CliError> {
     let req = MinimizeRequest {
         fragment,
         base: args.all("--base").into_iter().map(PathBuf::from).collect(),
-        boot_check: args.required("--boot-check")?,
+        boot_check: match args.one("--app-check") {
+            Some(check) => {
+                let port = args.required("--port")?;
+                if args.one("--initramfs").is_none() {
+                    return Err(CliError::Usage(
+                        "--app-check needs --initramfs (an application image)".into(),
+                    ));
+                }
+                let exe = std::env::current_exe().map_err(|source| CliError::Read {
+                    path: "/proc/self/exe".into(),
+                    source,
+                })?;
+                format!(
+                    "{} boot --kernel \"$TINYX_KERNEL\" --initramfs \"$TINYX_INITRAMFS\" \
+                     --port {} --check {}",
+                    shell_quote(&exe.to_string_lossy()),
+                    shell_quote(&port),
+                    shell_quote(&check)
+                )
+            }
+            None => args.required("--boot-check")?,
+        },
         initramfs,
         candidates: args.one("--only").map(|s| {
             s.split(',')
@@ -258,6 +332,88 @@ fn cmd_minimize(args: &Args) -> Result<(), CliError> {
     Ok(())
 }
 
+fn image_spec(args: &Args) -> Result<ImageSpec, CliError> {
+    let port = match args.one("--port") {
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| CliError::Usage(format!("--port wants a TCP port, got {p:?}")))?,
+        ),
+        None => None,
+    };
+    Ok(ImageSpec {
+        packages: args.all("--deb"),
+        run: args.one("--run"),
+        port,
+        rootfs: args.flag("--rootfs"),
+    })
+}
+
+fn print_image(r: &ImageReport) {
+    let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64);
+    println!("packages ({}): {}", r.packages.len(), r.packages.join(" "));
+    println!("command {}", r.command);
+    println!(
+        "size: Debian installed {} ({} B), unpacked {} ({} B), trimmed {} ({} B), \
+         initramfs.cpio.gz {} ({} B)",
+        mib(r.installed_bytes),
+        r.installed_bytes,
+        mib(r.unpacked_bytes),
+        r.unpacked_bytes,
+        mib(r.trimmed_bytes),
+        r.trimmed_bytes,
+        mib(r.initramfs_bytes),
+        r.initramfs_bytes
+    );
+}
+
+/// Copies an image entry's artifacts into `out` (a directory).
+fn copy_out(r: &ImageReport, out: &std::path::Path) -> Result<(), CliError> {
+    let copy_err = |path: PathBuf| move |source| CliError::Copy { path, source };
+    std::fs::create_dir_all(out).map_err(copy_err(out.to_path_buf()))?;
+    for name in ["initramfs.cpio.gz", "rootfs.ext4", "report.txt"] {
+        let from = r.entry.join(name);
+        if from.is_file() {
+            let to = out.join(name);
+            std::fs::copy(&from, &to).map_err(copy_err(to.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+fn cmd_image(args: &Args) -> Result<(), CliError> {
+    let r = build_image(&image_spec(args)?)?;
+    print_image(&r);
+    println!("entry {}", r.entry.display());
+    println!("initramfs {}", r.initramfs().display());
+    if r.rootfs_image().is_file() {
+        println!("rootfs {}", r.rootfs_image().display());
+    }
+    if let Some(out) = args.one("--out") {
+        copy_out(&r, std::path::Path::new(&out))?;
+        println!("copied to {out}");
+    }
+    Ok(())
+}
+
+fn cmd_minimize_image(args: &Args) -> Result<(), CliError> {
+    let check = args.required("--check")?;
+    let r = minimize_image(&image_spec(args)?, &check)?;
+    println!("untrimmed:");
+    print_image(&r.base);
+    println!(
+        "trimmed by trial runs: {} files removed, {} kept",
+        r.files_removed, r.files_kept
+    );
+    print_image(&r.trimmed);
+    println!("entry {}", r.trimmed.entry.display());
+    println!("initramfs {}", r.trimmed.initramfs().display());
+    if let Some(out) = args.one("--out") {
+        copy_out(&r.trimmed, std::path::Path::new(&out))?;
+        println!("copied to {out}");
+    }
+    Ok(())
+}
+
 fn run(argv: &[String]) -> Result<bool, CliError> {
     let (cmd, rest) = argv
         .split_first()
@@ -282,7 +438,14 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
         "boot" => cmd_boot(&Args::parse(
             rest,
             &["--verbose"],
-            &["--kernel", "--initramfs", "--marker", "--timeout"],
+            &[
+                "--kernel",
+                "--initramfs",
+                "--marker",
+                "--timeout",
+                "--check",
+                "--port",
+            ],
         )?),
         "minimize" => cmd_minimize(&Args::parse(
             rest,
@@ -291,10 +454,24 @@ fn run(argv: &[String]) -> Result<bool, CliError> {
                 "--fragment",
                 "--base",
                 "--boot-check",
+                "--app-check",
+                "--port",
                 "--initramfs",
                 "--only",
                 "--out",
             ],
+        )?)
+        .map(|_| true),
+        "image" => cmd_image(&Args::parse(
+            rest,
+            &["--rootfs"],
+            &["--deb", "--run", "--port", "--out"],
+        )?)
+        .map(|_| true),
+        "minimize-image" => cmd_minimize_image(&Args::parse(
+            rest,
+            &[],
+            &["--deb", "--run", "--port", "--check", "--out"],
         )?)
         .map(|_| true),
         "-h" | "--help" | "help" => {

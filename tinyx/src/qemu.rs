@@ -32,6 +32,12 @@ pub struct QemuBoot {
     pub deadline: Duration,
     /// The line that ends the wait as a success.
     pub marker: String,
+    /// An application health check: a host shell command run once a second after the marker
+    /// until it succeeds (the boot then ends as passed) or the deadline. It gets
+    /// `TINYX_GUEST=127.0.0.1:PORT`, where PORT is forwarded (QEMU user networking, guest
+    /// 10.0.2.15 configured through `ip=`) to `guest_port`.
+    pub check: Option<String>,
+    pub guest_port: u16,
 }
 
 impl QemuBoot {
@@ -43,6 +49,8 @@ impl QemuBoot {
             memory_mib: 256,
             deadline: Duration::from_secs(300),
             marker: marker.to_string(),
+            check: None,
+            guest_port: 80,
         }
     }
 }
@@ -58,6 +66,8 @@ pub struct BootOutcome {
     pub time_to_banner: Option<Duration>,
     /// Whether QEMU exited on its own (the guest reset) before the deadline.
     pub exited: bool,
+    /// Time from spawning QEMU to the first passing health check, if there was one.
+    pub time_to_check: Option<Duration>,
 }
 
 impl BootOutcome {
@@ -69,6 +79,22 @@ impl BootOutcome {
 /// Boots once and waits for the guest to reset (after the marker) or the deadline.
 pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
     let start = Instant::now();
+    let mut cmdline = spec.cmdline.clone();
+    let mut net: Vec<String> = Vec::new();
+    let mut host_port = 0;
+    if spec.check.is_some() {
+        host_port = free_port().map_err(QemuError::Spawn)?;
+        cmdline.push_str(" ip=10.0.2.15::10.0.2.2:255.255.255.0::eth0:off");
+        net = vec![
+            "-netdev".into(),
+            format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-10.0.2.15:{}",
+                spec.guest_port
+            ),
+            "-device".into(),
+            "virtio-net-device,netdev=n0".into(),
+        ];
+    }
     let mut child = Command::new("qemu-system-x86_64")
         .args([
             // No ACPI: QEMU's microvm ACPI is hardware-reduced, where Linux skips the PIT and,
@@ -89,8 +115,9 @@ pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
         .arg(&spec.kernel)
         .arg("-initrd")
         .arg(&spec.initramfs)
+        .args(&net)
         .arg("-append")
-        .arg(&spec.cmdline)
+        .arg(&cmdline)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -132,6 +159,7 @@ pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
         time_to_marker: None,
         time_to_banner: None,
         exited: false,
+        time_to_check: None,
     };
     let deadline = start + spec.deadline;
     loop {
@@ -139,7 +167,27 @@ pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
         if now >= deadline {
             break;
         }
-        match rx.recv_timeout(deadline - now) {
+        if let Some(check) = &spec.check {
+            if outcome.time_to_marker.is_some() {
+                let passed = Command::new("sh")
+                    .args(["-c", check])
+                    .env("TINYX_GUEST", format!("127.0.0.1:{host_port}"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success());
+                if passed {
+                    outcome.time_to_check = Some(start.elapsed());
+                    break;
+                }
+            }
+        }
+        let wait = if spec.check.is_some() && outcome.time_to_marker.is_some() {
+            (deadline - now).min(Duration::from_secs(1))
+        } else {
+            deadline - now
+        };
+        match rx.recv_timeout(wait) {
             Ok((line, at)) => {
                 if outcome.time_to_banner.is_none() && line.contains("Linux version") {
                     outcome.time_to_banner = Some(at - start);
@@ -155,7 +203,11 @@ pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
                 outcome.exited = true;
                 break;
             }
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if spec.check.is_none() {
+                    break;
+                }
+            }
         }
     }
     finish(&mut child)?;
@@ -163,6 +215,13 @@ pub fn boot(spec: &QemuBoot) -> Result<BootOutcome, QemuError> {
         let _ = r.join();
     }
     Ok(outcome)
+}
+
+/// A TCP port on 127.0.0.1 free at the time of asking.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn finish(child: &mut Child) -> Result<(), QemuError> {
