@@ -4,6 +4,7 @@
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum VmError {
     },
     #[error("cannot register guest memory with KVM: {0}")]
     SetMemory(#[source] kvm_ioctls::Error),
+    #[error("cannot read KVM's dirty page log: {0}")]
+    DirtyLog(#[source] kvm_ioctls::Error),
 }
 
 /// A KVM VM with its interrupt controllers and memory.
@@ -30,6 +33,10 @@ pub struct Vm {
     fd: VmFd,
     /// KVM_MEM_LOG_DIRTY_PAGES on every slot (`machine-config.track_dirty_pages`).
     dirty_log: bool,
+    /// The dirty log was last emptied when guest memory matched a memory file on disk (a
+    /// snapshot was written, or this VM was restored from one): only then does "the pages
+    /// written since" make a diff snapshot that can be laid over that file.
+    dirty_base: AtomicBool,
 }
 
 impl Vm {
@@ -67,6 +74,7 @@ impl Vm {
             kvm,
             fd,
             dirty_log: false,
+            dirty_base: AtomicBool::new(false),
         })
     }
 
@@ -130,22 +138,42 @@ impl Vm {
         self.dirty_log
     }
 
-    /// Pages the guest wrote since the last call, over all slots (KVM_GET_DIRTY_LOG, which
-    /// also clears the log). Fails unless the slots were registered with `dirty_log`.
+    /// How many pages the guest wrote since the last read of the log (which this clears).
+    /// Fails unless the slots were registered with `dirty_log`.
     pub fn take_dirty_pages(&self, mem: &GuestMemoryMmap) -> Result<u64, VmError> {
-        let mut pages = 0u64;
-        for (slot, region) in mem.iter().enumerate() {
-            let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
-            let bitmap = self
-                .fd
-                .get_dirty_log(slot as u32, size)
-                .map_err(VmError::SetMemory)?;
-            pages += bitmap
-                .iter()
-                .map(|w| u64::from(w.count_ones()))
-                .sum::<u64>();
-        }
-        Ok(pages)
+        Ok(self
+            .take_dirty_bitmaps(mem)?
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum())
+    }
+
+    /// The pages the guest wrote since the last read of the log, one bitmap per region of
+    /// `mem` in order (bit `i` of word `w`: page `64 * w + i` of the region), read with
+    /// KVM_GET_DIRTY_LOG, which also clears the log. Fails unless the slots were registered
+    /// with `dirty_log`. Writes the VMM makes itself (virtio devices) are not in it.
+    pub fn take_dirty_bitmaps(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, VmError> {
+        mem.iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
+                self.fd
+                    .get_dirty_log(slot as u32, size)
+                    .map_err(VmError::DirtyLog)
+            })
+            .collect()
+    }
+
+    /// Records that guest memory now matches a memory file (`true` after a snapshot is
+    /// written or restored, with the log emptied at that point).
+    pub fn set_dirty_base(&self, base: bool) {
+        self.dirty_base.store(base, Ordering::Release);
+    }
+
+    /// Whether the dirty log counts from a memory file (see `set_dirty_base`).
+    pub fn dirty_base(&self) -> bool {
+        self.dirty_base.load(Ordering::Acquire)
     }
 
     pub fn kvm(&self) -> &Kvm {

@@ -50,6 +50,22 @@ pub enum SnapshotError {
     Build(#[from] crate::microvm::MicroVmError),
     #[error("the snapshot's guest ({want}) does not fit this VM shell ({have})")]
     DoesNotFitShell { want: String, have: String },
+    #[error(
+        "a Diff snapshot needs KVM's dirty page log: start the VM with \
+         machine-config.track_dirty_pages (or load it with track_dirty_pages)"
+    )]
+    NoDirtyLog,
+    #[error(
+        "a Diff snapshot needs a base: take a Full snapshot of this VM first (or restore it \
+         from one); the diff holds the pages written since"
+    )]
+    NoDiffBase,
+    #[error("cannot read the dirty page log: {0}")]
+    DirtyLog(String),
+}
+
+fn dirty_log_err(e: crate::vm::VmError) -> SnapshotError {
+    SnapshotError::DirtyLog(e.to_string())
 }
 
 /// A snapshot kept as a directory (`wisp run --restore DIR`, `wisp ctl`): the VM state file
@@ -89,18 +105,54 @@ fn snapshot_supported(device_type: u32) -> bool {
     )
 }
 
-/// Writes a paused `vm` described by `config` to `state_path` and `mem_path`.
+/// Full: all of guest memory; Diff: the pages the guest wrote since the last snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Full,
+    Diff,
+}
+
+/// Writes a paused `vm` described by `config` to `state_path` and `mem_path`. With dirty
+/// logging on, a Full snapshot also empties the log, so the next Diff holds what changed
+/// since it.
 pub fn create(
     vm: &MicroVm,
     config: &VmConfig,
     state_path: &Path,
     mem_path: &Path,
+    kind: Kind,
 ) -> Result<SnapshotInfo, SnapshotError> {
     let start = Instant::now();
+    if kind == Kind::Diff {
+        if !vm.vm.dirty_log() {
+            return Err(SnapshotError::NoDirtyLog);
+        }
+        if !vm.vm.dirty_base() {
+            return Err(SnapshotError::NoDiffBase);
+        }
+    }
     let state = save(vm, config)?;
-    let anonymous = !vm.memory_from_file;
-    let memory_bytes_written = memory_file::write_memory(&vm.mem, mem_path, anonymous)?;
+    let memory_bytes_written = match kind {
+        Kind::Full => {
+            if vm.vm.dirty_log() {
+                vm.vm.set_dirty_base(false);
+                vm.vm.take_dirty_bitmaps(&vm.mem).map_err(dirty_log_err)?;
+            }
+            let anonymous = !vm.memory_from_file;
+            memory_file::write_memory(&vm.mem, mem_path, anonymous)?
+        }
+        Kind::Diff => {
+            // Once the log is read, a failed write loses what it held: no diff can follow
+            // until a Full snapshot is taken again.
+            vm.vm.set_dirty_base(false);
+            let dirty = vm.vm.take_dirty_bitmaps(&vm.mem).map_err(dirty_log_err)?;
+            memory_file::write_diff(&vm.mem, &dirty, mem_path)?
+        }
+    };
     let state_bytes = format::write_file(state_path, &state)?;
+    if vm.vm.dirty_log() {
+        vm.vm.set_dirty_base(true);
+    }
     Ok(SnapshotInfo {
         state_bytes,
         memory_bytes_written,

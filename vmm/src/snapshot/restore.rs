@@ -63,6 +63,14 @@ pub fn restore(
         });
     }
     mem_file.map_over(&shell.mem, &ram_ranges(state.mem_mib))?;
+    if shell.vm.dirty_log() {
+        // Guest memory is the memory file now: a later Diff snapshot is laid over it.
+        shell
+            .vm
+            .take_dirty_bitmaps(&shell.mem)
+            .map_err(|e| SnapshotError::DirtyLog(e.to_string()))?;
+        shell.vm.set_dirty_base(true);
+    }
 
     let PreparedVm {
         vcpus,
