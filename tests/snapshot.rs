@@ -388,3 +388,123 @@ fn a_restored_guest_is_snapshotted_again_and_restored_again() {
     let after = counts(&wisp.wait_for_line(&format!("count: {}", last + 2)));
     assert_eq!(after.first().copied(), Some(last + 1), "{after:?}");
 }
+
+/// Bytes the file at `path` has on disk (holes take none).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+/// Lays the data extents of the sparse file `diff` over `base` (SEEK_DATA/SEEK_HOLE): the
+/// merge a user of Diff snapshots makes.
+fn lay_over(diff: &Path, base: &Path) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let from = std::fs::File::open(diff).unwrap();
+    let to = std::fs::OpenOptions::new().write(true).open(base).unwrap();
+    let len = from.metadata().unwrap().len() as i64;
+    let mut at = 0i64;
+    while at < len {
+        // SAFETY: lseek on an fd this function owns; it only moves the file offset.
+        let data = unsafe { libc::lseek(from.as_raw_fd(), at, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // ENXIO: no data past `at`.
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(from.as_raw_fd(), data, libc::SEEK_HOLE) };
+        let mut bytes = vec![0u8; (hole - data) as usize];
+        from.read_exact_at(&mut bytes, data as u64).unwrap();
+        to.write_all_at(&bytes, data as u64).unwrap();
+        at = hole;
+    }
+}
+
+#[test]
+fn a_diff_snapshot_holds_only_what_changed_and_restores_over_its_base() {
+    let scratch = Scratch::new("snap-diff");
+    let (base, diff) = (scratch.join("base"), scratch.join("diff"));
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::create_dir_all(&diff).unwrap();
+    let diff_body = json!({
+        "snapshot_type": "Diff",
+        "snapshot_path": diff.join("vm.state"),
+        "mem_file_path": diff.join("vm.mem"),
+    });
+
+    // Without dirty page tracking a Diff is refused.
+    let plain = Wisp::start(&scratch.join("plain.sock"));
+    plain.boot("count", 1, &[]);
+    plain.wait_for_line("count: 1");
+    plain.pause();
+    refused(
+        plain.put("/snapshot/create", &diff_body),
+        "track_dirty_pages",
+    );
+    assert!(!diff.join("vm.mem").exists());
+    plain.kill();
+
+    let wisp = Wisp::start(&scratch.join("first.sock"));
+    let boot = json!({"kernel_image_path": unikernel(), "boot_args": "count"});
+    assert_eq!(wisp.put("/boot-source", &boot).0, 204);
+    let mc = json!({"vcpu_count": 1, "mem_size_mib": 32, "track_dirty_pages": true});
+    assert_eq!(wisp.put("/machine-config", &mc).0, 204);
+    let start = json!({"action_type": "InstanceStart"});
+    assert_eq!(wisp.put("/actions", &start).0, 204);
+    let at_line = wisp.wait_for_line("count: at ");
+    let counter = at_line.last().unwrap().rsplit("0x").next().unwrap();
+    let counter = usize::from_str_radix(counter.trim(), 16).unwrap();
+    wisp.wait_for_line("count: 2");
+    wisp.pause();
+    // No base yet: a Diff would miss everything written before the first snapshot.
+    refused(
+        wisp.put("/snapshot/create", &diff_body),
+        "take a Full snapshot",
+    );
+    let (status, body) = wisp.snapshot(&base);
+    assert_eq!(status, 204, "{body}");
+    let resumed = json!({"state": "Resumed"});
+    let (status, body) = curl(&wisp.sock, "PATCH", "/vm", Some(&resumed.to_string()));
+    assert_eq!(status, 204, "{body}");
+    let seen = counts(&wisp.wait_for_line("count: "));
+    let at = seen.last().copied().unwrap();
+    wisp.wait_for_line(&format!("count: {}", at + 3));
+    wisp.pause();
+    let last = counts(&wisp.drain(Duration::from_millis(300)))
+        .last()
+        .copied()
+        .unwrap_or(at + 3);
+    let (status, body) = wisp.put("/snapshot/create", &diff_body);
+    assert_eq!(status, 204, "{body}");
+    wisp.kill();
+
+    // The diff is the guest's size but holds only the few pages written since the base.
+    let (base_mem, diff_mem) = (base.join("vm.mem"), diff.join("vm.mem"));
+    assert_eq!(std::fs::metadata(&diff_mem).unwrap().len(), 32 << 20);
+    let (base_bytes, diff_bytes) = (allocated(&base_mem), allocated(&diff_mem));
+    eprintln!("base memory file {base_bytes} bytes on disk, diff {diff_bytes}");
+    assert!(
+        diff_bytes > 0 && diff_bytes * 2 < base_bytes,
+        "diff {diff_bytes} bytes on disk, base {base_bytes}"
+    );
+    // The counter's page is in it, with a count past the base's.
+    let word = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        u64::from_le_bytes(bytes[counter..counter + 8].try_into().unwrap())
+    };
+    assert!(
+        word(&diff_mem) >> 12 >= last,
+        "{} < {last}",
+        word(&diff_mem) >> 12
+    );
+    assert!(word(&base_mem) >> 12 < last);
+
+    // Laid over (a copy of) the base, it restores the guest as it was at the diff.
+    let merged = scratch.join("merged.mem");
+    std::fs::copy(&base_mem, &merged).unwrap();
+    lay_over(&diff_mem, &merged);
+    let wisp = Wisp::start(&scratch.join("second.sock"));
+    let (status, body) = wisp.load(&diff.join("vm.state"), &merged, true);
+    assert_eq!(status, 204, "{body}");
+    let after = counts(&wisp.wait_for_line(&format!("count: {}", last + 2)));
+    assert_eq!(after.first().copied(), Some(last + 1), "{after:?}");
+}
