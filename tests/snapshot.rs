@@ -508,3 +508,77 @@ fn a_diff_snapshot_holds_only_what_changed_and_restores_over_its_base() {
     let after = counts(&wisp.wait_for_line(&format!("count: {}", last + 2)));
     assert_eq!(after.first().copied(), Some(last + 1), "{after:?}");
 }
+
+/// A balloon's state goes with the snapshot: the restored VM reports the target and size it
+/// had, its guest follows a new target, and the statistics timer runs again (the buffer the
+/// device held is handed back, so fresh numbers arrive).
+#[test]
+fn a_balloon_keeps_its_target_size_and_statistics_across_a_restore() {
+    let scratch = Scratch::new("snap-balloon");
+    let wisp = Wisp::start(&scratch.join("first.sock"));
+    let balloon = json!({"amount_mib": 8, "deflate_on_oom": false, "stats_polling_interval_s": 1});
+    assert_eq!(wisp.put("/balloon", &balloon).0, 204);
+    let boot = json!({"kernel_image_path": unikernel(), "boot_args": "balloon"});
+    assert_eq!(wisp.put("/boot-source", &boot).0, 204);
+    let mc = json!({"vcpu_count": 1, "mem_size_mib": 64});
+    assert_eq!(wisp.put("/machine-config", &mc).0, 204);
+    let start = json!({"action_type": "InstanceStart"});
+    assert_eq!(wisp.put("/actions", &start).0, 204);
+    wisp.wait_for_line("balloon: actual=2048 pages");
+    let patch = |w: &Wisp, mib: u32| {
+        let body = json!({"amount_mib": mib}).to_string();
+        let (status, body) = curl(&w.sock, "PATCH", "/balloon", Some(&body));
+        assert_eq!(status, 204, "{body}");
+    };
+    patch(&wisp, 16);
+    wisp.wait_for_line("balloon: actual=4096 pages");
+    let stats = |w: &Wisp| -> Value {
+        let (status, body) = curl(&w.sock, "GET", "/balloon/statistics", None);
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Statistics from after the inflate (the guest's free memory is 8 MiB less than at 8).
+    let deadline = Instant::now() + GUARD;
+    let free_at_8 = stats(&wisp)["free_memory"].as_u64();
+    let free_at_16 = loop {
+        let now = stats(&wisp);
+        let free = now["free_memory"].as_u64();
+        if now["actual_mib"] == 16 && free.is_some() && free < free_at_8 {
+            break free.unwrap();
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wisp.pause();
+    let (status, body) = wisp.snapshot(&scratch.join(""));
+    assert_eq!(status, 204, "{body}");
+    wisp.kill();
+
+    let wisp = Wisp::start(&scratch.join("second.sock"));
+    let (status, body) = wisp.load(&scratch.join("vm.state"), &scratch.join("vm.mem"), true);
+    assert_eq!(status, 204, "{body}");
+    let restored = stats(&wisp);
+    assert_eq!(restored["target_mib"], 16, "{restored}");
+    assert_eq!(restored["actual_mib"], 16, "{restored}");
+    assert_eq!(
+        restored["free_memory"].as_u64(),
+        Some(free_at_16),
+        "{restored}"
+    );
+    let (status, body) = curl(&wisp.sock, "GET", "/balloon", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"amount_mib\":16"), "{body}");
+    // The restored guest deflates to a new target and the next statistics poll says so.
+    patch(&wisp, 4);
+    wisp.wait_for_line("balloon: actual=1024 pages");
+    let deadline = Instant::now() + GUARD;
+    loop {
+        let now = stats(&wisp);
+        if now["free_memory"].as_u64() > Some(free_at_16 + (8 << 20)) {
+            assert_eq!(now["actual_mib"], 4, "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "statistics never moved: {now}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wisp_api::VmConfig;
-use wisp_devices::virtio::device_id;
+use wisp_devices::virtio::{device_id, Balloon};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -40,7 +40,10 @@ pub enum SnapshotError {
     Vcpus(#[from] crate::vcpu_thread::VcpuThreadError),
     #[error("the {0} lock is poisoned")]
     Poisoned(&'static str),
-    #[error("a {kind} device ({id}) cannot be snapshotted; only block, net, vsock and rng can")]
+    #[error(
+        "a {kind} device ({id}) cannot be snapshotted; only block, net, vsock, rng and balloon \
+         can (a vhost-user backend's state is not Wisp's to save)"
+    )]
     Unsupported { kind: String, id: String },
     #[error("the snapshot's configuration: {0}")]
     Config(String),
@@ -101,7 +104,7 @@ pub struct SnapshotInfo {
 fn snapshot_supported(device_type: u32) -> bool {
     matches!(
         device_type,
-        device_id::BLOCK | device_id::NET | device_id::VSOCK | device_id::RNG
+        device_id::BLOCK | device_id::NET | device_id::VSOCK | device_id::RNG | device_id::BALLOON
     )
 }
 
@@ -164,7 +167,7 @@ pub fn create(
 pub fn save(vm: &MicroVm, config: &VmConfig) -> Result<MicroVmState, SnapshotError> {
     let mut virtio = Vec::with_capacity(vm.virtio.len());
     for handle in &vm.virtio {
-        let t = handle
+        let mut t = handle
             .transport
             .lock()
             .map_err(|_| SnapshotError::Poisoned("virtio transport"))?;
@@ -178,6 +181,7 @@ pub fn save(vm: &MicroVm, config: &VmConfig) -> Result<MicroVmState, SnapshotErr
             kind: handle.kind.to_string(),
             id: handle.id.clone(),
             transport: t.save_state(),
+            balloon: t.device_mut::<Balloon>().map(|b| b.save_state()),
         });
     }
     let config_json =

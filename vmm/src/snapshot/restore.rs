@@ -20,7 +20,7 @@ use crate::virtio_devices::{attach_virtio_devices, subscribers};
 use std::sync::atomic::Ordering;
 use wisp_api::VmConfig;
 use wisp_devices::noxs_page::Sysctl;
-use wisp_devices::virtio::{device_id, Vsock};
+use wisp_devices::virtio::{device_id, Balloon, Vsock};
 
 /// How the restored VM differs from the one saved.
 #[derive(Clone, Copy, Debug)]
@@ -146,6 +146,11 @@ pub fn restore(
                 what: format!("{} {}", s.kind, s.id),
                 reason: e.to_string(),
             })?;
+        if let (Some(saved), Some(balloon)) = (&s.balloon, t.device_mut::<Balloon>()) {
+            balloon
+                .restore_state(saved)
+                .map_err(device_err(format!("{} {}", s.kind, s.id)))?;
+        }
         if t.device_type() == device_id::VSOCK {
             if let Some(vsock) = t.device_mut::<Vsock>() {
                 vsock.reset_transport_on_activation();
