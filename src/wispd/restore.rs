@@ -167,29 +167,25 @@ impl Daemon {
                 }
             }
         }
-        self.refill();
-        if vms.is_empty() {
-            return self.reply(
-                from,
-                error(format!("restore failed: {}", failures.join("; "))),
-            );
-        }
-        if !failures.is_empty() {
-            log::warn!(
-                "wispd: request {}: {} of {count} restores failed: {}",
-                from.tag(),
-                failures.len(),
-                failures.join("; ")
-            );
-        }
-        let total_us = started.elapsed().as_secs_f64() * 1e6;
-        self.reply(
-            from,
+        let response = if vms.is_empty() {
+            error(format!("restore failed: {}", failures.join("; ")))
+        } else {
+            if !failures.is_empty() {
+                log::warn!(
+                    "wispd: request {}: {} of {count} restores failed: {}",
+                    from.tag(),
+                    failures.len(),
+                    failures.join("; ")
+                );
+            }
             CtlResponse::Restored {
                 vms,
-                total_us,
+                total_us: started.elapsed().as_secs_f64() * 1e6,
                 each_us,
-            },
-        );
+            }
+        };
+        self.reply(from, response);
+        // Only then are new shells asked for: the reply does not wait behind them.
+        self.refill();
     }
 }

@@ -4,7 +4,7 @@
 use crate::layout::{KVM_IDENTITY_MAP_ADDRESS, KVM_TSS_ADDRESS};
 use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +33,12 @@ pub struct Vm {
     fd: VmFd,
     /// KVM_MEM_LOG_DIRTY_PAGES on every slot (`machine-config.track_dirty_pages`).
     dirty_log: bool,
-    /// The dirty log was last emptied when guest memory matched a memory file on disk (a
-    /// snapshot was written, or this VM was restored from one): only then does "the pages
-    /// written since" make a diff snapshot that can be laid over that file.
-    dirty_base: AtomicBool,
+    /// Set when the dirty log was last emptied with guest memory matching a memory file on
+    /// disk (a snapshot was written, or this VM restored from one): only then do "the pages
+    /// written since" make a diff that can be laid over that file. It holds what the
+    /// snapshot code needs to tell whether the VMM itself wrote guest memory since (the
+    /// virtio queues' used positions then), as KVM's log only sees the guest's writes.
+    dirty_base: Mutex<Option<Vec<u16>>>,
 }
 
 impl Vm {
@@ -74,7 +76,7 @@ impl Vm {
             kvm,
             fd,
             dirty_log: false,
-            dirty_base: AtomicBool::new(false),
+            dirty_base: Mutex::new(None),
         })
     }
 
@@ -165,15 +167,18 @@ impl Vm {
             .collect()
     }
 
-    /// Records that guest memory now matches a memory file (`true` after a snapshot is
-    /// written or restored, with the log emptied at that point).
-    pub fn set_dirty_base(&self, base: bool) {
-        self.dirty_base.store(base, Ordering::Release);
+    /// Records that guest memory now matches a memory file (`Some`, with the snapshot
+    /// code's record of the devices then; the log emptied at that point) or no longer has a
+    /// base (`None`).
+    pub fn set_dirty_base(&self, base: Option<Vec<u16>>) {
+        if let Ok(mut slot) = self.dirty_base.lock() {
+            *slot = base;
+        }
     }
 
-    /// Whether the dirty log counts from a memory file (see `set_dirty_base`).
-    pub fn dirty_base(&self) -> bool {
-        self.dirty_base.load(Ordering::Acquire)
+    /// The record `set_dirty_base` last kept, if guest memory has a base.
+    pub fn dirty_base(&self) -> Option<Vec<u16>> {
+        self.dirty_base.lock().ok().and_then(|b| b.clone())
     }
 
     pub fn kvm(&self) -> &Kvm {

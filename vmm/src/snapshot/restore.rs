@@ -69,7 +69,9 @@ pub fn restore(
             .vm
             .take_dirty_bitmaps(&shell.mem)
             .map_err(|e| SnapshotError::DirtyLog(e.to_string()))?;
-        shell.vm.set_dirty_base(true);
+        shell
+            .vm
+            .set_dirty_base(Some(super::used_positions(&state.devices)));
     }
 
     let PreparedVm {
