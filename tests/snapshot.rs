@@ -530,21 +530,29 @@ fn a_balloon_keeps_its_target_size_and_statistics_across_a_restore() {
         let (status, body) = curl(&w.sock, "PATCH", "/balloon", Some(&body));
         assert_eq!(status, 204, "{body}");
     };
-    patch(&wisp, 16);
-    wisp.wait_for_line("balloon: actual=4096 pages");
     let stats = |w: &Wisp| -> Value {
         let (status, body) = curl(&w.sock, "GET", "/balloon/statistics", None);
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     };
-    // Statistics from after the inflate (the guest's free memory is 8 MiB less than at 8).
+    // Statistics at 8 MiB, then after the inflate to 16 (the guest's free memory less).
     let deadline = Instant::now() + GUARD;
-    let free_at_8 = stats(&wisp)["free_memory"].as_u64();
+    let free_at_8 = loop {
+        let now = stats(&wisp);
+        if let (Some(free), true) = (now["free_memory"].as_u64(), now["actual_mib"] == 8) {
+            break free;
+        }
+        assert!(Instant::now() < deadline, "{now}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    patch(&wisp, 16);
+    wisp.wait_for_line("balloon: actual=4096 pages");
     let free_at_16 = loop {
         let now = stats(&wisp);
-        let free = now["free_memory"].as_u64();
-        if now["actual_mib"] == 16 && free.is_some() && free < free_at_8 {
-            break free.unwrap();
+        if let Some(free) = now["free_memory"].as_u64() {
+            if now["actual_mib"] == 16 && free < free_at_8 {
+                break free;
+            }
         }
         assert!(Instant::now() < deadline, "{now}");
         std::thread::sleep(Duration::from_millis(50));
