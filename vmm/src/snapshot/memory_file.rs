@@ -57,6 +57,13 @@ pub fn write_memory(
         path: path.display().to_string(),
         source,
     };
+    // A new inode, never the old one truncated: the old file may be the very memory file
+    // this VM was restored from, still mapped over its RAM (truncating it would take the
+    // pages from under the guest; unlinked, it lives on until the mapping goes).
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
     let file = File::create(path).map_err(err)?;
     let mut offset = 0u64;
     let mut written = 0u64;
