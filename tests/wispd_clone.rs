@@ -9,12 +9,16 @@
 
 mod wispd_common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wisp_api::wispd_protocol::{CtlRequest, CtlResponse};
 use wisp_test_support::curl;
-use wispd_common::{api_socket_of, eventually, unikernel_config, Wispd};
+use wispd_common::{
+    api_socket_of, eventually, unikernel_config, unikernel_vm, write_config, Wispd,
+};
 
 const CLONES: usize = 100;
 const GUEST_MIB: u64 = 32;
@@ -49,6 +53,12 @@ fn generation(text: &str) -> Option<String> {
 /// Creates an `await-restore idle` VM from the pool and snapshots it into `dir`.
 fn snapshot_a_waiting_guest(w: &Wispd, dir: &Path) {
     let config = unikernel_config(&w.dir, "await-restore idle");
+    snapshot_a_guest(w, &config, dir);
+}
+
+/// Creates a VM from the pool with `config` (a guest that prints `await-restore: waiting`)
+/// and snapshots it into `dir`; returns the VM's pid.
+fn snapshot_a_guest(w: &Wispd, config: &Path, dir: &Path) -> u32 {
     let (ok, out, err) = w.ctl(&["create", "--config", config.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     assert!(
@@ -67,6 +77,103 @@ fn snapshot_a_waiting_guest(w: &Wispd, dir: &Path) {
     });
     let (status, body) = curl(&api, "PUT", "/snapshot/create", Some(&create.to_string()));
     assert_eq!(status, 204, "{body}");
+    pids_of(&out)[0].1
+}
+
+/// `(vm-N, pid)` of each `vm-N pid=P` line of `wisp ctl` output.
+fn pids_of(out: &str) -> Vec<(String, u32)> {
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let id = words.next()?.to_string();
+            let pid = words.next()?.strip_prefix("pid=")?.parse().ok()?;
+            Some((id, pid))
+        })
+        .collect()
+}
+
+/// Clones of a VM with vsock each get their own host-side socket (`<uds_path>.<pid>`), so
+/// they all restore, and each guest's connection to host port 1234 reaches the listener of
+/// its own clone.
+#[test]
+fn clones_of_a_vm_with_vsock_each_connect_back_on_their_own_socket() {
+    const N: usize = 4;
+    let w = Wispd::start("clone-vsock", N + 1, GUEST_MIB as u32);
+    let uds = w.dir.join("v.sock");
+    let mut vm = unikernel_vm("await-restore vsock");
+    vm.vsock = Some(wisp_api::config::Vsock {
+        guest_cid: 3,
+        uds_path: uds.clone(),
+        vsock_id: None,
+    });
+    let config = write_config(&w.dir, &vm);
+    let dir = w.dir.join("snap");
+    let original = snapshot_a_guest(&w, &config, &dir);
+
+    // Every shell that may take a clone listens on its own `<uds>.<pid>_1234` first (the
+    // guest connects as soon as it runs again).
+    w.wait_prepared(N + 1);
+    let mut listeners = HashMap::new();
+    for pid in w.shell_pids().into_iter().filter(|&p| p != original) {
+        let path = format!("{}.{pid}_1234", uds.display());
+        let listener = UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        listeners.insert(pid, listener);
+    }
+    let (ok, out, err) = w.ctl(&[
+        "clone",
+        "--snapshot",
+        dir.to_str().unwrap(),
+        "--count",
+        &N.to_string(),
+    ]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains(&format!("restored={N} ")), "{out}");
+    let clones = pids_of(&out);
+    assert_eq!(clones.len(), N, "{out}");
+    for (id, pid) in &clones {
+        let listener = listeners
+            .get(pid)
+            .unwrap_or_else(|| panic!("{id} (pid {pid}) was not a prepared shell"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            match listener.accept() {
+                Ok((stream, _)) => break stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "{id} never connected to its socket: {}",
+                        console(&w, id)
+                    );
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("accept for {id}: {e}"),
+            }
+        };
+        stream.set_nonblocking(false).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        assert_eq!(line, "hello from the unikernel\n", "{id}");
+        (&stream).write_all(b"hello from the host\n").unwrap();
+        assert!(
+            eventually(Duration::from_secs(30), || console(&w, id)
+                .contains("vsock: got hello from the host")),
+            "{id}: {}",
+            console(&w, id)
+        );
+    }
+    // No clone connected to another's socket.
+    for (pid, listener) in &listeners {
+        if !clones.iter().any(|(_, p)| p == pid) {
+            assert!(
+                listener.accept().is_err(),
+                "shell {pid} was not cloned into"
+            );
+        }
+    }
 }
 
 #[test]

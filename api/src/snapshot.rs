@@ -4,7 +4,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Full snapshots only; `Diff` is refused with its reason.
+/// `Full` writes all of guest memory; `Diff` only the pages the guest wrote since the last
+/// snapshot (the VM needs `machine-config.track_dirty_pages`), at their offsets in a sparse
+/// file meant to be laid over the previous memory file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SnapshotType {
     #[default]
@@ -54,22 +56,31 @@ pub struct SnapshotLoadParams {
     /// Resume the guest once restored (default: stay Paused).
     #[serde(default)]
     pub resume_vm: bool,
-    /// Firecracker's; diff snapshots are not implemented, so `true` is refused.
+    /// Firecracker's older name of `track_dirty_pages`.
     #[serde(default)]
     pub enable_diff_snapshots: bool,
+    /// Log the restored guest's dirty pages, so Diff snapshots can be taken of it (on top
+    /// of this memory file).
     #[serde(default)]
     pub track_dirty_pages: bool,
     /// Wisp: the VM generation the guest reads on its noxs page; default a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_generation: Option<u64>,
+    /// Wisp: the host-side vsock socket of the restored VM instead of the saved one (each
+    /// clone of one snapshot needs its own: guest connections to host port P then land on
+    /// `<vsock_uds_path>_P`). Refused when the snapshot has no vsock device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_uds_path: Option<PathBuf>,
 }
 
 impl SnapshotLoadParams {
+    /// Whether the restored VM logs dirty pages (either spelling).
+    pub fn dirty_pages(&self) -> bool {
+        self.track_dirty_pages || self.enable_diff_snapshots
+    }
+
     /// The memory file: `mem_backend` (type File) or `mem_file_path`, exactly one.
     pub fn mem_file(&self) -> Result<&PathBuf, String> {
-        if self.enable_diff_snapshots || self.track_dirty_pages {
-            return Err("diff snapshots and dirty page tracking are not supported".into());
-        }
         match (&self.mem_backend, &self.mem_file_path) {
             (Some(_), Some(_)) => Err("give either mem_backend or mem_file_path, not both".into()),
             (None, None) => Err("mem_backend (or mem_file_path) is required".into()),

@@ -1,11 +1,12 @@
 //! The ioctls a snapshot needs once the filters are on: a vCPU thread reads its own state
 //! (`VcpuEvent::SaveState`), the VMM thread reads KVM's MSR list and the VM's irqchip, PIT and
-//! clock. Restores happen before the filters go on (the state is set on a VM that has not run).
+//! clock, and KVM's dirty page log (diff snapshots). Restores happen before the filters go
+//! on (the state is set on a VM that has not run).
 
 use crate::ioctls::Ioctl;
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msr_list,
-    kvm_msrs, kvm_pit_state2, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_list, kvm_msrs, kvm_pit_state2, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
 };
 use vmm_sys_util::ioctl::{ioctl_expr, _IOC_NONE, _IOC_READ, _IOC_WRITE};
 
@@ -15,6 +16,13 @@ const fn ior<T>(name: &'static str, nr: u32) -> Ioctl {
     Ioctl {
         name,
         number: ioctl_expr(_IOC_READ, KVMIO, nr, std::mem::size_of::<T>() as u32),
+    }
+}
+
+const fn iow<T>(name: &'static str, nr: u32) -> Ioctl {
+    Ioctl {
+        name,
+        number: ioctl_expr(_IOC_WRITE, KVMIO, nr, std::mem::size_of::<T>() as u32),
     }
 }
 
@@ -52,6 +60,8 @@ pub const VMM_SAVE_IOCTLS: &[Ioctl] = &[
     iowr::<kvm_irqchip>("KVM_GET_IRQCHIP", 0x62),
     ior::<kvm_pit_state2>("KVM_GET_PIT2", 0x9f),
     ior::<kvm_clock_data>("KVM_GET_CLOCK", 0x7c),
+    // Diff snapshots (and the Full snapshot that empties the log under one).
+    iow::<kvm_dirty_log>("KVM_GET_DIRTY_LOG", 0x42),
 ];
 
 #[cfg(test)]
@@ -76,5 +86,6 @@ mod tests {
         );
         assert_eq!(number(VMM_SAVE_IOCTLS, "KVM_GET_IRQCHIP"), 0xC208_AE62);
         assert_eq!(number(VMM_SAVE_IOCTLS, "KVM_GET_CLOCK"), 0x8030_AE7C);
+        assert_eq!(number(VMM_SAVE_IOCTLS, "KVM_GET_DIRTY_LOG"), 0x4010_AE42);
     }
 }

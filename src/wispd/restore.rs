@@ -4,7 +4,8 @@
 //! maps the memory file `MAP_PRIVATE` over the RAM it prepared (so every clone shares the
 //! file's page cache and copies only the pages it writes), reattaches the devices, sets the
 //! KVM state and resumes. Each clone is given its own VM generation on its noxs page, so
-//! the guest can tell it is a new copy.
+//! the guest can tell it is a new copy, and a snapshot with vsock gets its own host-side
+//! socket per VM (`<uds_path>.<shell pid>`): clones cannot share one.
 //!
 //! The snapshot is checked once here (state file, memory file size) before any shell is
 //! taken, and a clone takes shells only if enough prepared ones fit: a refused request
@@ -73,6 +74,13 @@ impl PendingLoad {
     }
 }
 
+/// The host-side vsock socket of a VM restored into the shell with process id `pid`:
+/// `<saved uds_path>.<pid>`, so clones of one snapshot each bind their own (and the guest's
+/// connections to host port P land on `<that>_P`).
+pub(crate) fn own_vsock_socket(saved: &Path, pid: u32) -> String {
+    format!("{}.{pid}", saved.display())
+}
+
 impl Daemon {
     /// Restores the snapshot in `dir` into `count` prepared shells and resumes each.
     pub(crate) fn restore(&mut self, from: Requester, dir: &Path, count: u32) {
@@ -84,8 +92,8 @@ impl Daemon {
             );
         }
         let files = SnapshotDir::new(dir);
-        let state = match load_state(&files.state()) {
-            Ok((state, _config)) => state,
+        let (state, vsock_uds) = match load_state(&files.state()) {
+            Ok((state, config)) => (state, config.vsock.map(|v| v.uds_path)),
             Err(e) => return self.reply(from, error(e)),
         };
         if let Err(e) = MemoryFile::open(&files.memory(), state.mem_mib) {
@@ -124,13 +132,16 @@ impl Daemon {
             let Some(shell) = self.shells.get(&id) else {
                 continue;
             };
-            let body = serde_json::json!({
+            let mut body = serde_json::json!({
                 "snapshot_path": files.state(),
                 "mem_backend": {"backend_type": "File", "backend_path": files.memory()},
                 "resume_vm": true,
                 "vm_generation": new_generation(),
-            })
-            .to_string();
+            });
+            if let Some(uds) = &vsock_uds {
+                body["vsock_uds_path"] = own_vsock_socket(uds, shell.proc.pid()).into();
+            }
+            let body = body.to_string();
             pending.push((id, send_load(&shell.proc.files.api_socket, &body)));
         }
         for (id, load) in pending {
@@ -156,29 +167,25 @@ impl Daemon {
                 }
             }
         }
-        self.refill();
-        if vms.is_empty() {
-            return self.reply(
-                from,
-                error(format!("restore failed: {}", failures.join("; "))),
-            );
-        }
-        if !failures.is_empty() {
-            log::warn!(
-                "wispd: request {}: {} of {count} restores failed: {}",
-                from.tag(),
-                failures.len(),
-                failures.join("; ")
-            );
-        }
-        let total_us = started.elapsed().as_secs_f64() * 1e6;
-        self.reply(
-            from,
+        let response = if vms.is_empty() {
+            error(format!("restore failed: {}", failures.join("; ")))
+        } else {
+            if !failures.is_empty() {
+                log::warn!(
+                    "wispd: request {}: {} of {count} restores failed: {}",
+                    from.tag(),
+                    failures.len(),
+                    failures.join("; ")
+                );
+            }
             CtlResponse::Restored {
                 vms,
-                total_us,
+                total_us: started.elapsed().as_secs_f64() * 1e6,
                 each_us,
-            },
-        );
+            }
+        };
+        self.reply(from, response);
+        // Only then are new shells asked for: the reply does not wait behind them.
+        self.refill();
     }
 }

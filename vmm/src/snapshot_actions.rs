@@ -22,11 +22,6 @@ pub(crate) fn create(
             c.state()
         )));
     }
-    if params.snapshot_type == SnapshotType::Diff {
-        return Err(refuse(
-            "Diff snapshots are not supported; take a Full one".into(),
-        ));
-    }
     let vm =
         c.vm.as_ref()
             .ok_or_else(|| VmmActionError::not_allowed("the microVM is not running"))?;
@@ -35,6 +30,10 @@ pub(crate) fn create(
         c.resources.vm_config(),
         &params.snapshot_path,
         &params.mem_file_path,
+        match params.snapshot_type {
+            SnapshotType::Full => snapshot::Kind::Full,
+            SnapshotType::Diff => snapshot::Kind::Diff,
+        },
     )
     .map_err(|e| refuse(e.to_string()))?;
     log::info!(
@@ -73,8 +72,17 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
         ));
     }
     let mem_path = params.mem_file().map_err(refuse)?;
-    let (state, config) =
+    let (state, mut config) =
         snapshot::load_state(&params.snapshot_path).map_err(|e| refuse(e.to_string()))?;
+    if let Some(uds) = &params.vsock_uds_path {
+        // A clone's own host-side socket (each clone of one snapshot needs its own).
+        let vsock = config.vsock.as_mut().ok_or_else(|| {
+            refuse("vsock_uds_path is given but the snapshot has no vsock device".into())
+        })?;
+        vsock.uds_path = uds.clone();
+    }
+    let dirty_log = params.dirty_pages() || config.machine_config.track_dirty_pages;
+    config.machine_config.track_dirty_pages = dirty_log;
     let mem_file = MemoryFile::open(mem_path, state.mem_mib).map_err(|e| refuse(e.to_string()))?;
     // The restored VM's configuration is the saved one, validated again (its disks and
     // sockets must still be there); it has no boot source, as it never boots. The VMM's own
@@ -90,6 +98,11 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
     let vcpus = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
     if let Some(shell) = &c.shell {
         // Checked before the shell is taken: a snapshot too large for it changes nothing.
+        if dirty_log && !shell.vm.dirty_log() {
+            return Err(refuse(
+                "track_dirty_pages: this VM shell was prepared without dirty page logging".into(),
+            ));
+        }
         if shell.mem_mib() < state.mem_mib || shell.vcpu_count() < vcpus {
             return Err(refuse(format!(
                 "its guest ({} MiB, {vcpus} vCPUs) does not fit this VM shell ({} MiB, {} vCPUs)",
@@ -102,8 +115,15 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
     let (shell, spent_shell) = match c.shell.take() {
         Some(shell) => (shell, true),
         None => {
-            let shell = PreparedVm::prepare(state.mem_mib, vcpus)
-                .map_err(|e| VmmActionError::LoadSnapshot(e.to_string()))?;
+            // Plain pages: the memory file is mapped over them.
+            let shell = PreparedVm::prepare_backed(
+                state.mem_mib,
+                vcpus,
+                wisp_api::HugePages::None,
+                dirty_log,
+                false,
+            )
+            .map_err(|e| VmmActionError::LoadSnapshot(e.to_string()))?;
             (shell, false)
         }
     };

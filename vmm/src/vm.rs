@@ -6,6 +6,7 @@ use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVMIO, KVM_PIT_S
 use kvm_ioctls::{Kvm, VmFd};
 use std::mem::ManuallyDrop;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use vm_memory::{Address, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::ioctl::ioctl_with_ref;
@@ -38,6 +39,8 @@ pub enum VmError {
     PitThread(#[source] std::io::Error),
     #[error("the thread that creates the PIT panicked")]
     PitThreadPanicked,
+    #[error("cannot read KVM's dirty page log: {0}")]
+    DirtyLog(#[source] kvm_ioctls::Error),
 }
 
 /// A KVM VM with its interrupt controllers and memory.
@@ -50,6 +53,12 @@ pub struct Vm {
     /// KVM_CREATE_PIT2, running on its own thread (`with_memory`) until `finish_setup` or
     /// `Drop` joins it.
     pit: Option<JoinHandle<Result<(), kvm_ioctls::Error>>>,
+    /// Set when the dirty log was last emptied with guest memory matching a memory file on
+    /// disk (a snapshot was written, or this VM restored from one): only then do "the pages
+    /// written since" make a diff that can be laid over that file. It holds what the
+    /// snapshot code needs to tell whether the VMM itself wrote guest memory since (the
+    /// virtio queues' used positions then), as KVM's log only sees the guest's writes.
+    dirty_base: Mutex<Option<Vec<u16>>>,
 }
 
 impl Vm {
@@ -107,6 +116,7 @@ impl Vm {
             fd: ManuallyDrop::new(fd),
             dirty_log: false,
             pit: None,
+            dirty_base: Mutex::new(None),
         })
     }
 
@@ -191,22 +201,45 @@ impl Vm {
         self.dirty_log
     }
 
-    /// Pages the guest wrote since the last call, over all slots (KVM_GET_DIRTY_LOG, which
-    /// also clears the log). Fails unless the slots were registered with `dirty_log`.
+    /// How many pages the guest wrote since the last read of the log (which this clears).
+    /// Fails unless the slots were registered with `dirty_log`.
     pub fn take_dirty_pages(&self, mem: &GuestMemoryMmap) -> Result<u64, VmError> {
-        let mut pages = 0u64;
-        for (slot, region) in mem.iter().enumerate() {
-            let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
-            let bitmap = self
-                .fd
-                .get_dirty_log(slot as u32, size)
-                .map_err(VmError::SetMemory)?;
-            pages += bitmap
-                .iter()
-                .map(|w| u64::from(w.count_ones()))
-                .sum::<u64>();
+        Ok(self
+            .take_dirty_bitmaps(mem)?
+            .iter()
+            .flatten()
+            .map(|w| u64::from(w.count_ones()))
+            .sum())
+    }
+
+    /// The pages the guest wrote since the last read of the log, one bitmap per region of
+    /// `mem` in order (bit `i` of word `w`: page `64 * w + i` of the region), read with
+    /// KVM_GET_DIRTY_LOG, which also clears the log. Fails unless the slots were registered
+    /// with `dirty_log`. Writes the VMM makes itself (virtio devices) are not in it.
+    pub fn take_dirty_bitmaps(&self, mem: &GuestMemoryMmap) -> Result<Vec<Vec<u64>>, VmError> {
+        mem.iter()
+            .enumerate()
+            .map(|(slot, region)| {
+                let size = usize::try_from(region.len()).unwrap_or(usize::MAX);
+                self.fd
+                    .get_dirty_log(slot as u32, size)
+                    .map_err(VmError::DirtyLog)
+            })
+            .collect()
+    }
+
+    /// Records that guest memory now matches a memory file (`Some`, with the snapshot
+    /// code's record of the devices then; the log emptied at that point) or no longer has a
+    /// base (`None`).
+    pub fn set_dirty_base(&self, base: Option<Vec<u16>>) {
+        if let Ok(mut slot) = self.dirty_base.lock() {
+            *slot = base;
         }
-        Ok(pages)
+    }
+
+    /// The record `set_dirty_base` last kept, if guest memory has a base.
+    pub fn dirty_base(&self) -> Option<Vec<u16>> {
+        self.dirty_base.lock().ok().and_then(|b| b.clone())
     }
 
     pub fn kvm(&self) -> &Kvm {

@@ -334,6 +334,63 @@ impl Balloon {
     }
 }
 
+/// What a snapshot keeps of a balloon beyond its transport: the target (PATCH /balloon may
+/// have moved it from the configured one), the driver's `actual`, the statistics interval and
+/// last numbers, and the statistics buffer the device holds until its next poll (the timer
+/// is armed again when the restored transport activates the device).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BalloonState {
+    pub target_pages: u32,
+    pub actual_pages: u32,
+    pub stats_interval_s: u16,
+    pub stats_head: Option<u16>,
+    pub stats: [Option<u64>; STAT_TAGS],
+    pub pages_released: u64,
+}
+
+impl Balloon {
+    /// The device's own state (the vCPUs paused, so the driver changes nothing meanwhile).
+    pub fn save_state(&self) -> BalloonState {
+        BalloonState {
+            target_pages: self.target_pages,
+            actual_pages: self.actual_pages,
+            stats_interval_s: self.stats_interval_s,
+            stats_head: self.stats_head,
+            stats: self.report.stats,
+            pages_released: self.report.pages_released,
+        }
+    }
+
+    /// Puts a fresh balloon (made from the saved configuration, not yet activated) into
+    /// `state`. Statistics must be on in both or off in both: they decide the queues.
+    pub fn restore_state(&mut self, state: &BalloonState) -> Result<(), String> {
+        if (state.stats_interval_s == 0) != (self.stats_interval_s == 0) {
+            return Err(format!(
+                "statistics every {} s were saved; this balloon has them {}",
+                state.stats_interval_s,
+                if self.stats_interval_s == 0 {
+                    "off"
+                } else {
+                    "on"
+                }
+            ));
+        }
+        if state
+            .stats_head
+            .is_some_and(|h| self.queue_sizes.get(2).is_none_or(|&size| h >= size))
+        {
+            return Err("the held statistics buffer is outside its queue".into());
+        }
+        self.target_pages = state.target_pages;
+        self.actual_pages = state.actual_pages;
+        self.stats_interval_s = state.stats_interval_s;
+        self.stats_head = state.stats_head;
+        self.report.stats = state.stats;
+        self.report.pages_released = state.pages_released;
+        Ok(())
+    }
+}
+
 fn mib_to_pages(mib: u32) -> u32 {
     mib.saturating_mul((1 << 20) / PAGE_SIZE as u32)
 }

@@ -57,7 +57,7 @@ mod hostile_tests;
 #[cfg(test)]
 mod test_driver;
 
-pub use balloon::Balloon;
+pub use balloon::{Balloon, BalloonState};
 pub use block::Block;
 pub use device::{Interrupt, QueueContext, VirtioDevice};
 pub use metrics::{DeviceMetrics, MetricsSnapshot};

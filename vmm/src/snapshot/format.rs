@@ -21,7 +21,7 @@ use std::path::Path;
 /// "WISPSNAP".
 pub const MAGIC: [u8; 8] = *b"WISPSNAP";
 /// Bumped whenever the payload's layout changes; older or newer files are refused.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Header size in bytes.
 pub const HEADER_LEN: usize = 24;
 /// A state file is a few hundred KiB at most (vCPU states, device registers); anything much

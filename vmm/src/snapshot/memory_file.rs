@@ -57,6 +57,13 @@ pub fn write_memory(
         path: path.display().to_string(),
         source,
     };
+    // A new inode, never the old one truncated: the old file may be the very memory file
+    // this VM was restored from, still mapped over its RAM (truncating it would take the
+    // pages from under the guest; unlinked, it lives on until the mapping goes).
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(err(e)),
+        _ => {}
+    }
     let file = File::create(path).map_err(err)?;
     let mut offset = 0u64;
     let mut written = 0u64;
@@ -93,6 +100,83 @@ pub fn write_memory(
     // without ftruncate, one syscall fewer for the VMM thread's filter.
     if file_end < offset {
         file.write_all_at(&[0], offset - 1).map_err(err)?;
+    }
+    file.sync_all().map_err(err)?;
+    Ok(written)
+}
+
+/// Writes the pages `dirty` marks (one bitmap per region of `mem`, as
+/// `Vm::take_dirty_bitmaps` reads them) at their offsets in `path`, a file laid out as
+/// `write_memory`'s; returns the bytes written. An existing file of the guest's size is
+/// written over in place (a copy of the base file becomes the merged snapshot); a new one is
+/// sparse, only the dirty pages allocated, to be laid over the base later. A dirty page is
+/// written even if it is zero: the base may not be. Nothing is written into a file of
+/// another size.
+pub fn write_diff(
+    mem: &GuestMemoryMmap,
+    dirty: &[Vec<u64>],
+    path: &Path,
+) -> Result<u64, MemoryFileError> {
+    let err = |source| MemoryFileError::Write {
+        path: path.display().to_string(),
+        source,
+    };
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    if dirty.len() != mem.iter().count() {
+        return Err(MemoryFileError::Layout(format!(
+            "{} dirty bitmaps for {} regions",
+            dirty.len(),
+            mem.iter().count()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(err)?;
+    let have = file.metadata().map_err(err)?.len();
+    if have != 0 && have != total {
+        return Err(MemoryFileError::Size {
+            path: path.display().to_string(),
+            have,
+            want: total,
+        });
+    }
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for (region, bitmap) in mem.iter().zip(dirty) {
+        let len = region.len() as usize;
+        let host = region
+            .get_host_address(vm_memory::MemoryRegionAddress(0))
+            .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+        // SAFETY: as in `write_memory`: the region's live mapping, only read, while the
+        // vCPUs are paused and this thread serves the devices.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        let pages = len / PAGE;
+        let is_dirty = |p: usize| bitmap.get(p / 64).is_some_and(|w| w >> (p % 64) & 1 == 1);
+        // Runs of dirty pages go out in one write each.
+        let mut page = 0;
+        while page < pages {
+            if !is_dirty(page) {
+                page += 1;
+                continue;
+            }
+            let first = page;
+            while page < pages && is_dirty(page) {
+                page += 1;
+            }
+            let run = &bytes[first * PAGE..page * PAGE];
+            file.write_all_at(run, offset + (first * PAGE) as u64)
+                .map_err(err)?;
+            written += run.len() as u64;
+        }
+        offset += len as u64;
+    }
+    // A new file ends at the guest's size: a zero byte past its end (a hole up to there),
+    // as in `write_memory`, without ftruncate.
+    if file.metadata().map_err(err)?.len() < total {
+        file.write_all_at(&[0], total - 1).map_err(err)?;
     }
     file.sync_all().map_err(err)?;
     Ok(written)
@@ -234,6 +318,46 @@ mod tests {
                 &0xabcd_u32.to_le_bytes()
             );
             std::fs::remove_file(&path).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_diff_writes_only_dirty_pages_and_merges_over_its_base_in_place() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        mem.write_obj(0x11_u8, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x22_u8, GuestAddress(0x5000)).unwrap();
+        let base = scratch("diff-base");
+        write_memory(&mem, &base, true).unwrap();
+        // The guest then zeroes page 1 and writes pages 3 and 4.
+        mem.write_obj(0_u8, GuestAddress(0x1000)).unwrap();
+        mem.write_obj(0x33_u8, GuestAddress(0x3000)).unwrap();
+        mem.write_obj(0x44_u8, GuestAddress(0x4000)).unwrap();
+        let dirty = vec![vec![0b11010_u64, 0, 0, 0]];
+        let diff = scratch("diff-new");
+        assert_eq!(write_diff(&mem, &dirty, &diff).unwrap(), 3 * 4096);
+        let bytes = std::fs::read(&diff).unwrap();
+        assert_eq!(bytes.len(), 1 << 20);
+        assert_eq!(
+            (bytes[0x3000], bytes[0x4000], bytes[0x5000]),
+            (0x33, 0x44, 0)
+        );
+
+        // Over a copy of the base: the merged file is the guest's memory now.
+        let merged = scratch("diff-merged");
+        std::fs::copy(&base, &merged).unwrap();
+        write_diff(&mem, &dirty, &merged).unwrap();
+        let bytes = std::fs::read(&merged).unwrap();
+        assert_eq!(
+            (bytes[0x1000], bytes[0x3000], bytes[0x4000], bytes[0x5000]),
+            (0, 0x33, 0x44, 0x22)
+        );
+        // A file of another size is left alone.
+        let other = scratch("diff-other");
+        std::fs::write(&other, [7u8; 100]).unwrap();
+        assert!(write_diff(&mem, &dirty, &other).is_err());
+        assert_eq!(std::fs::read(&other).unwrap(), [7u8; 100]);
+        for p in [base, diff, merged, other] {
+            std::fs::remove_file(p).unwrap();
         }
     }
 

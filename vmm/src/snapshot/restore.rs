@@ -20,7 +20,7 @@ use crate::virtio_devices::{attach_virtio_devices, subscribers};
 use std::sync::atomic::Ordering;
 use wisp_api::VmConfig;
 use wisp_devices::noxs_page::Sysctl;
-use wisp_devices::virtio::{device_id, Vsock};
+use wisp_devices::virtio::{device_id, Balloon, Vsock};
 
 /// How the restored VM differs from the one saved.
 #[derive(Clone, Copy, Debug)]
@@ -62,7 +62,20 @@ pub fn restore(
             id: v.id.clone(),
         });
     }
+    // Phase times for the debug log (where a restore's ~0.2 ms goes).
+    let started = std::time::Instant::now();
     mem_file.map_over(&shell.mem, &ram_ranges(state.mem_mib))?;
+    let mapped = started.elapsed();
+    if shell.vm.dirty_log() {
+        // Guest memory is the memory file now: a later Diff snapshot is laid over it.
+        shell
+            .vm
+            .take_dirty_bitmaps(&shell.mem)
+            .map_err(|e| SnapshotError::DirtyLog(e.to_string()))?;
+        shell
+            .vm
+            .set_dirty_base(Some(super::used_positions(&state.devices)));
+    }
 
     let PreparedVm {
         vcpus,
@@ -138,6 +151,11 @@ pub fn restore(
                 what: format!("{} {}", s.kind, s.id),
                 reason: e.to_string(),
             })?;
+        if let (Some(saved), Some(balloon)) = (&s.balloon, t.device_mut::<Balloon>()) {
+            balloon
+                .restore_state(saved)
+                .map_err(device_err(format!("{} {}", s.kind, s.id)))?;
+        }
         if t.device_type() == device_id::VSOCK {
             if let Some(vsock) = t.device_mut::<Vsock>() {
                 vsock.reset_transport_on_activation();
@@ -151,6 +169,7 @@ pub fn restore(
         what: "PIT".into(),
         reason: e.to_string(),
     })?;
+    let devices_done = started.elapsed();
     kvm_state::restore_vm(vm.fd(), &state.vm)?;
     let mut vcpus: Vec<Vcpu> = vcpus.into_iter().take(count).collect();
     for (vcpu, saved) in vcpus.iter_mut().zip(&state.vcpus) {
@@ -159,6 +178,10 @@ pub fn restore(
         kvm_state::restore_vcpu(vcpu.fd(), saved)?;
     }
 
+    log::debug!(
+        "restore: memory mapped in {mapped:?}, devices by {devices_done:?}, KVM state by {:?}",
+        started.elapsed()
+    );
     let mut subs = vec![doorbells];
     subs.extend(subscribers(&virtio));
     let unstarted = vcpus.into_iter().zip(threads).collect();

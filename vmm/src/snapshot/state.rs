@@ -6,7 +6,7 @@ use super::kvm_state::{VcpuState, VmKvmState};
 use serde::{Deserialize, Serialize};
 use wisp_devices::i8042::I8042Snapshot;
 use wisp_devices::serial::SerialSnapshot;
-use wisp_devices::virtio::TransportState;
+use wisp_devices::virtio::{BalloonState, TransportState};
 
 /// A whole microVM, minus its memory.
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,9 +42,11 @@ pub struct DevicesState {
 /// One virtio device: which configuration entry it is and its transport.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VirtioState {
-    /// "block", "net", "vsock", "rng".
+    /// "block", "net", "vsock", "rng", "balloon".
     pub kind: String,
     /// Drive or interface id.
     pub id: String,
     pub transport: TransportState,
+    /// A balloon's own state (the other devices keep none beyond their transport).
+    pub balloon: Option<BalloonState>,
 }
