@@ -24,6 +24,8 @@ pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
 /// The virtio-fs fragment (FUSE, virtio-fs, overlayfs): host directories shared through
 /// vhost-user-fs, overlay container roots.
 pub const FS_FRAGMENT: &str = include_str!("../configs/fs.config");
+/// The virtio-balloon fragment: the host reclaims memory from idle guests, reads their figures.
+pub const BALLOON_FRAGMENT: &str = include_str!("../configs/balloon.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
@@ -101,7 +103,8 @@ impl FragmentSource {
     }
 }
 
-/// The default fragments: microvm.config, app.config, acpi.config, then fs.config.
+/// The default fragments: microvm.config, app.config, acpi.config, fs.config, then
+/// balloon.config.
 pub fn default_fragments() -> Vec<FragmentSource> {
     vec![
         FragmentSource {
@@ -119,6 +122,10 @@ pub fn default_fragments() -> Vec<FragmentSource> {
         FragmentSource {
             name: "fs.config".into(),
             text: FS_FRAGMENT.into(),
+        },
+        FragmentSource {
+            name: "balloon.config".into(),
+            text: BALLOON_FRAGMENT.into(),
         },
     ]
 }

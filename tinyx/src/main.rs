@@ -13,7 +13,7 @@ use wisp_tinyx::{default_guest, GuestError};
 const USAGE: &str = "usage:
   tinyx kernel [--fragment FILE]... [--keyboard] [--out DIR]
       build (or take from the cache) vmlinux + bzImage; default fragments:
-      microvm.config + app.config + acpi.config + fs.config; --keyboard adds keyboard.config (i8042 keyboard
+      microvm.config + app.config + acpi.config + fs.config + balloon.config; --keyboard adds keyboard.config (i8042 keyboard
       and VT, so the guest acts on the API's SendCtrlAltDel)
   tinyx initramfs [--app BIN] [--init SCRIPT] [--add SRC:DST]... --out FILE
   tinyx guest
