@@ -250,7 +250,11 @@ fn density_of_idle_linux_guests_before_and_after_inflating() -> Result<(), TestH
              run density {timeout_s} sh /tmp/density.sh \"{CMDLINE}\" {guests} 64 32\n"
         ))
         .boot()?;
-    let run = host.run("density")?;
+    let run = host.run("density");
+    if run.is_err() {
+        eprintln!("--- L1 console (tail) ---\n{}", host.console_tail());
+    }
+    let run = run?;
     for line in run.stdout.lines().filter(|l| l.starts_with("DENSITY ")) {
         eprintln!("{line}");
     }
