@@ -9,15 +9,11 @@
 //! the guest's own figures (free, total, available memory) and follows the balloon, deflating
 //! gives the memory back to the guest, and with `deflate_on_oom` a guest that needs more than
 //! the balloon left it takes pages back (the balloon ends below its target).
-//!
-//! The ignored test `density_of_idle_linux_guests_before_and_after_inflating` is a measurement,
-//! not a check: N idle guests at once in L1, host memory before and after inflating each.
 
 mod testhost;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 use testhost::{
     check_failed, initramfs_with_init, shared_host, value, CommandRun, L2Guest, TestHost,
     TestHostError,
@@ -27,13 +23,12 @@ const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 /// The guard for the scenario inside L1: one Linux boot under TCG and the balloon's moves.
 const SCENARIO_TIMEOUT_S: u32 = 600;
 const L1_SCRIPT: &str = include_str!("testhost/l1_balloon.sh");
-const L1_DENSITY: &str = include_str!("testhost/l1_balloon_density.sh");
 const L2_INIT: &str = include_str!("testhost/l2_balloon_init.sh");
 const CURL: &str = "/usr/bin/curl";
 const MIB_KIB: f64 = 1024.0;
 
-/// The guest's initramfs, from its cache; one build at a time (the two L1 boots would race
-/// on the cache entry).
+/// The guest's initramfs, from its cache; one build at a time (tests boot L1 concurrently and
+/// would race on the cache entry).
 fn balloon_initramfs() -> Result<PathBuf, TestHostError> {
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _guard = ONE_AT_A_TIME
@@ -227,54 +222,6 @@ fn a_linux_guest_deflates_its_balloon_on_oom() -> Result<(), TestHostError> {
     }
     if run.stdout.contains("Out of memory: Killed process") {
         return Err(check_failed(run, "the OOM killer ran"));
-    }
-    Ok(())
-}
-
-/// A measurement, not a check (ignored by default; run with `cargo test --test linux_balloon
-/// -- --ignored --nocapture`): `WISP_DENSITY_GUESTS` (default 10) idle Tinyx guests of 64 MiB
-/// at once in L1, and the host memory they take before and after inflating each balloon by
-/// 32 MiB.
-#[test]
-#[ignore = "a measurement: boots many Linux guests in the test host (minutes under TCG)"]
-fn density_of_idle_linux_guests_before_and_after_inflating() -> Result<(), TestHostError> {
-    let guests: u32 = std::env::var("WISP_DENSITY_GUESTS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
-    let timeout_s: u32 = 2400;
-    let host = builder()?
-        .timeout(Duration::from_secs(u64::from(timeout_s) + 300))
-        .script(&format!(
-            "cat > /tmp/density.sh <<'WISP_DENSITY_SCENARIO'\n{L1_DENSITY}WISP_DENSITY_SCENARIO\n\
-             run density {timeout_s} sh /tmp/density.sh \"{CMDLINE}\" {guests} 64 32\n"
-        ))
-        .boot()?;
-    let run = host.run("density");
-    if run.is_err() {
-        eprintln!("--- L1 console (tail) ---\n{}", host.console_tail());
-    }
-    let run = run?;
-    for line in run.stdout.lines().filter(|l| l.starts_with("DENSITY ")) {
-        eprintln!("{line}");
-    }
-    let before = kib(run, "rss-sum-before-kib")?;
-    let after = kib(run, "rss-sum-after-kib")?;
-    let used_before = kib(run, "l1-used-before-kib")?;
-    let used_after = kib(run, "l1-used-after-kib")?;
-    eprintln!(
-        "{guests} idle Linux guests of 64 MiB: VMM RSS sum {:.1} → {:.1} MiB, L1 used {:.1} → \
-         {:.1} MiB after inflating each by 32 MiB",
-        before / MIB_KIB,
-        after / MIB_KIB,
-        used_before / MIB_KIB,
-        used_after / MIB_KIB
-    );
-    if value(run, "ready")? != guests.to_string() || value(run, "inflated")? != guests.to_string() {
-        return Err(check_failed(run, "not every guest booted and inflated"));
-    }
-    if after >= before {
-        return Err(check_failed(run, "inflating returned no memory"));
     }
     Ok(())
 }
