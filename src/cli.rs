@@ -97,11 +97,13 @@ pub struct FirecrackerFlags {
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<u64>,
 
-    /// Print a snapshot's data format version: refused (no snapshots in this build).
+    /// Check a snapshot's VM state file (or a snapshot directory's `vm.state`): magic, length,
+    /// CRC-32 and payload; print its data format version (`v1`) and exit. A file that is not
+    /// a valid snapshot of this Wisp's format: the reason on stderr, exit status 1.
     #[arg(long, value_name = "PATH")]
     pub describe_snapshot: Option<PathBuf>,
 
-    /// Print the snapshot data format version: refused (no snapshots in this build).
+    /// Print the snapshot data format version this Wisp writes and reads (`v1`) and exit.
     #[arg(long)]
     pub snapshot_version: bool,
 
@@ -134,9 +136,6 @@ impl FirecrackerFlags {
         }
         if self.mmds_size_limit.is_some() {
             return why("--mmds-size-limit", "MMDS is out of scope for now");
-        }
-        if self.describe_snapshot.is_some() || self.snapshot_version {
-            return why("snapshot flags", "this build has no snapshots");
         }
         if self.enable_pci {
             return why("--enable-pci", "Wisp's devices are virtio-mmio only");

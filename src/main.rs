@@ -31,6 +31,9 @@ fn main() {
         report!("wisp: error: {e}");
         std::process::exit(run::EXIT_VMM_ERROR);
     }
+    if let Some(code) = snapshot_flags(&cli.firecracker) {
+        std::process::exit(code);
+    }
     if runs_a_vmm(&cli) {
         if let Err(e) = choose_seccomp(cli.no_seccomp) {
             report!("wisp: error: {e}");
@@ -109,6 +112,35 @@ fn apply_firecracker_flags(fc: &cli::FirecrackerFlags) -> Result<(), String> {
     }
     log::info!("wisp {} starting", env!("CARGO_PKG_VERSION"));
     Ok(())
+}
+
+/// Firecracker's `--snapshot-version` and `--describe-snapshot PATH`: print a data format
+/// version as `v<N>` and exit (Some(exit status)); None when neither flag was given.
+fn snapshot_flags(fc: &cli::FirecrackerFlags) -> Option<i32> {
+    use wisp_vmm::snapshot::{self, format::FORMAT_VERSION, SnapshotDir};
+    if fc.snapshot_version {
+        println!("v{FORMAT_VERSION}");
+        return Some(0);
+    }
+    let path = fc.describe_snapshot.as_ref()?;
+    // A snapshot directory (`wisp run --restore DIR`) names its state file `vm.state`.
+    let state = if path.is_dir() {
+        SnapshotDir::new(path).state()
+    } else {
+        path.clone()
+    };
+    // The whole file is checked (magic, version, length, CRC-32, payload, configuration), not
+    // only its header: a version printed for a corrupt file would promise a restore that fails.
+    match snapshot::load_state(&state) {
+        Ok(_) => {
+            println!("v{FORMAT_VERSION}");
+            Some(0)
+        }
+        Err(e) => {
+            report!("wisp: error: --describe-snapshot: {e}");
+            Some(run::EXIT_VMM_ERROR)
+        }
+    }
 }
 
 /// Whether this invocation runs a VMM (and so its threads get seccomp filters); `wisp ctl` is

@@ -66,11 +66,50 @@ pub struct SnapshotLoadParams {
     /// Wisp: the VM generation the guest reads on its noxs page; default a random one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm_generation: Option<u64>,
-    /// Wisp: the host-side vsock socket of the restored VM instead of the saved one (each
-    /// clone of one snapshot needs its own: guest connections to host port P then land on
-    /// `<vsock_uds_path>_P`). Refused when the snapshot has no vsock device.
+    /// New host tap devices for the snapshot's interfaces (by `iface_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// A new host socket path for the snapshot's vsock device.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vsock_uds_path: Option<PathBuf>,
+    pub vsock_override: Option<VsockOverride>,
+    /// Firecracker's: advance kvmclock by the wall-clock time since the snapshot. Refused
+    /// when true: Wisp's restore puts the saved clock back as it was.
+    #[serde(default)]
+    pub clock_realtime: bool,
+    /// Firecracker's huge page choice for the restored guest; only `Snapshot` (the default:
+    /// as the snapshot's configuration says) is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub huge_pages: Option<LoadHugePages>,
+}
+
+/// One entry of `network_overrides`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `vsock_override`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: PathBuf,
+}
+
+/// `huge_pages` of `PUT /snapshot/load`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadHugePages {
+    Snapshot,
+    None,
+    Transparent,
+    #[serde(rename = "2M")]
+    Huge2M,
+}
+
+/// The 400 text for a load field Wisp refuses on purpose.
+fn not_supported(what: &str, reason: &str) -> String {
+    format!("{what} is not supported by Wisp: {reason}")
 }
 
 impl SnapshotLoadParams {
@@ -81,12 +120,26 @@ impl SnapshotLoadParams {
 
     /// The memory file: `mem_backend` (type File) or `mem_file_path`, exactly one.
     pub fn mem_file(&self) -> Result<&PathBuf, String> {
+        if self.clock_realtime {
+            return Err(not_supported(
+                "clock_realtime",
+                "kvmclock resumes from its saved value; the guest steps its clock itself",
+            ));
+        }
+        if let Some(pages) = self.huge_pages.filter(|p| *p != LoadHugePages::Snapshot) {
+            return Err(not_supported(
+                &format!("huge_pages {pages:?} on load"),
+                "the restored guest's memory is the memory file mapped privately, with the \
+                 snapshot's own huge_pages; use Snapshot or leave it out",
+            ));
+        }
         match (&self.mem_backend, &self.mem_file_path) {
             (Some(_), Some(_)) => Err("give either mem_backend or mem_file_path, not both".into()),
             (None, None) => Err("mem_backend (or mem_file_path) is required".into()),
-            (Some(b), None) if b.backend_type == MemBackendType::Uffd => {
-                Err("the Uffd memory backend is not supported; use File".into())
-            }
+            (Some(b), None) if b.backend_type == MemBackendType::Uffd => Err(not_supported(
+                "the Uffd memory backend",
+                "guest memory is restored by mapping the memory file; use File",
+            )),
             (Some(b), None) => Ok(&b.backend_path),
             (None, Some(path)) => Ok(path),
         }
@@ -115,6 +168,29 @@ mod tests {
         )
         .unwrap();
         assert!(uffd.mem_file().unwrap_err().contains("Uffd"));
+    }
+
+    #[test]
+    fn firecracker_load_fields_parse_and_refusals_name_the_field() {
+        let p: SnapshotLoadParams = serde_json::from_str(
+            r#"{"snapshot_path":"s","mem_file_path":"m","network_overrides":[{"iface_id":"eth0","host_dev_name":"tap1"}],"vsock_override":{"uds_path":"v"},"clock_realtime":false,"huge_pages":"Snapshot"}"#,
+        )
+        .unwrap();
+        assert_eq!(p.network_overrides[0].host_dev_name, "tap1");
+        assert_eq!(
+            p.vsock_override.as_ref().unwrap().uds_path,
+            PathBuf::from("v")
+        );
+        assert!(p.mem_file().is_ok());
+        for (field, value) in [("clock_realtime", "true"), ("huge_pages", "\"2M\"")] {
+            let body = format!(r#"{{"snapshot_path":"s","mem_file_path":"m","{field}":{value}}}"#);
+            let p: SnapshotLoadParams = serde_json::from_str(&body).unwrap();
+            let err = p.mem_file().unwrap_err();
+            assert!(
+                err.contains(field) && err.contains("not supported by Wisp: "),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -139,7 +139,8 @@ impl Daemon {
                 "vm_generation": new_generation(),
             });
             if let Some(uds) = &vsock_uds {
-                body["vsock_uds_path"] = own_vsock_socket(uds, shell.proc.pid()).into();
+                body["vsock_override"] =
+                    serde_json::json!({ "uds_path": own_vsock_socket(uds, shell.proc.pid()) });
             }
             let body = body.to_string();
             pending.push((id, send_load(&shell.proc.files.api_socket, &body)));

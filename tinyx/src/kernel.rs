@@ -24,12 +24,12 @@ pub const ACPI_FRAGMENT: &str = include_str!("../configs/acpi.config");
 /// The virtio-fs fragment (FUSE, virtio-fs, overlayfs): host directories shared through
 /// vhost-user-fs, overlay container roots.
 pub const FS_FRAGMENT: &str = include_str!("../configs/fs.config");
+/// The virtio-balloon fragment: the host reclaims memory from idle guests, reads their figures.
+pub const BALLOON_FRAGMENT: &str = include_str!("../configs/balloon.config");
 /// The keyboard fragment (i8042, atkbd, VT): for guests that must act on Ctrl-Alt-Del.
 pub const KEYBOARD_FRAGMENT: &str = include_str!("../configs/keyboard.config");
 
 /// The server fragment (IPv6, found by trial runs of nginx and redis): for application images.
-/// virtio-balloon with statistics and free page reporting (`PUT /balloon`).
-pub const BALLOON_FRAGMENT: &str = include_str!("../configs/balloon.config");
 /// What a container sandbox's guest needs: namespaces, cgroups v2 (wisp-agent as PID 1).
 pub const CONTAINER_FRAGMENT: &str = include_str!("../configs/container.config");
 pub const SERVER_FRAGMENT: &str = include_str!("../configs/server.config");

@@ -15,9 +15,9 @@ use wisp_tinyx::{default_guest, GuestError};
 const USAGE: &str = "usage:
   tinyx kernel [--fragment FILE]... [--keyboard] [--out DIR]
       build (or take from the cache) vmlinux + bzImage; default fragments:
-      microvm.config + app.config + acpi.config + fs.config + server.config (IPv6, for application
-      images); --keyboard adds keyboard.config (i8042 keyboard and VT, so the guest acts on the
-      API's SendCtrlAltDel)
+      microvm.config + app.config + acpi.config + fs.config + balloon.config + server.config (IPv6,
+      for application images) + container.config; --keyboard adds keyboard.config (i8042
+      keyboard and VT, so the guest acts on the API's SendCtrlAltDel)
   tinyx initramfs [--app BIN] [--init SCRIPT] [--add SRC:DST]... --out FILE
   tinyx guest
       build (or take from the cache) the default kernel + initramfs; print paths

@@ -56,6 +56,32 @@ fn guest_configured(config: &VmConfig) -> bool {
     guest != VmConfig::default()
 }
 
+/// Firecracker's `network_overrides` and `vsock_override`: the restored devices use new host
+/// backends (a tap, a socket path); each must name a device the snapshot has.
+fn apply_overrides(config: &mut VmConfig, params: &SnapshotLoadParams) -> Result<(), String> {
+    for o in &params.network_overrides {
+        let iface = config
+            .network_interfaces
+            .iter_mut()
+            .find(|i| i.iface_id == o.iface_id)
+            .ok_or_else(|| {
+                format!(
+                    "network_overrides: the snapshot has no network interface {:?}",
+                    o.iface_id
+                )
+            })?;
+        iface.host_dev_name.clone_from(&o.host_dev_name);
+    }
+    if let Some(o) = &params.vsock_override {
+        let vsock = config
+            .vsock
+            .as_mut()
+            .ok_or("vsock_override: the snapshot has no vsock device")?;
+        vsock.uds_path.clone_from(&o.uds_path);
+    }
+    Ok(())
+}
+
 pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadParams) -> VmmResult {
     let refuse = |e: String| VmmActionError::LoadSnapshot(e);
     let started = std::time::Instant::now();
@@ -74,13 +100,7 @@ pub(crate) fn load(c: &mut Controller, request_id: &str, params: &SnapshotLoadPa
     let mem_path = params.mem_file().map_err(refuse)?;
     let (state, mut config) =
         snapshot::load_state(&params.snapshot_path).map_err(|e| refuse(e.to_string()))?;
-    if let Some(uds) = &params.vsock_uds_path {
-        // A clone's own host-side socket (each clone of one snapshot needs its own).
-        let vsock = config.vsock.as_mut().ok_or_else(|| {
-            refuse("vsock_uds_path is given but the snapshot has no vsock device".into())
-        })?;
-        vsock.uds_path = uds.clone();
-    }
+    apply_overrides(&mut config, params).map_err(refuse)?;
     let dirty_log = params.dirty_pages() || config.machine_config.track_dirty_pages;
     config.machine_config.track_dirty_pages = dirty_log;
     let mem_file = MemoryFile::open(mem_path, state.mem_mib).map_err(|e| refuse(e.to_string()))?;
