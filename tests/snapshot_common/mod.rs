@@ -126,9 +126,16 @@ impl Wisp {
         )
     }
 
-    pub fn kill(mut self) {
+    /// Kills the VMM; returns the console lines it printed that were not read yet (all of
+    /// them: the reader sees end-of-file once the process is gone).
+    pub fn kill(mut self) -> Vec<String> {
         self.child.kill().unwrap();
         self.child.wait().unwrap();
+        let mut rest = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(GUARD) {
+            rest.push(line);
+        }
+        rest
     }
 }
 
