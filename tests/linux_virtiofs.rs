@@ -29,8 +29,6 @@ const CMDLINE: &str = "console=ttyS0 quiet panic=-1 reboot=k pci=off";
 const L2_TIMEOUT_S: u32 = 300;
 const TAG: &str = "share0";
 const HOST_FILE_TEXT: &str = "written-by-l1";
-/// Where L1 finds virtiofsd (it is copied to the same path, with its libraries).
-const VIRTIOFSD_CACHE: &str = ".cache/wisp/virtiofsd/bin/virtiofsd";
 
 /// L2's /init: the scenario comes from the kernel command line; facts are `WISP-L2 k=v`.
 /// Times are /proc/uptime differences in centiseconds.
@@ -104,21 +102,6 @@ fn marker() -> &'static str {
             .map_or(0, |d| d.as_nanos());
         format!("wisp-fs-{}-{nanos}", std::process::id())
     })
-}
-
-fn virtiofsd() -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let cached = Path::new(&home).join(VIRTIOFSD_CACHE);
-    if cached.is_file() {
-        return cached;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .find(|p| p.is_file())
-        })
-        .expect("virtiofsd not found: run scripts/install-deps.sh")
 }
 
 /// 64 MiB of text (compresses in L1's initramfs, but every block is data, no hole).
@@ -200,7 +183,7 @@ fn boot() -> Result<TestHost, TestHostError> {
     let initrd = initramfs_with_init("virtiofs", L2_INIT, &[])?;
     let big = big_file(&dir.0);
     let image = blk_image(&dir.0, &big);
-    let vfsd = virtiofsd();
+    let vfsd = wisp_test_support::virtiofsd();
     TestHost::builder()
         .file(&guest.vmlinux, "/guest/vmlinux")
         .file(&initrd, "/guest/fs.cpio")

@@ -117,7 +117,7 @@ fn boot() -> Result<TestHost, TestHostError> {
     let initrd = initramfs_with_init("wispd-virtiofs", L2_INIT, &[])?;
     let config = wispd_common::write_config(&dir.0, &vm_config(marker()));
     let wispd = PathBuf::from(env!("CARGO_BIN_EXE_wispd"));
-    let vfsd = wispd_common::virtiofsd_binary();
+    let vfsd = wisp_test_support::virtiofsd();
     TestHost::builder()
         .file(&guest.vmlinux, "/guest/vmlinux")
         .file(&initrd, "/guest/fs.cpio")

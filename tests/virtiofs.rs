@@ -17,21 +17,6 @@ const WISP: &str = env!("CARGO_BIN_EXE_wisp");
 /// What the unikernel prints: present only if a VM ran.
 const GUEST_LINE: &str = "hello from wisp unikernel";
 
-fn virtiofsd() -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let cached = Path::new(&home).join(".cache/wisp/virtiofsd/bin/virtiofsd");
-    if cached.is_file() {
-        return cached;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .find(|p| p.is_file())
-        })
-        .expect("virtiofsd not found: run scripts/install-deps.sh")
-}
-
 /// virtiofsd in the test form, killed on drop.
 struct Virtiofsd(Child);
 
@@ -40,7 +25,7 @@ impl Virtiofsd {
         let share = dir.join("share");
         std::fs::create_dir_all(&share).unwrap();
         let socket = dir.join("vfs.sock");
-        let child = Command::new(virtiofsd())
+        let child = Command::new(wisp_test_support::virtiofsd())
             .arg("--socket-path")
             .arg(&socket)
             .arg("--shared-dir")

@@ -13,6 +13,7 @@ mod process;
 mod run;
 mod scratch;
 mod unikernel;
+mod virtiofsd;
 
 pub use curl::curl;
 pub use netns::NetNs;
@@ -20,3 +21,4 @@ pub use process::{children_of, spawn_with_lines};
 pub use run::{run_with_deadline, wisp_run, Outcome};
 pub use scratch::{Scratch, TempFile};
 pub use unikernel::unikernel;
+pub use virtiofsd::virtiofsd;

@@ -244,22 +244,6 @@ pub fn jailed_wispd_command(
     cmd
 }
 
-/// The virtiofsd scripts/install-deps.sh installs (or one on PATH).
-pub fn virtiofsd_binary() -> PathBuf {
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let cached = Path::new(&home).join(".cache/wisp/virtiofsd/bin/virtiofsd");
-    if cached.is_file() {
-        return cached;
-    }
-    std::env::var_os("PATH")
-        .and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("virtiofsd"))
-                .find(|p| p.is_file())
-        })
-        .expect("virtiofsd not found: run scripts/install-deps.sh")
-}
-
 /// A real virtiofsd serving `<dir>/share` on `<dir>/vfs.sock` in the test form (no sandbox),
 /// its log (debug level) in `<dir>/virtiofsd.log`; killed on drop.
 pub struct Virtiofsd {
@@ -274,7 +258,7 @@ impl Virtiofsd {
         std::fs::create_dir_all(&share).unwrap();
         let socket = dir.join("vfs.sock");
         let log = dir.join("virtiofsd.log");
-        let child = Command::new(virtiofsd_binary())
+        let child = Command::new(wisp_test_support::virtiofsd())
             .arg("--socket-path")
             .arg(&socket)
             .arg("--shared-dir")

@@ -26,24 +26,6 @@ const FUSE_ROOT_ID: u64 = 1;
 /// The request queue (queue 0 is the high-priority one).
 const REQ: usize = 1;
 
-fn virtiofsd() -> PathBuf {
-    if let Some(p) = std::env::var_os("WISP_VIRTIOFSD") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_default();
-    let cached = Path::new(&home).join(".cache/wisp/virtiofsd/bin/virtiofsd");
-    if cached.is_file() {
-        return cached;
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("virtiofsd"))
-                .find(|p| p.is_file())
-        })
-        .expect("virtiofsd not found: run scripts/install-deps.sh (or set WISP_VIRTIOFSD)")
-}
-
 /// A scratch directory removed on drop.
 struct Scratch(PathBuf);
 
@@ -73,7 +55,7 @@ struct Virtiofsd(Child);
 impl Virtiofsd {
     fn start(dir: &Path) -> (Virtiofsd, PathBuf) {
         let socket = dir.join("vfs.sock");
-        let child = Command::new(virtiofsd())
+        let child = Command::new(wisp_test_support::virtiofsd())
             .arg("--socket-path")
             .arg(&socket)
             .arg("--shared-dir")
